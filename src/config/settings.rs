@@ -1,0 +1,169 @@
+//! The typed settings tree. Field documentation lives once, in `config/default.toml`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+
+/// Everything the service reads from configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub queue: QueueSettings,
+    pub worker: WorkerSettings,
+    pub notify: NotifySettings,
+    pub orders: OrderSettings,
+    pub auth: AuthSettings,
+    pub wechat: WechatSettings,
+    pub log: LogSettings,
+    pub sim: SimSettings,
+    pub catalog: Vec<CatalogItem>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub admin_token: Option<Secret<String>>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub url: String,
+    pub prefix: String,
+    pub poll_interval_ms: u64,
+    pub heartbeat_secs: u64,
+    pub missed_heartbeats: usize,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+    pub sweep_interval_ms: u64,
+    pub sweep_min_age_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub lease_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub timestamp_tolerance_secs: i64,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSettings {
+    pub time_expire_secs: u64,
+    pub description_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub token_ttl_secs: u64,
+    pub data_key: Option<Secret<String>>,
+    pub data_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSettings {
+    #[serde(deserialize_with = "super::lenient::string")]
+    pub appid: String,
+    #[serde(deserialize_with = "super::lenient::string")]
+    pub mchid: String,
+    #[serde(deserialize_with = "super::lenient::string")]
+    pub merchant_serial: String,
+    pub merchant_key: Option<Secret<String>>,
+    pub merchant_key_file: Option<PathBuf>,
+    pub apiv3_key: Option<Secret<String>>,
+    pub apiv3_key_file: Option<PathBuf>,
+    pub app_secret: Option<Secret<String>>,
+    pub app_secret_file: Option<PathBuf>,
+    pub pay_base_url: String,
+    pub login_base_url: String,
+    pub notify_url: String,
+    pub request_timeout_ms: u64,
+    pub use_dev_keys: bool,
+    pub dev_keys_dir: PathBuf,
+    #[serde(default)]
+    pub platform_keys: Vec<PlatformKeySetting>,
+}
+
+/// One WeChat verification key: a platform certificate serial or a `PUB_KEY_ID_...` public key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformKeySetting {
+    #[serde(deserialize_with = "super::lenient::string")]
+    pub serial: String,
+    pub public_key: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+    Compact,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimSettings {
+    pub host: String,
+    pub port: u16,
+    pub time_scale: f64,
+    pub seed: u64,
+}
+
+/// A product we sell: the price charged is always this one, whatever a client sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogItem {
+    pub id: String,
+    pub name: String,
+    pub price_fen: i64,
+}
+
+impl QueueSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+impl WorkerSettings {
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+}

@@ -1,0 +1,73 @@
+//! The jobs the worker runs. Payloads carry identifiers only; everything else is re-read from
+//! the database when the job runs, so a job that runs twice (at-least-once) or late sees the
+//! current truth.
+
+use serde::{Deserialize, Serialize};
+
+/// Which queue (and so which worker pool) a job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    /// Applying stored notifications: latency-sensitive, many small jobs.
+    Apply,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 1] = [QueueName::Apply];
+
+    /// Stable name: renaming it would strand queued jobs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Apply => "apply",
+        }
+    }
+}
+
+/// One unit of background work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Apply the inbox entry `inbox_id` to its order (idempotent).
+    ApplyNotification { inbox_id: i64 },
+}
+
+impl Job {
+    /// Stable, bounded label for metrics, logs and `dead_jobs.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::ApplyNotification { .. } => "apply_notification",
+        }
+    }
+
+    pub fn queue(&self) -> QueueName {
+        match self {
+            Job::ApplyNotification { .. } => QueueName::Apply,
+        }
+    }
+}
+
+/// A job plus our own attempt counter (the backends' counters differ and are not trusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub job: Job,
+    /// 1 for the first execution; incremented each time our retry policy re-enqueues it.
+    pub attempt: u32,
+}
+
+impl Envelope {
+    pub fn first(job: Job) -> Self {
+        Self { job, attempt: 1 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_shape_is_stable() {
+        let env = Envelope::first(Job::ApplyNotification { inbox_id: 7 });
+        let json = serde_json::to_string(&env).expect("json");
+        assert_eq!(json, r#"{"job":{"kind":"apply_notification","inbox_id":7},"attempt":1}"#);
+        assert_eq!(serde_json::from_str::<Envelope>(&json).expect("parse"), env);
+    }
+}

@@ -1,0 +1,168 @@
+//! The job queue, behind one type for both profiles: apalis' SQLite storage (embedded, in its
+//! own file beside the data) or apalis' Redis storage (cluster).
+//!
+//! Jobs are at-least-once and carry only identifiers; the durable truth is in our database
+//! (the inbox, orders), so a lost job is re-created by a sweeper rather than being a loss.
+//! Retry timing and the dead-letter state are ours (see `worker::retry`), not the backend's.
+
+mod job;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::{ConnectionManager, RedisStorage};
+use apalis_sqlite::{SqlitePool, SqliteStorage};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use job::{Envelope, Job, QueueName};
+
+use crate::config::QueueSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue setup: {0}")]
+    Setup(String),
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A handle to push jobs; cheap to clone.
+#[derive(Clone)]
+pub enum JobQueue {
+    Sqlite { pool: SqlitePool, prefix: String, settings: QueueSettings },
+    Redis { conn: ConnectionManager, prefix: String, settings: QueueSettings },
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobQueue::Sqlite { prefix, .. } => write!(f, "JobQueue::Sqlite({prefix})"),
+            JobQueue::Redis { prefix, .. } => write!(f, "JobQueue::Redis({prefix})"),
+        }
+    }
+}
+
+impl JobQueue {
+    /// Connects and prepares the backend named by `queue.url`.
+    pub async fn connect(settings: &QueueSettings) -> Result<Self, QueueError> {
+        if settings.url.starts_with("sqlite:") {
+            let path = settings.url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| QueueError::Setup(format!("{}: {e}", parent.display())))?;
+            }
+            let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+                .map_err(|e| QueueError::Setup(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            // apalis' own `setup()` would switch this file to synchronous=OFF; run only its
+            // migrations and keep our durability settings.
+            SqliteStorage::<()>::migrations()
+                .run(&pool)
+                .await
+                .map_err(|e| QueueError::Setup(e.to_string()))?;
+            Ok(JobQueue::Sqlite { pool, prefix: settings.prefix.clone(), settings: settings.clone() })
+        } else {
+            let client = redis::Client::open(settings.url.as_str()).map_err(|e| QueueError::Setup(e.to_string()))?;
+            // The default 500 ms response timeout turns any Redis hiccup into a dead worker.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(5)))
+                .set_connection_timeout(Some(Duration::from_secs(5)));
+            let conn = client
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            Ok(JobQueue::Redis { conn, prefix: settings.prefix.clone(), settings: settings.clone() })
+        }
+    }
+
+    /// The full queue name, e.g. `wxpay.apply`.
+    pub fn queue_name(&self, queue: QueueName) -> String {
+        let prefix = match self {
+            JobQueue::Sqlite { prefix, .. } | JobQueue::Redis { prefix, .. } => prefix,
+        };
+        format!("{prefix}.{}", queue.as_str())
+    }
+
+    /// The SQLite storage of one queue (for workers).
+    pub fn sqlite_storage(&self, queue: QueueName) -> Option<SqliteStorage<Envelope>> {
+        match self {
+            JobQueue::Sqlite { pool, settings, .. } => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(self.queue_name(queue))
+                    .heartbeat_interval(Duration::from_secs(settings.heartbeat_secs))
+                    .missed_heartbeats(settings.missed_heartbeats);
+                Some(SqliteStorage::new(pool).with_config(config))
+            }
+            JobQueue::Redis { .. } => None,
+        }
+    }
+
+    /// The Redis storage of one queue (for workers).
+    pub fn redis_storage(&self, queue: QueueName) -> Option<RedisStorage<Envelope>> {
+        match self {
+            JobQueue::Redis { conn, settings, .. } => {
+                let config = apalis_redis::Config::default()
+                    .queue(self.queue_name(queue))
+                    .heartbeat_interval(Duration::from_secs(settings.heartbeat_secs))
+                    .missed_heartbeats(settings.missed_heartbeats);
+                Some(RedisStorage::new(conn.clone()).with_config(config))
+            }
+            JobQueue::Sqlite { .. } => None,
+        }
+    }
+
+    /// Pushes one job, to run after `delay` (none: as soon as a worker is free).
+    pub async fn push(&self, envelope: Envelope, delay: Option<Duration>) -> Result<(), QueueError> {
+        let queue = envelope.job.queue();
+        let mut builder = TaskBuilder::new(envelope);
+        if let Some(delay) = delay {
+            builder = builder.run_after(delay);
+        }
+        match self {
+            JobQueue::Sqlite { .. } => {
+                let mut storage = self
+                    .sqlite_storage(queue)
+                    .ok_or_else(|| QueueError::Setup("not a sqlite queue".into()))?;
+                // The backend must not retry by itself: one execution per push, our policy decides.
+                let task = builder.max_attempts(1).build();
+                storage.push_task(task).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+            }
+            JobQueue::Redis { .. } => {
+                let mut storage = self
+                    .redis_storage(queue)
+                    .ok_or_else(|| QueueError::Setup("not a redis queue".into()))?;
+                storage.push_task(builder.build()).await.map_err(|e| QueueError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// A round trip to the backend, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        match self {
+            JobQueue::Sqlite { pool, .. } => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| QueueError::Unavailable(e.to_string())),
+            JobQueue::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| QueueError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `order_events`: the append-only history of each order.
+
+use sqlx::FromRow;
+
+use crate::domain::{EventSource, OrderStatus};
+
+use super::{Db, StorageError, Tx};
+
+/// One event to append, inside the transaction that made (or refused) the change.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub order_id: i64,
+    pub from: Option<OrderStatus>,
+    pub to: OrderStatus,
+    pub applied: bool,
+    pub source: EventSource,
+    pub evidence: Option<&'a str>,
+    pub note: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+impl NewEvent<'_> {
+    pub async fn insert(&self, tx: &mut Tx) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO order_events (order_id, from_status, to_status, applied, source, evidence, note, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(self.order_id)
+        .bind(self.from.map(OrderStatus::as_str))
+        .bind(self.to.as_str())
+        .bind(i64::from(self.applied))
+        .bind(self.source.as_str())
+        .bind(self.evidence)
+        .bind(self.note)
+        .bind(self.now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub applied: i64,
+    pub source: String,
+    pub evidence: Option<String>,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl Db {
+    pub async fn order_events(&self, order_id: i64) -> Result<Vec<EventRow>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT id, from_status, to_status, applied, source, evidence, note, created_at_ms
+             FROM order_events WHERE order_id = $1 ORDER BY id",
+        )
+        .bind(order_id)
+        .fetch_all(self.reader())
+        .await?)
+    }
+}

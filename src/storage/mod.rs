@@ -1,0 +1,162 @@
+//! Our database, behind one type for both profiles.
+//!
+//! `Db` speaks to SQLite (embedded) or PostgreSQL (cluster) through sqlx's `Any` driver, so one
+//! set of SQL statements (numbered `$n` parameters, `ON CONFLICT`, `RETURNING`, instants as
+//! Unix milliseconds) serves both; the few real differences (row locks) go through
+//! [`Dialect`]. Each table has its own file with the statements that touch it. No business
+//! rule lives here: callers decide which transition to attempt, this layer guards it.
+
+mod error;
+pub mod events;
+pub mod inbox;
+pub mod jobs;
+pub mod leases;
+pub mod orders;
+pub mod products;
+pub mod sessions;
+pub mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+pub use error::StorageError;
+
+use crate::config::DatabaseSettings;
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// The SQL differences between our two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Row lock for read-then-update inside a transaction. SQLite needs none: its single
+    /// writer connection serialises every write transaction.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Row claim that lets concurrent sweepers take disjoint rows.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// Connection pools: on SQLite one writer (writes serialise anyway; this avoids busy errors)
+/// plus readers; on PostgreSQL one pool for both.
+#[derive(Debug, Clone)]
+pub struct Db {
+    write: AnyPool,
+    read: AnyPool,
+    dialect: Dialect,
+}
+
+impl Db {
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StorageError> {
+        install_default_drivers();
+        let acquire = Duration::from_millis(settings.acquire_timeout_ms);
+        if settings.url.starts_with("sqlite:") {
+            let url = sqlite_url(&settings.url)?;
+            let write = sqlite_pool(&url, 1, acquire).await?;
+            let read = sqlite_pool(&url, settings.max_connections, acquire).await?;
+            Ok(Self { write, read, dialect: Dialect::Sqlite })
+        } else {
+            let pool = AnyPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire)
+                .connect_lazy(&settings.url)?;
+            Ok(Self { write: pool.clone(), read: pool, dialect: Dialect::Postgres })
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Pool for statements that write (and transactions).
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
+    /// Pool for read-only statements.
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    pub async fn begin(&self) -> Result<Tx, StorageError> {
+        Ok(self.write.begin().await?)
+    }
+
+    /// Applies pending migrations. On PostgreSQL sqlx holds an advisory lock meanwhile, so
+    /// replicas starting together do not race.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        let result = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.write).await,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.write).await,
+        };
+        result.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(err) => StorageError::from(err),
+            other => StorageError::Corrupt(format!("migration: {other}")),
+        })
+    }
+
+    /// A trivial round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.write.execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// `sqlite://path` with the parent directory created and create-if-missing mode.
+fn sqlite_url(url: &str) -> Result<String, StorageError> {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:"
+        && let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StorageError::Corrupt(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let query = if query.contains("mode=") { query.to_owned() } else if query.is_empty() { "mode=rwc".to_owned() } else { format!("{query}&mode=rwc") };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool, StorageError> {
+    let _ = sqlx::any::AnyConnectOptions::from_str(url)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; FULL makes each commit durable
+                // before we acknowledge WeChat; busy_timeout rides out checkpoints.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?;
+    Ok(pool)
+}

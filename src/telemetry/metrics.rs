@@ -1,0 +1,207 @@
+//! Every metric the service exports, as one typed struct of handles.
+//!
+//! Names follow Prometheus conventions: a `wxpay_` namespace, base units in the name
+//! (`_seconds`), `_total` on counters. Label values are bounded sets (route templates, job
+//! kinds, outcome classes): never an order number, openid or raw URL.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+const NAMESPACE: &str = "wxpay";
+
+/// Latency buckets from 1 ms to 10 s: notify must answer in < 5 s, WeChat calls time out at 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Handles to every metric; cheap to clone (each handle is an `Arc`).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub notify_received: IntCounter,
+    pub notify_accepted: IntCounterVec,
+    pub notify_rejected: IntCounterVec,
+    pub notify_commit_batch: Histogram,
+    pub notify_ingest_duration: Histogram,
+    pub notify_enqueue_failures: IntCounter,
+    pub inbox_applied: IntCounterVec,
+    pub inbox_unprocessed: IntGauge,
+    pub inbox_oldest_unprocessed_age: IntGauge,
+    pub inbox_swept: IntCounter,
+    pub jobs_started: IntCounterVec,
+    pub jobs_finished: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub jobs_dead: IntGaugeVec,
+    pub wechat_calls: IntCounterVec,
+    pub wechat_call_duration: HistogramVec,
+    pub orders_created: IntCounter,
+    pub order_transitions: IntCounterVec,
+    pub orders_by_status: IntGaugeVec,
+    pub anomalies: IntCounterVec,
+    pub logins: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every metric on a fresh registry (one per process or test app).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            http_requests: counter_vec("http_requests_total", "HTTP requests answered, by matched route, method and status class.", &["route", "method", "status"]),
+            http_duration: histogram_vec("http_request_duration_seconds", "Time to answer an HTTP request, by matched route.", &["route"]),
+            notify_received: counter("notify_received_total", "Notification POSTs received from WeChat (before any check)."),
+            notify_accepted: counter_vec("notify_accepted_total", "Notifications stored durably and acknowledged; kind is new or duplicate (same notification id again).", &["kind"]),
+            notify_rejected: counter_vec("notify_rejected_total", "Notifications answered with a failure, by reason.", &["reason"]),
+            notify_commit_batch: histogram("notify_commit_batch_size", "Notifications made durable by one inbox commit.", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            notify_ingest_duration: histogram("notify_ingest_duration_seconds", "Time from receiving a notification to answering it.", LATENCY_BUCKETS),
+            notify_enqueue_failures: counter("notify_enqueue_failures_total", "Stored notifications whose apply job could not be enqueued (the sweeper catches them up)."),
+            inbox_applied: counter_vec("inbox_applied_total", "Inbox entries processed by the worker, by outcome.", &["outcome"]),
+            inbox_unprocessed: gauge("inbox_unprocessed", "Inbox entries stored but not yet processed."),
+            inbox_oldest_unprocessed_age: gauge("inbox_oldest_unprocessed_age_seconds", "Age of the oldest inbox entry not yet processed (0 when none)."),
+            inbox_swept: counter("inbox_swept_total", "Inbox entries re-enqueued by the sweeper because they were left unprocessed."),
+            jobs_started: counter_vec("jobs_started_total", "Job executions started, by kind.", &["kind"]),
+            jobs_finished: counter_vec("jobs_finished_total", "Job executions finished, by kind and outcome (succeeded, retried, dead).", &["kind", "outcome"]),
+            job_duration: histogram_vec("job_duration_seconds", "Time one job execution took, by kind.", &["kind"]),
+            jobs_dead: gauge_vec("jobs_dead", "Jobs in the dead-letter state waiting for an operator, by kind.", &["kind"]),
+            wechat_calls: counter_vec("wechat_calls_total", "Calls to WeChat, by endpoint and outcome class.", &["endpoint", "outcome"]),
+            wechat_call_duration: histogram_vec("wechat_call_duration_seconds", "Latency of calls to WeChat, by endpoint.", &["endpoint"]),
+            orders_created: counter("orders_created_total", "Orders created through the API."),
+            order_transitions: counter_vec("order_transitions_total", "Order status changes applied, by new status and source of evidence.", &["to", "source"]),
+            orders_by_status: gauge_vec("orders", "Orders by current status.", &["status"]),
+            anomalies: counter_vec("anomalies_total", "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).", &["kind"]),
+            logins: counter_vec("logins_total", "Mini-program logins, by outcome.", &["outcome"]),
+            build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
+            registry,
+        };
+        m.register_all();
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_duration.clone()),
+            Box::new(self.notify_received.clone()),
+            Box::new(self.notify_accepted.clone()),
+            Box::new(self.notify_rejected.clone()),
+            Box::new(self.notify_commit_batch.clone()),
+            Box::new(self.notify_ingest_duration.clone()),
+            Box::new(self.notify_enqueue_failures.clone()),
+            Box::new(self.inbox_applied.clone()),
+            Box::new(self.inbox_unprocessed.clone()),
+            Box::new(self.inbox_oldest_unprocessed_age.clone()),
+            Box::new(self.inbox_swept.clone()),
+            Box::new(self.jobs_started.clone()),
+            Box::new(self.jobs_finished.clone()),
+            Box::new(self.job_duration.clone()),
+            Box::new(self.jobs_dead.clone()),
+            Box::new(self.wechat_calls.clone()),
+            Box::new(self.wechat_call_duration.clone()),
+            Box::new(self.orders_created.clone()),
+            Box::new(self.order_transitions.clone()),
+            Box::new(self.orders_by_status.clone()),
+            Box::new(self.anomalies.clone()),
+            Box::new(self.logins.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        for collector in collectors {
+            // Names are distinct constants, so registration cannot fail; a failure would
+            // only drop that one metric from the scrape, never take the service down.
+            if let Err(err) = self.registry.register(collector) {
+                tracing::error!(error = %err, "metric registration failed");
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Pre-creates label sets so every series exists (at 0) from the first scrape, which
+    /// alert expressions such as `increase(x[5m]) > 0` and dashboards rely on.
+    pub fn touch(&self, vec: &IntCounterVec, label_sets: &[&[&str]]) {
+        for labels in label_sets {
+            let _ = vec.with_label_values(labels);
+        }
+    }
+}
+
+fn name(n: &str, help: &str) -> Opts {
+    Opts::new(n, help).namespace(NAMESPACE)
+}
+
+fn counter(n: &str, help: &str) -> IntCounter {
+    IntCounter::with_opts(name(n, help)).unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn counter_vec(n: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(name(n, help), labels).unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn gauge(n: &str, help: &str) -> IntGauge {
+    IntGauge::with_opts(name(n, help)).unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn gauge_vec(n: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(name(n, help), labels).unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn histogram(n: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(buckets.to_vec()))
+        .unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn histogram_vec(n: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|_| unreachable_metric(n))
+}
+
+/// Metric options are compile-time constants checked by the unit test below.
+#[expect(clippy::panic, reason = "static metric definitions are validated by unit tests")]
+fn unreachable_metric(n: &str) -> ! {
+    panic!("invalid metric definition {n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_namespace_and_help() {
+        let metrics = Metrics::new();
+        metrics.notify_rejected.with_label_values(&["bad_signature"]).inc();
+        metrics.wechat_call_duration.with_label_values(&["query_order"]).observe(0.01);
+        let text = metrics.render();
+        assert!(text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
+        assert!(text.contains("# HELP wxpay_build_info"));
+        assert!(text.contains("wxpay_wechat_call_duration_seconds_bucket"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("wxpay_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The WeChat Pay v3 HTTP client: signs each request, sends it with a timeout, verifies the
+//! signature of each 2xx response over its raw bytes, and classifies failures. It decides
+//! nothing about retries (callers and jobs own that policy) and touches no database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::clock::Clock;
+use crate::telemetry::metrics::Metrics;
+
+use super::error::WechatError;
+use super::keys::Credentials;
+use super::sign;
+use super::verify::SignedHeaders;
+use super::wire::error::ErrorBody;
+use super::wire::pay::{CloseRequest, JsapiPrepayRequest, PrepayResponse, Transaction};
+
+const AGENT: &str = concat!("wxpay-recon/", env!("CARGO_PKG_VERSION"));
+
+/// Tolerance on the `Wechatpay-Timestamp` of responses, as the official Go SDK uses.
+const RESPONSE_TOLERANCE_SECS: i64 = 300;
+
+/// A signed, verified connection to WeChat Pay (or the simulator).
+#[derive(Debug, Clone)]
+pub struct PayClient {
+    http: reqwest::Client,
+    base_url: String,
+    creds: Arc<Credentials>,
+    clock: Clock,
+    metrics: Metrics,
+}
+
+/// A verified 2xx answer: status and raw body.
+struct Verified {
+    status: StatusCode,
+    body: bytes::Bytes,
+}
+
+impl PayClient {
+    pub fn new(base_url: &str, timeout: Duration, creds: Arc<Credentials>, clock: Clock, metrics: Metrics) -> Result<Self, WechatError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| WechatError::Network { endpoint: "client", message: e.without_url().to_string() })?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), creds, clock, metrics })
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// `POST /v3/pay/transactions/jsapi`: a prepay_id for `wx.requestPayment`.
+    pub async fn prepay(&self, request: &JsapiPrepayRequest) -> Result<PrepayResponse, WechatError> {
+        let body = serde_json::to_string(request).map_err(|e| WechatError::Sign(e.to_string()))?;
+        let answer = self.send("jsapi_prepay", Method::POST, "/v3/pay/transactions/jsapi", Some(body)).await?;
+        decode("jsapi_prepay", &answer.body)
+    }
+
+    /// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=`: WeChat's view of one order.
+    pub async fn query_order(&self, out_trade_no: &str) -> Result<Transaction, WechatError> {
+        let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}", self.creds.mchid);
+        let answer = self.send("query_order", Method::GET, &path, None).await?;
+        decode("query_order", &answer.body)
+    }
+
+    /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success.
+    pub async fn close_order(&self, out_trade_no: &str) -> Result<(), WechatError> {
+        let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
+        let body = serde_json::to_string(&CloseRequest { mchid: self.creds.mchid.clone() })
+            .map_err(|e| WechatError::Sign(e.to_string()))?;
+        let answer = self.send("close_order", Method::POST, &path, Some(body)).await?;
+        if answer.status == StatusCode::NO_CONTENT || answer.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(WechatError::Decode { endpoint: "close_order", message: format!("status {}", answer.status) })
+        }
+    }
+
+    async fn send(&self, endpoint: &'static str, method: Method, path_and_query: &str, body: Option<String>) -> Result<Verified, WechatError> {
+        let started = Instant::now();
+        let result = self.send_inner(endpoint, method, path_and_query, body).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.outcome(),
+        };
+        self.metrics.wechat_calls.with_label_values(&[endpoint, outcome]).inc();
+        self.metrics.wechat_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send_inner(&self, endpoint: &'static str, method: Method, path_and_query: &str, body: Option<String>) -> Result<Verified, WechatError> {
+        let url = reqwest::Url::parse(&format!("{}{path_and_query}", self.base_url))
+            .map_err(|e| WechatError::Decode { endpoint, message: format!("bad url: {e}") })?;
+        let canonical = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let timestamp = self.clock.now().timestamp();
+        let nonce = sign::nonce(32);
+        let body_text = body.as_deref().unwrap_or("");
+        let authorization = self
+            .creds
+            .merchant
+            .authorization(method.as_str(), &canonical, body_text, timestamp, &nonce)
+            .map_err(|e| WechatError::Sign(e.to_string()))?;
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(AUTHORIZATION, authorization)
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, AGENT);
+        if let Some(serial) = self.creds.platform_keys.serials().first() {
+            request = request.header("Wechatpay-Serial", *serial);
+        }
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = request.send().await.map_err(|e| transport_error(endpoint, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| transport_error(endpoint, &e))?;
+        if !status.is_success() {
+            return Err(api_error(endpoint, status, &bytes));
+        }
+        let signed = signed_headers(&headers);
+        self.creds
+            .platform_keys
+            .verify(&signed, &bytes, self.clock.now().timestamp(), RESPONSE_TOLERANCE_SECS)
+            .map_err(|source| WechatError::Signature { endpoint, source })?;
+        Ok(Verified { status, body: bytes })
+    }
+}
+
+/// Reads the `Wechatpay-*` headers of a response or notification.
+pub fn signed_headers(headers: &HeaderMap) -> SignedHeaders<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    SignedHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+        signature_type: get("wechatpay-signature-type"),
+    }
+}
+
+/// reqwest errors print the URL, which may carry secrets in its query: always strip it.
+pub(crate) fn transport_error(endpoint: &'static str, err: &reqwest::Error) -> WechatError {
+    if err.is_timeout() {
+        WechatError::Timeout { endpoint }
+    } else {
+        let mut message = err.to_string();
+        if let Some(url) = err.url() {
+            message = message.replace(url.as_str(), "<url>");
+        }
+        WechatError::Network { endpoint, message }
+    }
+}
+
+fn api_error(endpoint: &'static str, status: StatusCode, body: &[u8]) -> WechatError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(error) => WechatError::Api { endpoint, status: status.as_u16(), code: error.code, message: error.message },
+        Err(_) => WechatError::Api {
+            endpoint,
+            status: status.as_u16(),
+            code: format!("HTTP_{}", status.as_u16()),
+            message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        },
+    }
+}
+
+fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, WechatError> {
+    serde_json::from_slice(body).map_err(|e| WechatError::Decode { endpoint, message: e.to_string() })
+}

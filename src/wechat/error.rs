@@ -1,0 +1,90 @@
+//! Errors of calls to WeChat, classified once: retryable (the same call may succeed later) or
+//! final (retrying cannot help). Callers and jobs decide what to do; this module only labels.
+
+use super::verify::VerifyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WechatError {
+    #[error("{endpoint}: timed out (outcome unknown)")]
+    Timeout { endpoint: &'static str },
+    #[error("{endpoint}: network error: {message}")]
+    Network { endpoint: &'static str, message: String },
+    #[error("{endpoint}: HTTP {status} {code}: {message}")]
+    Api { endpoint: &'static str, status: u16, code: String, message: String },
+    #[error("{endpoint}: response signature rejected: {source}")]
+    Signature { endpoint: &'static str, source: VerifyError },
+    #[error("{endpoint}: unexpected response: {message}")]
+    Decode { endpoint: &'static str, message: String },
+    #[error("request signing failed: {0}")]
+    Sign(String),
+}
+
+/// Codes WeChat documents as transient: retry the same call with the same parameters.
+const RETRYABLE_CODES: &[&str] = &[
+    "SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED",
+    "SERVICE_UNAVAILABLE", "BANK_ERROR", "USERPAYING",
+];
+
+impl WechatError {
+    /// Whether the same call may succeed if repeated later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            WechatError::Timeout { .. } | WechatError::Network { .. } | WechatError::Signature { .. } => true,
+            WechatError::Api { status, code, .. } => {
+                *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
+            }
+            WechatError::Decode { .. } | WechatError::Sign(_) => false,
+        }
+    }
+
+    /// WeChat asked us to slow down: back off harder than for other failures.
+    pub fn rate_limited(&self) -> bool {
+        matches!(self, WechatError::Api { status, code, .. }
+            if *status == 429 || matches!(code.as_str(), "FREQUENCY_LIMITED" | "RATELIMIT_EXCEEDED" | "RATE_LIMITED"))
+    }
+
+    /// The WeChat error code, if WeChat answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            WechatError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Bounded outcome label for `wxpay_wechat_calls_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            WechatError::Timeout { .. } => "timeout",
+            WechatError::Network { .. } => "network",
+            WechatError::Api { .. } if self.rate_limited() => "rate_limited",
+            WechatError::Api { status, .. } if *status >= 500 => "server_error",
+            WechatError::Api { .. } => "client_error",
+            WechatError::Signature { .. } => "bad_signature",
+            WechatError::Decode { .. } | WechatError::Sign(_) => "decode_error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> WechatError {
+        WechatError::Api { endpoint: "x", status, code: code.into(), message: String::new() }
+    }
+
+    #[test]
+    fn classification() {
+        assert!(api(500, "SYSTEM_ERROR").retryable());
+        assert!(api(429, "FREQUENCY_LIMITED").retryable());
+        assert!(api(429, "FREQUENCY_LIMITED").rate_limited());
+        assert!(api(503, "SERVICE_UNAVAILABLE").retryable());
+        assert!(!api(400, "PARAM_ERROR").retryable());
+        assert!(!api(401, "SIGN_ERROR").retryable());
+        assert!(!api(404, "ORDER_NOT_EXIST").retryable());
+        assert!(!api(403, "OUT_TRADE_NO_USED").retryable());
+        assert!(WechatError::Timeout { endpoint: "x" }.retryable());
+        assert_eq!(api(400, "PARAM_ERROR").outcome(), "client_error");
+        assert_eq!(api(429, "FREQUENCY_LIMITED").outcome(), "rate_limited");
+    }
+}

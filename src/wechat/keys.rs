@@ -1,0 +1,139 @@
+//! Loading key material: PEM parsing with errors that name the setting, and the credential set
+//! the client (and the simulator, from dev keys) work with.
+
+use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use rsa::{PrivateKey, PublicKey};
+
+use crate::config::{ConfigError, Secret, Settings, secret};
+
+use super::aead::ApiV3Key;
+use super::devkeys::DevKeys;
+use super::sign::{MerchantSigner, RsaSigner};
+use super::verify::PlatformKeys;
+
+/// Parses an RSA private key in PKCS#8 (`BEGIN PRIVATE KEY`, WeChat's apiclient_key.pem) or
+/// PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM.
+pub fn parse_private_key(setting: &str, pem: &str) -> Result<PrivateKey, ConfigError> {
+    let pem = pem.trim();
+    PrivateKey::from_pkcs8_pem(pem)
+        .or_else(|_| PrivateKey::from_pkcs1_pem(pem))
+        .map_err(|_| {
+            ConfigError::invalid(
+                setting,
+                "not an RSA private key in PEM form (expected -----BEGIN PRIVATE KEY-----)",
+            )
+        })
+}
+
+/// Parses a public key: SPKI (`BEGIN PUBLIC KEY`, the WeChat Pay public key), PKCS#1, or the
+/// key inside an X.509 platform certificate (`BEGIN CERTIFICATE`).
+pub fn parse_public_key(setting: &str, pem: &str) -> Result<PublicKey, ConfigError> {
+    let pem = pem.trim();
+    if pem.starts_with("-----BEGIN CERTIFICATE-----") {
+        return public_key_of_certificate(setting, pem);
+    }
+    PublicKey::from_public_key_pem(pem)
+        .or_else(|_| PublicKey::from_pkcs1_pem(pem))
+        .map_err(|_| {
+            ConfigError::invalid(
+                setting,
+                "not an RSA public key or certificate in PEM form (expected -----BEGIN PUBLIC KEY----- or -----BEGIN CERTIFICATE-----)",
+            )
+        })
+}
+
+fn public_key_of_certificate(setting: &str, pem: &str) -> Result<PublicKey, ConfigError> {
+    use x509_cert::Certificate;
+    use x509_cert::der::{DecodePem, Encode};
+    let cert = Certificate::from_pem(pem.as_bytes())
+        .map_err(|e| ConfigError::invalid(setting, format!("not a PEM X.509 certificate: {e}")))?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| ConfigError::invalid(setting, format!("certificate key: {e}")))?;
+    PublicKey::from_public_key_der(&spki)
+        .map_err(|_| ConfigError::invalid(setting, "certificate does not hold an RSA key"))
+}
+
+/// Everything needed to talk to WeChat as this merchant.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub appid: String,
+    pub mchid: String,
+    pub merchant: MerchantSigner,
+    pub platform_keys: PlatformKeys,
+    pub apiv3_key: ApiV3Key,
+    pub app_secret: Secret<String>,
+}
+
+impl Credentials {
+    /// Builds the credentials from settings, or from the dev-key directory when
+    /// `wechat.use_dev_keys` is set (creating it on first use).
+    pub fn load(settings: &Settings) -> Result<Self, ConfigError> {
+        let wechat = &settings.wechat;
+        let mut creds = if wechat.use_dev_keys {
+            DevKeys::load_or_create(&wechat.dev_keys_dir)?.credentials()?
+        } else {
+            let pem = secret::require("wechat.merchant_key", wechat.merchant_key.as_ref(), wechat.merchant_key_file.as_ref())?;
+            let key = parse_private_key("wechat.merchant_key", pem.expose())?;
+            let apiv3 = secret::require("wechat.apiv3_key", wechat.apiv3_key.as_ref(), wechat.apiv3_key_file.as_ref())?;
+            let apiv3_key = ApiV3Key::new(apiv3.expose().as_bytes())
+                .map_err(|e| ConfigError::invalid("wechat.apiv3_key", e.to_string()))?;
+            let app_secret = secret::require("wechat.app_secret", wechat.app_secret.as_ref(), wechat.app_secret_file.as_ref())?;
+            Credentials {
+                appid: wechat.appid.clone(),
+                mchid: wechat.mchid.clone(),
+                merchant: MerchantSigner {
+                    mchid: wechat.mchid.clone(),
+                    serial: wechat.merchant_serial.clone(),
+                    signer: RsaSigner::new(key),
+                },
+                platform_keys: PlatformKeys::default(),
+                apiv3_key,
+                app_secret,
+            }
+        };
+        for (i, entry) in wechat.platform_keys.iter().enumerate() {
+            let setting = format!("wechat.platform_keys[{i}].public_key");
+            let pem = match (&entry.public_key, &entry.public_key_file) {
+                (Some(pem), None) => pem.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {e}", path.display()))
+                })?,
+                _ => return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file")),
+            };
+            creds.platform_keys.insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
+        }
+        if creds.platform_keys.is_empty() {
+            return Err(ConfigError::invalid(
+                "wechat.platform_keys",
+                "at least one WeChat platform key is needed to verify responses and notifications",
+            ));
+        }
+        Ok(creds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::testkeys;
+
+    #[test]
+    fn pem_errors_name_the_setting_and_fit_on_one_line() {
+        let err = parse_private_key("wechat.merchant_key", "garbage").expect_err("bad");
+        assert!(err.to_string().starts_with("wechat.merchant_key: "));
+        assert!(!err.to_string().contains('\n'));
+        let err = parse_public_key("wechat.platform_keys[0].public_key", testkeys::K1_PRIVATE_PEM).expect_err("bad");
+        assert!(err.to_string().starts_with("wechat.platform_keys[0].public_key: "));
+    }
+
+    #[test]
+    fn k1_parses_in_both_halves() {
+        let private = parse_private_key("k", testkeys::K1_PRIVATE_PEM).expect("private");
+        let public = parse_public_key("k", testkeys::K1_PUBLIC_PEM).expect("public");
+        assert_eq!(private.to_public_key(), public);
+    }
+}

@@ -1,0 +1,22 @@
+//! Everything about speaking WeChat: signing and verifying, AES-GCM resources, key loading,
+//! wire shapes, and the HTTP clients for WeChat Pay and mini-program login. Nothing here
+//! touches our database or decides retries.
+
+pub mod aead;
+pub mod client;
+pub mod convert;
+pub mod devkeys;
+pub mod error;
+pub mod keys;
+pub mod login;
+pub mod sign;
+pub mod verify;
+pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod testkeys;
+
+pub use client::PayClient;
+pub use error::WechatError;
+pub use keys::Credentials;
+pub use login::LoginClient;

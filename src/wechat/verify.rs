@@ -1,0 +1,212 @@
+//! Verifying WeChat's signatures on responses and notifications.
+//!
+//! The key is picked explicitly by `Wechatpay-Serial`, so platform-certificate serials and
+//! `PUB_KEY_ID_...` public keys work side by side while a merchant migrates between them. The
+//! message is the raw body bytes as received: never re-serialised JSON.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rsa::PublicKey;
+use rsa::sha2::Sha256;
+
+use super::sign::{SCHEME, response_message};
+
+/// Prefix of WeChat's deliberate wrong-signature probes.
+pub const SIGNTEST_PREFIX: &str = "WECHATPAY/SIGNTEST/";
+
+/// The `Wechatpay-*` headers of a signed response or notification.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedHeaders<'a> {
+    pub timestamp: Option<&'a str>,
+    pub nonce: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub serial: Option<&'a str>,
+    pub signature_type: Option<&'a str>,
+}
+
+/// Why a signature was not accepted. `reason()` is a bounded label for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("unsupported signature type {0:?}")]
+    UnsupportedType(String),
+    #[error("no verification key for serial {0:?}")]
+    UnknownSerial(String),
+    #[error("signature probe (WECHATPAY/SIGNTEST/): treated as a verification failure")]
+    SignatureProbe,
+    #[error("signature is not valid base64")]
+    SignatureEncoding,
+    #[error("signature does not match the body")]
+    BadSignature,
+    #[error("timestamp is not a number")]
+    BadTimestamp,
+    #[error("timestamp is {skew_secs} s away from our clock (tolerance {tolerance_secs} s)")]
+    StaleTimestamp { skew_secs: i64, tolerance_secs: i64 },
+}
+
+impl VerifyError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::MissingHeader(_) => "missing_header",
+            VerifyError::UnsupportedType(_) => "unsupported_signature_type",
+            VerifyError::UnknownSerial(_) => "unknown_serial",
+            VerifyError::SignatureProbe => "signature_probe",
+            VerifyError::SignatureEncoding | VerifyError::BadSignature => "bad_signature",
+            VerifyError::BadTimestamp | VerifyError::StaleTimestamp { .. } => "stale_timestamp",
+        }
+    }
+}
+
+/// The WeChat public keys we trust, by serial.
+#[derive(Clone, Default)]
+pub struct PlatformKeys {
+    by_serial: HashMap<String, PublicKey>,
+}
+
+impl fmt::Debug for PlatformKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformKeys").field("serials", &self.serials()).finish()
+    }
+}
+
+impl PlatformKeys {
+    pub fn insert(&mut self, serial: impl Into<String>, key: PublicKey) {
+        self.by_serial.insert(normalise_serial(&serial.into()), key);
+    }
+
+    pub fn serials(&self) -> Vec<&str> {
+        let mut serials: Vec<&str> = self.by_serial.keys().map(String::as_str).collect();
+        serials.sort_unstable();
+        serials
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_serial.is_empty()
+    }
+
+    /// Checks headers, timestamp window and signature over `body` as received.
+    pub fn verify(&self, headers: &SignedHeaders<'_>, body: &[u8], now_unix: i64, tolerance_secs: i64) -> Result<(), VerifyError> {
+        let timestamp = headers.timestamp.ok_or(VerifyError::MissingHeader("Wechatpay-Timestamp"))?;
+        let nonce = headers.nonce.ok_or(VerifyError::MissingHeader("Wechatpay-Nonce"))?;
+        let signature = headers.signature.ok_or(VerifyError::MissingHeader("Wechatpay-Signature"))?;
+        let serial = headers.serial.ok_or(VerifyError::MissingHeader("Wechatpay-Serial"))?;
+        if let Some(kind) = headers.signature_type
+            && kind != SCHEME
+        {
+            return Err(VerifyError::UnsupportedType(kind.to_owned()));
+        }
+        let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+        let skew = (now_unix - ts).abs();
+        if skew > tolerance_secs {
+            return Err(VerifyError::StaleTimestamp { skew_secs: skew, tolerance_secs });
+        }
+        if signature.starts_with(SIGNTEST_PREFIX) {
+            return Err(VerifyError::SignatureProbe);
+        }
+        let key = self
+            .by_serial
+            .get(&normalise_serial(serial))
+            .ok_or_else(|| VerifyError::UnknownSerial(serial.to_owned()))?;
+        let raw = B64.decode(signature).map_err(|_| VerifyError::SignatureEncoding)?;
+        key.pkcs1v15_verify::<Sha256>(&response_message(timestamp, nonce, body), &raw)
+            .map_err(|_| VerifyError::BadSignature)
+    }
+}
+
+/// Certificate serials are hex and compared case-insensitively (some tools print them in lower
+/// case); `PUB_KEY_ID_` ids are kept as they are.
+fn normalise_serial(serial: &str) -> String {
+    if serial.starts_with("PUB_KEY_ID_") {
+        serial.to_owned()
+    } else {
+        serial.to_ascii_uppercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::testkeys;
+
+    fn keys() -> PlatformKeys {
+        let mut keys = PlatformKeys::default();
+        keys.insert("PUB_KEY_ID_0000000000000024101100397200000006", testkeys::k1_signer().public_key());
+        keys.insert("5dea10ef55877e3cf6c33255c2e7defff7e427ec", testkeys::k1_signer().public_key());
+        keys
+    }
+
+    fn headers<'a>(serial: &'a str, signature: &'a str) -> SignedHeaders<'a> {
+        SignedHeaders {
+            timestamp: Some(testkeys::D6_TIMESTAMP),
+            nonce: Some(testkeys::D6_NONCE),
+            signature: Some(signature),
+            serial: Some(serial),
+            signature_type: Some(SCHEME),
+        }
+    }
+
+    const NOW: i64 = 1614738897 + 10;
+
+    #[test]
+    fn derived_vector_d6_verifies_under_either_key_kind() {
+        let body = testkeys::d6_envelope();
+        assert_eq!(body.len(), 923);
+        let keys = keys();
+        keys.verify(&headers("PUB_KEY_ID_0000000000000024101100397200000006", testkeys::D6_SIGNATURE), body.as_bytes(), NOW, 300)
+            .expect("public-key mode");
+        keys.verify(&headers("5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC", testkeys::D6_SIGNATURE), body.as_bytes(), NOW, 300)
+            .expect("certificate mode");
+    }
+
+    #[test]
+    fn every_failure_is_named() {
+        let body = testkeys::d6_envelope();
+        let keys = keys();
+        let serial = "PUB_KEY_ID_0000000000000024101100397200000006";
+        let mut reserialised = body.replace(",\"", ", \"");
+        assert_eq!(
+            keys.verify(&headers(serial, testkeys::D6_SIGNATURE), reserialised.as_bytes(), NOW, 300),
+            Err(VerifyError::BadSignature)
+        );
+        reserialised.clear();
+        assert_eq!(
+            keys.verify(&headers("PUB_KEY_ID_9", testkeys::D6_SIGNATURE), body.as_bytes(), NOW, 300),
+            Err(VerifyError::UnknownSerial("PUB_KEY_ID_9".into()))
+        );
+        assert_eq!(
+            keys.verify(&headers(serial, "WECHATPAY/SIGNTEST/abcd"), body.as_bytes(), NOW, 300),
+            Err(VerifyError::SignatureProbe)
+        );
+        assert!(matches!(
+            keys.verify(&headers(serial, testkeys::D6_SIGNATURE), body.as_bytes(), NOW + 1000, 300),
+            Err(VerifyError::StaleTimestamp { .. })
+        ));
+        let mut missing = headers(serial, testkeys::D6_SIGNATURE);
+        missing.nonce = None;
+        assert_eq!(
+            keys.verify(&missing, body.as_bytes(), NOW, 300),
+            Err(VerifyError::MissingHeader("Wechatpay-Nonce"))
+        );
+        let mut other_type = headers(serial, testkeys::D6_SIGNATURE);
+        other_type.signature_type = Some("WECHATPAY2-SM2-WITH-SM3");
+        assert!(matches!(keys.verify(&other_type, body.as_bytes(), NOW, 300), Err(VerifyError::UnsupportedType(_))));
+    }
+
+    #[test]
+    fn empty_body_vector_d5() {
+        let mut keys = PlatformKeys::default();
+        keys.insert("S", testkeys::k1_signer().public_key());
+        let h = SignedHeaders {
+            timestamp: Some("1554209980"),
+            nonce: Some("c5ac7061fccab6bf3e254dcf98995b8c"),
+            signature: Some(testkeys::D5_SIGNATURE),
+            serial: Some("S"),
+            signature_type: None,
+        };
+        keys.verify(&h, b"", 1554209980, 300).expect("204 response verifies");
+    }
+}
