@@ -39,6 +39,17 @@ impl ConfigError {
     }
 }
 
+/// What the settings are loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve`: everything must be present.
+    Serve,
+    /// `demo` / `sim`: dev keys forced on.
+    Dev,
+    /// Operator commands on the database (migrate, jobs, order).
+    Ops,
+}
+
 /// Which deployment profile the URLs select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -51,11 +62,18 @@ pub enum Profile {
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment; validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with(file, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_for(file, Purpose::Serve)
     }
 
-    /// Loads with an explicit environment provider (tests pass their own).
-    pub fn load_with(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+    /// Like [`Self::load`] with `wechat.use_dev_keys` forced on: `demo` and local runs
+    /// against the simulator need no real credentials.
+    pub fn load_dev(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_for(file, Purpose::Dev)
+    }
+
+    /// Loads settings for `purpose`: operator commands that only touch the database do not
+    /// need the merchant's WeChat identity.
+    pub fn load_for(file: Option<&Path>, purpose: Purpose) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -66,13 +84,29 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        let settings: Settings = figment.merge(env).extract().map_err(first_error)?;
-        settings.validate()?;
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        if purpose == Purpose::Dev {
+            figment = figment.merge(figment::providers::Serialized::default(
+                "wechat.use_dev_keys",
+                true,
+            ));
+        }
+        let settings: Settings = figment.extract().map_err(first_error)?;
+        settings.validate_common()?;
+        if purpose != Purpose::Ops {
+            settings.validate_identity()?;
+        }
         Ok(settings)
     }
 
-    /// Cross-field checks that serde cannot express.
+    /// Every check: common settings and the merchant identity.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_common()?;
+        self.validate_identity()
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn validate_common(&self) -> Result<(), ConfigError> {
         self.profile()?;
         let queue_scheme = scheme(&self.queue.url);
         if !matches!(queue_scheme, "sqlite" | "redis" | "rediss") {
@@ -82,10 +116,19 @@ impl Settings {
             ));
         }
         positive("notify.max_batch", self.notify.max_batch)?;
+        positive("notify.writers", self.notify.writers)?;
         positive("queue.concurrency", self.queue.concurrency)?;
-        positive("worker.max_attempts", usize::try_from(self.worker.max_attempts).unwrap_or(0))?;
-        positive("database.max_connections", usize::try_from(self.database.max_connections).unwrap_or(0))?;
-        if self.worker.backoff_base_ms == 0 || self.worker.backoff_cap_ms < self.worker.backoff_base_ms {
+        positive(
+            "worker.max_attempts",
+            usize::try_from(self.worker.max_attempts).unwrap_or(0),
+        )?;
+        positive(
+            "database.max_connections",
+            usize::try_from(self.database.max_connections).unwrap_or(0),
+        )?;
+        if self.worker.backoff_base_ms == 0
+            || self.worker.backoff_cap_ms < self.worker.backoff_base_ms
+        {
             return Err(ConfigError::invalid(
                 "worker.backoff_cap_ms",
                 "backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms",
@@ -98,9 +141,16 @@ impl Settings {
             ));
         }
         if !(self.sim.time_scale.is_finite() && self.sim.time_scale > 0.0) {
-            return Err(ConfigError::invalid("sim.time_scale", "must be a positive number"));
+            return Err(ConfigError::invalid(
+                "sim.time_scale",
+                "must be a positive number",
+            ));
         }
-        self.validate_catalog()?;
+        self.validate_catalog()
+    }
+
+    /// The merchant's WeChat identity, unless the dev keys stand in for it.
+    fn validate_identity(&self) -> Result<(), ConfigError> {
         if !self.wechat.use_dev_keys {
             for (name, value) in [
                 ("wechat.appid", &self.wechat.appid),
@@ -121,12 +171,18 @@ impl Settings {
 
     fn validate_catalog(&self) -> Result<(), ConfigError> {
         if self.catalog.is_empty() {
-            return Err(ConfigError::invalid("catalog", "at least one product is required"));
+            return Err(ConfigError::invalid(
+                "catalog",
+                "at least one product is required",
+            ));
         }
         let mut seen = HashSet::new();
         for item in &self.catalog {
             if item.id.is_empty() || item.id.len() > 64 {
-                return Err(ConfigError::invalid("catalog.id", "must be 1 to 64 characters"));
+                return Err(ConfigError::invalid(
+                    "catalog.id",
+                    "must be 1 to 64 characters",
+                ));
             }
             if !seen.insert(item.id.as_str()) {
                 return Err(ConfigError::invalid(
@@ -137,7 +193,10 @@ impl Settings {
             if item.price_fen <= 0 {
                 return Err(ConfigError::invalid(
                     "catalog.price_fen",
-                    format!("product {:?}: price must be a positive number of fen", item.id),
+                    format!(
+                        "product {:?}: price must be a positive number of fen",
+                        item.id
+                    ),
                 ));
             }
         }

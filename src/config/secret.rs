@@ -101,8 +101,12 @@ mod tests {
     #[test]
     fn both_inline_and_file_is_refused() {
         let inline = Secret::new("a".to_owned());
-        let err = resolve("wechat.apiv3_key", Some(&inline), Some(&PathBuf::from("/x")))
-            .expect_err("must refuse");
+        let err = resolve(
+            "wechat.apiv3_key",
+            Some(&inline),
+            Some(&PathBuf::from("/x")),
+        )
+        .expect_err("must refuse");
         assert!(err.to_string().contains("wechat.apiv3_key"), "{err}");
     }
 

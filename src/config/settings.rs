@@ -71,6 +71,7 @@ pub struct WorkerSettings {
 pub struct NotifySettings {
     pub timestamp_tolerance_secs: i64,
     pub max_batch: usize,
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +79,7 @@ pub struct NotifySettings {
 pub struct OrderSettings {
     pub time_expire_secs: u64,
     pub description_prefix: String,
+    pub poll_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

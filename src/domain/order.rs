@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn status_round_trips_through_text() {
         for status in OrderStatus::ALL {
-            assert_eq!(status.as_str().parse::<OrderStatus>().expect("parse"), status);
+            assert_eq!(
+                status.as_str().parse::<OrderStatus>().expect("parse"),
+                status
+            );
         }
         assert!("PAID".parse::<OrderStatus>().is_err());
     }

@@ -28,7 +28,9 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_) => StorageError::Unavailable(err),
-            sqlx::Error::Database(ref db) if is_unavailable_code(db.code().as_deref()) => StorageError::Unavailable(err),
+            sqlx::Error::Database(ref db) if is_unavailable_code(db.code().as_deref()) => {
+                StorageError::Unavailable(err)
+            }
             other => StorageError::Other(other),
         }
     }
@@ -38,7 +40,13 @@ impl From<sqlx::Error> for StorageError {
 /// "try again", not "your request is wrong".
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
-        Some(code) => code.starts_with("57P") || code.starts_with("08") || code.starts_with("53") || code == "5" || code == "6",
+        Some(code) => {
+            code.starts_with("57P")
+                || code.starts_with("08")
+                || code.starts_with("53")
+                || code == "5"
+                || code == "6"
+        }
         None => false,
     }
 }

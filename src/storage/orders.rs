@@ -42,7 +42,9 @@ const COLUMNS: &str = "id, out_trade_no, user_id, payer_openid, product_id, quan
 
 impl OrderRow {
     pub fn status(&self) -> Result<OrderStatus, StorageError> {
-        self.status.parse().map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+        self.status
+            .parse()
+            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
     }
 }
 
@@ -79,10 +81,16 @@ pub struct TransitionRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionOutcome {
     /// The status changed from `from` to the requested one.
-    Applied { order_id: i64, from: OrderStatus },
+    Applied {
+        order_id: i64,
+        from: OrderStatus,
+    },
     /// The order was in a status the move is not allowed from (duplicate, late or
     /// contradicting evidence); a no-op event was recorded.
-    NotApplied { order_id: i64, current: OrderStatus },
+    NotApplied {
+        order_id: i64,
+        current: OrderStatus,
+    },
     NotFound,
 }
 
@@ -125,31 +133,55 @@ impl Db {
         Ok(order)
     }
 
-    pub async fn set_prepay(&self, order_id: i64, prepay_id: &str, now_ms: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1")
-            .bind(order_id)
-            .bind(prepay_id)
-            .bind(now_ms)
-            .execute(self.writer())
-            .await?;
+    pub async fn set_prepay(
+        &self,
+        order_id: i64,
+        prepay_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1",
+        )
+        .bind(order_id)
+        .bind(prepay_id)
+        .bind(now_ms)
+        .execute(self.writer())
+        .await?;
         Ok(())
     }
 
     pub async fn order_by_no(&self, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(self.reader()).await?)
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(out_trade_no)
+            .fetch_optional(self.reader())
+            .await?)
     }
 
     /// The order, re-read inside `tx` under a row lock (PostgreSQL) or the write lock (SQLite).
-    pub async fn lock_order(&self, tx: &mut Tx, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
-        let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}", self.dialect().for_update());
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(&mut **tx).await?)
+    pub async fn lock_order(
+        &self,
+        tx: &mut Tx,
+        out_trade_no: &str,
+    ) -> Result<Option<OrderRow>, StorageError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}",
+            self.dialect().for_update()
+        );
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(out_trade_no)
+            .fetch_optional(&mut **tx)
+            .await?)
     }
 
     /// The one way an order's status changes. Inside `tx`: lock the row, check the move is
     /// allowed from its current status, update guarded by that status, and append an event
     /// (applied or not). A duplicate or late message is therefore a recorded no-op.
-    pub async fn transition(&self, tx: &mut Tx, req: &TransitionRequest<'_>) -> Result<TransitionOutcome, StorageError> {
+    pub async fn transition(
+        &self,
+        tx: &mut Tx,
+        req: &TransitionRequest<'_>,
+    ) -> Result<TransitionOutcome, StorageError> {
         let Some(order) = self.lock_order(tx, req.out_trade_no).await? else {
             return Ok(TransitionOutcome::NotFound);
         };
@@ -191,21 +223,33 @@ impl Db {
         .insert(tx)
         .await?;
         Ok(if applied {
-            TransitionOutcome::Applied { order_id: order.id, from: current }
+            TransitionOutcome::Applied {
+                order_id: order.id,
+                from: current,
+            }
         } else {
-            TransitionOutcome::NotApplied { order_id: order.id, current }
+            TransitionOutcome::NotApplied {
+                order_id: order.id,
+                current,
+            }
         })
     }
 
     /// Orders by status, for the `wxpay_orders` gauge.
     pub async fn order_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
-            .fetch_all(self.reader())
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
+                .fetch_all(self.reader())
+                .await?,
+        )
     }
 }
 
 /// `'A', 'B'` for a guard; statuses are our own constants, never user input.
 fn in_list(statuses: &[OrderStatus]) -> String {
-    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

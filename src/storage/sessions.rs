@@ -3,7 +3,13 @@
 use super::{Db, StorageError};
 
 impl Db {
-    pub async fn insert_session(&self, token_hash: &str, user_id: i64, now_ms: i64, expires_at_ms: i64) -> Result<(), StorageError> {
+    pub async fn insert_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StorageError> {
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)")
             .bind(token_hash)
             .bind(user_id)
@@ -15,12 +21,18 @@ impl Db {
     }
 
     /// The user a live token belongs to; expired and unknown tokens are both `None`.
-    pub async fn session_user(&self, token_hash: &str, now_ms: i64) -> Result<Option<i64>, StorageError> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at_ms > $2")
-            .bind(token_hash)
-            .bind(now_ms)
-            .fetch_optional(self.reader())
-            .await?;
+    pub async fn session_user(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at_ms > $2",
+        )
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(self.reader())
+        .await?;
         Ok(row.map(|(id,)| id))
     }
 }

@@ -21,7 +21,13 @@ const COLUMNS: &str = "id, openid, unionid, nickname, avatar_url, created_at_ms"
 impl Db {
     /// Creates the user on first login, or refreshes its session_key (and unionid if WeChat
     /// now sends one) on later logins.
-    pub async fn upsert_user(&self, openid: &str, unionid: Option<&str>, session_key_enc: &str, now_ms: i64) -> Result<UserRow, StorageError> {
+    pub async fn upsert_user(
+        &self,
+        openid: &str,
+        unionid: Option<&str>,
+        session_key_enc: &str,
+        now_ms: i64,
+    ) -> Result<UserRow, StorageError> {
         let sql = format!(
             "INSERT INTO users (openid, unionid, session_key_enc, created_at_ms, updated_at_ms)
              VALUES ($1, $2, $3, $4, $4)
@@ -42,7 +48,10 @@ impl Db {
 
     pub async fn user(&self, id: i64) -> Result<UserRow, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_one(self.reader()).await?)
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(self.reader())
+            .await?)
     }
 
     /// The encrypted session_key, for the one place that decrypts user data with it.
@@ -54,7 +63,13 @@ impl Db {
         Ok(value)
     }
 
-    pub async fn update_profile(&self, id: i64, nickname: Option<&str>, avatar_url: Option<&str>, now_ms: i64) -> Result<UserRow, StorageError> {
+    pub async fn update_profile(
+        &self,
+        id: i64,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+        now_ms: i64,
+    ) -> Result<UserRow, StorageError> {
         let sql = format!(
             "UPDATE users SET nickname = $2, avatar_url = $3, updated_at_ms = $4 WHERE id = $1 RETURNING {COLUMNS}"
         );

@@ -5,8 +5,8 @@
 //! kinds, outcome classes): never an order number, openid or raw URL.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "wxpay";
@@ -63,34 +63,119 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let m = Metrics {
-            http_requests: counter_vec("http_requests_total", "HTTP requests answered, by matched route, method and status class.", &["route", "method", "status"]),
-            http_duration: histogram_vec("http_request_duration_seconds", "Time to answer an HTTP request, by matched route.", &["route"]),
-            notify_received: counter("notify_received_total", "Notification POSTs received from WeChat (before any check)."),
-            notify_accepted: counter_vec("notify_accepted_total", "Notifications stored durably and acknowledged; kind is new or duplicate (same notification id again).", &["kind"]),
-            notify_rejected: counter_vec("notify_rejected_total", "Notifications answered with a failure, by reason.", &["reason"]),
-            notify_commit_batch: histogram("notify_commit_batch_size", "Notifications made durable by one inbox commit.", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-            notify_ingest_duration: histogram("notify_ingest_duration_seconds", "Time from receiving a notification to answering it.", LATENCY_BUCKETS),
-            notify_enqueue_failures: counter("notify_enqueue_failures_total", "Stored notifications whose apply job could not be enqueued (the sweeper catches them up)."),
-            inbox_applied: counter_vec("inbox_applied_total", "Inbox entries processed by the worker, by outcome.", &["outcome"]),
-            inbox_unprocessed: gauge("inbox_unprocessed", "Inbox entries stored but not yet processed."),
-            inbox_oldest_unprocessed_age: gauge("inbox_oldest_unprocessed_age_seconds", "Age of the oldest inbox entry not yet processed (0 when none)."),
-            inbox_swept: counter("inbox_swept_total", "Inbox entries re-enqueued by the sweeper because they were left unprocessed."),
-            jobs_started: counter_vec("jobs_started_total", "Job executions started, by kind.", &["kind"]),
-            jobs_finished: counter_vec("jobs_finished_total", "Job executions finished, by kind and outcome (succeeded, retried, dead).", &["kind", "outcome"]),
-            job_duration: histogram_vec("job_duration_seconds", "Time one job execution took, by kind.", &["kind"]),
-            jobs_dead: gauge_vec("jobs_dead", "Jobs in the dead-letter state waiting for an operator, by kind.", &["kind"]),
-            wechat_calls: counter_vec("wechat_calls_total", "Calls to WeChat, by endpoint and outcome class.", &["endpoint", "outcome"]),
-            wechat_call_duration: histogram_vec("wechat_call_duration_seconds", "Latency of calls to WeChat, by endpoint.", &["endpoint"]),
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by matched route, method and status class.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram_vec(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request, by matched route.",
+                &["route"],
+            ),
+            notify_received: counter(
+                "notify_received_total",
+                "Notification POSTs received from WeChat (before any check).",
+            ),
+            notify_accepted: counter_vec(
+                "notify_accepted_total",
+                "Notifications stored durably and acknowledged; kind is new or duplicate (same notification id again).",
+                &["kind"],
+            ),
+            notify_rejected: counter_vec(
+                "notify_rejected_total",
+                "Notifications answered with a failure, by reason.",
+                &["reason"],
+            ),
+            notify_commit_batch: histogram(
+                "notify_commit_batch_size",
+                "Notifications made durable by one inbox commit.",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            notify_ingest_duration: histogram(
+                "notify_ingest_duration_seconds",
+                "Time from receiving a notification to answering it.",
+                LATENCY_BUCKETS,
+            ),
+            notify_enqueue_failures: counter(
+                "notify_enqueue_failures_total",
+                "Stored notifications whose apply job could not be enqueued (the sweeper catches them up).",
+            ),
+            inbox_applied: counter_vec(
+                "inbox_applied_total",
+                "Inbox entries processed by the worker, by outcome.",
+                &["outcome"],
+            ),
+            inbox_unprocessed: gauge(
+                "inbox_unprocessed",
+                "Inbox entries stored but not yet processed.",
+            ),
+            inbox_oldest_unprocessed_age: gauge(
+                "inbox_oldest_unprocessed_age_seconds",
+                "Age of the oldest inbox entry not yet processed (0 when none).",
+            ),
+            inbox_swept: counter(
+                "inbox_swept_total",
+                "Inbox entries re-enqueued by the sweeper because they were left unprocessed.",
+            ),
+            jobs_started: counter_vec(
+                "jobs_started_total",
+                "Job executions started, by kind.",
+                &["kind"],
+            ),
+            jobs_finished: counter_vec(
+                "jobs_finished_total",
+                "Job executions finished, by kind and outcome (succeeded, retried, dead).",
+                &["kind", "outcome"],
+            ),
+            job_duration: histogram_vec(
+                "job_duration_seconds",
+                "Time one job execution took, by kind.",
+                &["kind"],
+            ),
+            jobs_dead: gauge_vec(
+                "jobs_dead",
+                "Jobs in the dead-letter state waiting for an operator, by kind.",
+                &["kind"],
+            ),
+            wechat_calls: counter_vec(
+                "wechat_calls_total",
+                "Calls to WeChat, by endpoint and outcome class.",
+                &["endpoint", "outcome"],
+            ),
+            wechat_call_duration: histogram_vec(
+                "wechat_call_duration_seconds",
+                "Latency of calls to WeChat, by endpoint.",
+                &["endpoint"],
+            ),
             orders_created: counter("orders_created_total", "Orders created through the API."),
-            order_transitions: counter_vec("order_transitions_total", "Order status changes applied, by new status and source of evidence.", &["to", "source"]),
+            order_transitions: counter_vec(
+                "order_transitions_total",
+                "Order status changes applied, by new status and source of evidence.",
+                &["to", "source"],
+            ),
             orders_by_status: gauge_vec("orders", "Orders by current status.", &["status"]),
-            anomalies: counter_vec("anomalies_total", "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).", &["kind"]),
-            logins: counter_vec("logins_total", "Mini-program logins, by outcome.", &["outcome"]),
-            build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
+            anomalies: counter_vec(
+                "anomalies_total",
+                "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).",
+                &["kind"],
+            ),
+            logins: counter_vec(
+                "logins_total",
+                "Mini-program logins, by outcome.",
+                &["outcome"],
+            ),
+            build_info: gauge_vec(
+                "build_info",
+                "Always 1; labels carry the running version.",
+                &["version"],
+            ),
             registry,
         };
         m.register_all();
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m
     }
 
@@ -169,20 +254,29 @@ fn gauge_vec(n: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(n: &str, help: &str, buckets: &[f64]) -> Histogram {
-    Histogram::with_opts(HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(buckets.to_vec()))
-        .unwrap_or_else(|_| unreachable_metric(n))
+    Histogram::with_opts(
+        HistogramOpts::new(n, help)
+            .namespace(NAMESPACE)
+            .buckets(buckets.to_vec()),
+    )
+    .unwrap_or_else(|_| unreachable_metric(n))
 }
 
 fn histogram_vec(n: &str, help: &str, labels: &[&str]) -> HistogramVec {
     HistogramVec::new(
-        HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(n, help)
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec()),
         labels,
     )
     .unwrap_or_else(|_| unreachable_metric(n))
 }
 
 /// Metric options are compile-time constants checked by the unit test below.
-#[expect(clippy::panic, reason = "static metric definitions are validated by unit tests")]
+#[expect(
+    clippy::panic,
+    reason = "static metric definitions are validated by unit tests"
+)]
 fn unreachable_metric(n: &str) -> ! {
     panic!("invalid metric definition {n}")
 }
@@ -194,10 +288,19 @@ mod tests {
     #[test]
     fn every_metric_is_exported_with_namespace_and_help() {
         let metrics = Metrics::new();
-        metrics.notify_rejected.with_label_values(&["bad_signature"]).inc();
-        metrics.wechat_call_duration.with_label_values(&["query_order"]).observe(0.01);
+        metrics
+            .notify_rejected
+            .with_label_values(&["bad_signature"])
+            .inc();
+        metrics
+            .wechat_call_duration
+            .with_label_values(&["query_order"])
+            .observe(0.01);
         let text = metrics.render();
-        assert!(text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
+        assert!(
+            text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("# HELP wxpay_build_info"));
         assert!(text.contains("wxpay_wechat_call_duration_seconds_bucket"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -8,28 +8,50 @@ pub enum WechatError {
     #[error("{endpoint}: timed out (outcome unknown)")]
     Timeout { endpoint: &'static str },
     #[error("{endpoint}: network error: {message}")]
-    Network { endpoint: &'static str, message: String },
+    Network {
+        endpoint: &'static str,
+        message: String,
+    },
     #[error("{endpoint}: HTTP {status} {code}: {message}")]
-    Api { endpoint: &'static str, status: u16, code: String, message: String },
+    Api {
+        endpoint: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("{endpoint}: response signature rejected: {source}")]
-    Signature { endpoint: &'static str, source: VerifyError },
+    Signature {
+        endpoint: &'static str,
+        source: VerifyError,
+    },
     #[error("{endpoint}: unexpected response: {message}")]
-    Decode { endpoint: &'static str, message: String },
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
     #[error("request signing failed: {0}")]
     Sign(String),
 }
 
 /// Codes WeChat documents as transient: retry the same call with the same parameters.
 const RETRYABLE_CODES: &[&str] = &[
-    "SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED",
-    "SERVICE_UNAVAILABLE", "BANK_ERROR", "USERPAYING",
+    "SYSTEM_ERROR",
+    "SYSTEMERROR",
+    "FREQUENCY_LIMITED",
+    "RATELIMIT_EXCEEDED",
+    "RATE_LIMITED",
+    "SERVICE_UNAVAILABLE",
+    "BANK_ERROR",
+    "USERPAYING",
 ];
 
 impl WechatError {
     /// Whether the same call may succeed if repeated later.
     pub fn retryable(&self) -> bool {
         match self {
-            WechatError::Timeout { .. } | WechatError::Network { .. } | WechatError::Signature { .. } => true,
+            WechatError::Timeout { .. }
+            | WechatError::Network { .. }
+            | WechatError::Signature { .. } => true,
             WechatError::Api { status, code, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
             }
@@ -70,7 +92,12 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: &str) -> WechatError {
-        WechatError::Api { endpoint: "x", status, code: code.into(), message: String::new() }
+        WechatError::Api {
+            endpoint: "x",
+            status,
+            code: code.into(),
+            message: String::new(),
+        }
     }
 
     #[test]

@@ -76,12 +76,24 @@ impl Credentials {
         let mut creds = if wechat.use_dev_keys {
             DevKeys::load_or_create(&wechat.dev_keys_dir)?.credentials()?
         } else {
-            let pem = secret::require("wechat.merchant_key", wechat.merchant_key.as_ref(), wechat.merchant_key_file.as_ref())?;
+            let pem = secret::require(
+                "wechat.merchant_key",
+                wechat.merchant_key.as_ref(),
+                wechat.merchant_key_file.as_ref(),
+            )?;
             let key = parse_private_key("wechat.merchant_key", pem.expose())?;
-            let apiv3 = secret::require("wechat.apiv3_key", wechat.apiv3_key.as_ref(), wechat.apiv3_key_file.as_ref())?;
+            let apiv3 = secret::require(
+                "wechat.apiv3_key",
+                wechat.apiv3_key.as_ref(),
+                wechat.apiv3_key_file.as_ref(),
+            )?;
             let apiv3_key = ApiV3Key::new(apiv3.expose().as_bytes())
                 .map_err(|e| ConfigError::invalid("wechat.apiv3_key", e.to_string()))?;
-            let app_secret = secret::require("wechat.app_secret", wechat.app_secret.as_ref(), wechat.app_secret_file.as_ref())?;
+            let app_secret = secret::require(
+                "wechat.app_secret",
+                wechat.app_secret.as_ref(),
+                wechat.app_secret_file.as_ref(),
+            )?;
             Credentials {
                 appid: wechat.appid.clone(),
                 mchid: wechat.mchid.clone(),
@@ -100,11 +112,21 @@ impl Credentials {
             let pem = match (&entry.public_key, &entry.public_key_file) {
                 (Some(pem), None) => pem.clone(),
                 (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {e}", path.display()))
+                    ConfigError::invalid(
+                        &format!("{setting}_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?,
-                _ => return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file")),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        &setting,
+                        "set exactly one of public_key or public_key_file",
+                    ));
+                }
             };
-            creds.platform_keys.insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
+            creds
+                .platform_keys
+                .insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
         }
         if creds.platform_keys.is_empty() {
             return Err(ConfigError::invalid(
@@ -126,8 +148,15 @@ mod tests {
         let err = parse_private_key("wechat.merchant_key", "garbage").expect_err("bad");
         assert!(err.to_string().starts_with("wechat.merchant_key: "));
         assert!(!err.to_string().contains('\n'));
-        let err = parse_public_key("wechat.platform_keys[0].public_key", testkeys::K1_PRIVATE_PEM).expect_err("bad");
-        assert!(err.to_string().starts_with("wechat.platform_keys[0].public_key: "));
+        let err = parse_public_key(
+            "wechat.platform_keys[0].public_key",
+            testkeys::K1_PRIVATE_PEM,
+        )
+        .expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("wechat.platform_keys[0].public_key: ")
+        );
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! `POST /api/login`, `GET /api/me`, `PUT /api/me/profile`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use axum::{Json, response::IntoResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::time::from_ms;
+use crate::storage::users::UserRow;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, CurrentUser};
+use super::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/login", post(login))
+        .route("/api/me", get(me))
+        .route("/api/me/profile", put(update_profile))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    code: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LoginResponse {
+    token: String,
+    expires_at: String,
+    user: UserView,
+}
+
+/// What a client may see of a user: never openid's session_key, never the unionid.
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    id: i64,
+    nickname: Option<String>,
+    avatar_url: Option<String>,
+    created_at: String,
+}
+
+impl From<UserRow> for UserView {
+    fn from(u: UserRow) -> Self {
+        Self {
+            id: u.id,
+            nickname: u.nickname,
+            avatar_url: u.avatar_url,
+            created_at: from_ms(u.created_at_ms).to_rfc3339(),
+        }
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let session = state.login.login(&body.code).await?;
+    Ok(Json(LoginResponse {
+        token: session.token.expose().clone(),
+        expires_at: session.expires_at.to_rfc3339(),
+        user: session.user.into(),
+    }))
+}
+
+async fn me(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(state.db.user(user_id).await?.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    nickname: Option<String>,
+    avatar_url: Option<String>,
+}
+
+async fn update_profile(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+    ApiJson(body): ApiJson<ProfileRequest>,
+) -> Result<Json<UserView>, ApiError> {
+    if body
+        .nickname
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "nickname must be at most 64 characters without control characters".into(),
+        ));
+    }
+    if let Some(url) = &body.avatar_url
+        && (url.len() > 512 || !(url.starts_with("https://") || url.starts_with("http://")))
+    {
+        return Err(ApiError::BadRequest(
+            "avatar_url must be an http(s) URL of at most 512 bytes".into(),
+        ));
+    }
+    let user = state
+        .db
+        .update_profile(
+            user_id,
+            body.nickname.as_deref(),
+            body.avatar_url.as_deref(),
+            state.clock.now_ms(),
+        )
+        .await?;
+    Ok(Json(user.into()))
+}

@@ -1,0 +1,140 @@
+//! The API's one error type and its one conversion to HTTP. Bodies are client-safe
+//! (`{code, message}`); internals are logged where they happen, never returned.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::services::login::LoginFailure;
+use crate::services::orders::OrderError;
+use crate::storage::StorageError;
+use crate::wechat::login::LoginError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("payment provider unavailable; retry payment for order {out_trade_no}")]
+    PaymentUnavailable { out_trade_no: String },
+    #[error("{0}")]
+    Upstream(String),
+    #[error("internal error")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    out_trade_no: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            ApiError::PaymentUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "PAYMENT_UNAVAILABLE")
+            }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        let out_trade_no = match &self {
+            ApiError::PaymentUnavailable { out_trade_no } => Some(out_trade_no.as_str()),
+            _ => None,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                code,
+                message: self.to_string(),
+                out_trade_no,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::NotFound => ApiError::NotFound,
+            StorageError::Unavailable(_) => {
+                tracing::error!(error = %err, "database unavailable");
+                ApiError::Unavailable("database unavailable, retry shortly".into())
+            }
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl From<LoginFailure> for ApiError {
+    fn from(err: LoginFailure) -> Self {
+        match err {
+            LoginFailure::MalformedCode => ApiError::BadRequest(err.to_string()),
+            LoginFailure::Wechat(LoginError::BadCode { .. }) => ApiError::Unauthorized(
+                "login code invalid, expired or already used: call wx.login again".into(),
+            ),
+            LoginFailure::Wechat(LoginError::Blocked { .. }) => {
+                ApiError::Conflict("this WeChat user cannot log in".into())
+            }
+            LoginFailure::Wechat(other) => {
+                tracing::warn!(error = %other, "jscode2session failed");
+                ApiError::Unavailable("WeChat login unavailable, retry shortly".into())
+            }
+            LoginFailure::Storage(e) => e.into(),
+            LoginFailure::Seal => ApiError::Internal,
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(err: OrderError) -> Self {
+        match err {
+            OrderError::UnknownProduct(_) | OrderError::BadQuantity => {
+                ApiError::BadRequest(err.to_string())
+            }
+            OrderError::NotPayable(_) => ApiError::Conflict(err.to_string()),
+            OrderError::PaymentUnavailable {
+                out_trade_no,
+                source,
+            } => {
+                tracing::warn!(order.out_trade_no = %out_trade_no, error = %source, "prepay unavailable");
+                ApiError::PaymentUnavailable { out_trade_no }
+            }
+            OrderError::Refused(source) => {
+                tracing::error!(error = %source, "WeChat refused prepay");
+                ApiError::Upstream(format!(
+                    "WeChat Pay refused the order ({})",
+                    source.code().unwrap_or("error")
+                ))
+            }
+            OrderError::Storage(e) => e.into(),
+            OrderError::Sign(_) => ApiError::Internal,
+        }
+    }
+}
+
+impl ApiError {
+    /// The 401 for a missing, unknown or expired bearer token.
+    pub fn bad_token() -> Self {
+        ApiError::Unauthorized("missing, invalid or expired bearer token".into())
+    }
+}

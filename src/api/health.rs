@@ -1,0 +1,91 @@
+//! `/healthz` (the process answers), `/readyz` (database and queue reachable, reported
+//! separately), `/metrics` (Prometheus text, backlog gauges computed at scrape time).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::state::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    database: String,
+    queue: String,
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (db, queue) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.queue.ping()),
+    );
+    let database = match db {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: timed out".to_owned(),
+    };
+    let queue = match queue {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: timed out".to_owned(),
+    };
+    let status = if database == "ok" && queue == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { database, queue }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if tokio::time::timeout(CHECK_TIMEOUT, refresh_backlog(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!("backlog gauges not refreshed: database slow");
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Gauges that describe the database, not this process: computed when scraped.
+async fn refresh_backlog(state: &AppState) {
+    let m = &state.metrics;
+    if let Ok(counts) = state.db.order_counts().await {
+        for status in crate::domain::OrderStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            m.orders_by_status
+                .with_label_values(&[status.as_str()])
+                .set(n);
+        }
+    }
+    if let Ok((count, oldest)) = state.db.inbox_backlog().await {
+        m.inbox_unprocessed.set(count);
+        let age = oldest.map_or(0, |t| (state.clock.now_ms() - t).max(0) / 1000);
+        m.inbox_oldest_unprocessed_age.set(age);
+    }
+    if let Ok(dead) = state.db.dead_job_counts().await {
+        m.jobs_dead.reset();
+        for (kind, n) in dead {
+            m.jobs_dead.with_label_values(&[&kind]).set(n);
+        }
+    }
+}

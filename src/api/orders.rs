@@ -1,0 +1,118 @@
+//! `POST /api/orders`, `GET /api/orders/{no}`, `POST /api/orders/{no}/payment`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::time::from_ms;
+use crate::services::orders::PaymentParams;
+use crate::storage::orders::OrderRow;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, CurrentUser};
+use super::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/orders", post(create))
+        .route("/api/orders/{out_trade_no}", get(show))
+        .route("/api/orders/{out_trade_no}/payment", post(payment))
+}
+
+/// The client names a product and a quantity, never a price.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrder {
+    product_id: String,
+    #[serde(default = "one")]
+    quantity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    out_trade_no: String,
+    status: String,
+    product_id: String,
+    quantity: i64,
+    amount_fen: i64,
+    description: String,
+    created_at: String,
+    time_expire: String,
+    paid_at: Option<String>,
+    transaction_id: Option<String>,
+}
+
+impl From<OrderRow> for OrderView {
+    fn from(o: OrderRow) -> Self {
+        Self {
+            out_trade_no: o.out_trade_no,
+            status: o.status,
+            product_id: o.product_id,
+            quantity: o.quantity,
+            amount_fen: o.amount_fen,
+            description: o.description,
+            created_at: from_ms(o.created_at_ms).to_rfc3339(),
+            time_expire: from_ms(o.time_expire_ms).to_rfc3339(),
+            paid_at: o.paid_at_ms.map(|ms| from_ms(ms).to_rfc3339()),
+            transaction_id: o.transaction_id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    #[serde(flatten)]
+    order: OrderView,
+    payment: PaymentParams,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+    ApiJson(body): ApiJson<CreateOrder>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let user = state.db.user(user_id).await?;
+    let created = state
+        .orders
+        .create(&user, &body.product_id, body.quantity)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            order: created.order.into(),
+            payment: created.payment,
+        }),
+    ))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+    Path(out_trade_no): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order = state
+        .orders
+        .get_for_user(user_id, &out_trade_no)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(order.into()))
+}
+
+async fn payment(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+    Path(out_trade_no): Path<String>,
+) -> Result<Json<PaymentParams>, ApiError> {
+    let order = state
+        .orders
+        .get_for_user(user_id, &out_trade_no)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(state.orders.request_payment(&order).await?))
+}

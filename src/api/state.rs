@@ -1,0 +1,20 @@
+//! What handlers share: the services, plus the handles health and metrics need.
+
+use crate::clock::Clock;
+use crate::queue::JobQueue;
+use crate::services::ingest::NotifyIngest;
+use crate::services::login::LoginService;
+use crate::services::orders::OrderService;
+use crate::storage::Db;
+use crate::telemetry::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub login: LoginService,
+    pub orders: OrderService,
+    pub ingest: NotifyIngest,
+    pub db: Db,
+    pub queue: JobQueue,
+    pub metrics: Metrics,
+    pub clock: Clock,
+}

@@ -1,0 +1,45 @@
+//! `wxpay-recon serve [--api-only | --worker-only] [--dev-keys]`.
+
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::startup::{Application, Roles};
+use crate::telemetry::{self, metrics::Metrics};
+
+use super::CliError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Serve the HTTP API only; run no jobs.
+    #[arg(long, conflicts_with = "worker_only")]
+    api_only: bool,
+    /// Run jobs only; HTTP serves /healthz, /readyz and /metrics.
+    #[arg(long)]
+    worker_only: bool,
+    /// Use (and create) the development keys: only against `wxpay-recon sim`.
+    #[arg(long)]
+    pub dev_keys: bool,
+}
+
+pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
+    telemetry::init(settings.log.format, &settings.log.filter);
+    if settings.wechat.use_dev_keys {
+        tracing::warn!(
+            "running with DEVELOPMENT keys: only the simulator will accept these requests"
+        );
+    }
+    let roles = Roles {
+        api: !args.worker_only,
+        worker: !args.api_only && settings.worker.enabled,
+    };
+    let app = Application::build(settings, Clock::system(), roles, Metrics::new()).await?;
+    let stop = CancellationToken::new();
+    crate::shutdown::on_signal(stop.clone());
+    app.run(stop)
+        .await
+        .map_err(|e| CliError::new(format!("server: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,317 @@
+//! Applying a stored notification to its order, idempotently.
+//!
+//! Everything happens in one transaction: the order is re-read under lock, the notification
+//! is checked against it (amount, appid, mchid, payer: never trusted alone), the guarded
+//! transition runs (or a no-op is recorded), and the inbox row is marked processed. Running
+//! this twice for the same entry, or for two notifications of the same payment, changes the
+//! order once.
+
+use crate::clock::Clock;
+use crate::domain::time::parse_rfc3339;
+use crate::domain::{EventSource, OrderStatus};
+use crate::storage::inbox::{Anomaly, InboxRow};
+use crate::storage::orders::{OrderRow, TransitionOutcome, TransitionRequest};
+use crate::storage::{Db, StorageError, Tx};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::wire::pay::Transaction;
+
+/// What applying one inbox entry did; `label()` feeds `wxpay_inbox_applied_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The order moved to SUCCESS.
+    Applied,
+    /// The order already had this payment: a recorded no-op.
+    Duplicate,
+    /// The evidence contradicts the order; recorded as an anomaly, not applied.
+    Anomaly(&'static str),
+    /// An event type this version does not act on (kept in the inbox).
+    Ignored,
+    /// Another worker processed it first.
+    AlreadyProcessed,
+    Missing,
+}
+
+impl ApplyOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApplyOutcome::Applied => "applied",
+            ApplyOutcome::Duplicate => "duplicate",
+            ApplyOutcome::Anomaly(_) => "anomaly",
+            ApplyOutcome::Ignored => "ignored",
+            ApplyOutcome::AlreadyProcessed => "already_processed",
+            ApplyOutcome::Missing => "missing",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Applier {
+    db: Db,
+    appid: String,
+    mchid: String,
+    clock: Clock,
+    metrics: Metrics,
+}
+
+impl Applier {
+    pub fn new(db: Db, appid: String, mchid: String, clock: Clock, metrics: Metrics) -> Self {
+        Self {
+            db,
+            appid,
+            mchid,
+            clock,
+            metrics,
+        }
+    }
+
+    pub async fn apply(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
+        let outcome = self.apply_inner(inbox_id).await?;
+        self.metrics
+            .inbox_applied
+            .with_label_values(&[outcome.label()])
+            .inc();
+        if let ApplyOutcome::Anomaly(kind) = outcome {
+            self.metrics.anomalies.with_label_values(&[kind]).inc();
+        }
+        Ok(outcome)
+    }
+
+    async fn apply_inner(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
+        let Some(entry) = self.db.inbox_entry(inbox_id).await? else {
+            return Ok(ApplyOutcome::Missing);
+        };
+        if entry.processed_at_ms.is_some() {
+            return Ok(ApplyOutcome::AlreadyProcessed);
+        }
+        let mut tx = self.db.begin().await?;
+        let (outcome, detail) = match entry.event_type.as_str() {
+            "TRANSACTION.SUCCESS" => self.apply_payment(&mut tx, &entry).await?,
+            other => (
+                ApplyOutcome::Ignored,
+                Some(format!("event type {other} is not applied by this version")),
+            ),
+        };
+        let label = match &outcome {
+            ApplyOutcome::Anomaly(kind) => format!("anomaly:{kind}"),
+            other => other.label().to_owned(),
+        };
+        let now_ms = self.clock.now_ms();
+        if !self
+            .db
+            .mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), now_ms)
+            .await?
+        {
+            tx.rollback().await?;
+            return Ok(ApplyOutcome::AlreadyProcessed);
+        }
+        tx.commit().await?;
+        if outcome == ApplyOutcome::Applied {
+            self.metrics
+                .order_transitions
+                .with_label_values(&["SUCCESS", "notify"])
+                .inc();
+        }
+        tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
+        Ok(outcome)
+    }
+
+    async fn apply_payment(
+        &self,
+        tx: &mut Tx,
+        entry: &InboxRow,
+    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
+        let now_ms = self.clock.now_ms();
+        let txn: Transaction = match serde_json::from_str(&entry.resource_json) {
+            Ok(txn) => txn,
+            Err(err) => {
+                let detail = format!("resource is not a transaction: {err}");
+                self.anomaly(tx, "malformed_resource", entry, None, None, &detail, now_ms)
+                    .await?;
+                return Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)));
+            }
+        };
+        let Some(order) = self.db.lock_order(tx, &txn.out_trade_no).await? else {
+            let detail = "no order with this out_trade_no".to_owned();
+            self.anomaly(
+                tx,
+                "unknown_order",
+                entry,
+                None,
+                Some(&txn.out_trade_no),
+                &detail,
+                now_ms,
+            )
+            .await?;
+            return Ok((ApplyOutcome::Anomaly("unknown_order"), Some(detail)));
+        };
+        if let Some((kind, ours, theirs)) = self.mismatch(&order, &txn) {
+            let detail = format!("{kind}: ours {ours}, notification {theirs}");
+            self.anomaly(
+                tx,
+                kind,
+                entry,
+                Some((&ours, &theirs)),
+                Some(&order.out_trade_no),
+                &detail,
+                now_ms,
+            )
+            .await?;
+            self.no_op_event(tx, &order, &entry.notification_id, &detail, now_ms)
+                .await?;
+            return Ok((ApplyOutcome::Anomaly(kind), Some(detail)));
+        }
+        let paid_at_ms = txn
+            .success_time
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .map(|t| t.timestamp_millis());
+        let request = TransitionRequest {
+            out_trade_no: &order.out_trade_no,
+            to: OrderStatus::Success,
+            source: EventSource::Notify,
+            evidence: Some(&entry.notification_id),
+            transaction_id: txn.transaction_id.as_deref(),
+            paid_at_ms: paid_at_ms.or(Some(now_ms)),
+            note: None,
+            now_ms,
+        };
+        match self.db.transition(tx, &request).await? {
+            TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
+            TransitionOutcome::NotFound => Ok((ApplyOutcome::Missing, None)),
+            TransitionOutcome::NotApplied { current, .. } => {
+                let same_payment =
+                    order.transaction_id.is_some() && order.transaction_id == txn.transaction_id;
+                match current {
+                    OrderStatus::Success | OrderStatus::Refund if same_payment => {
+                        Ok((ApplyOutcome::Duplicate, None))
+                    }
+                    OrderStatus::Closed => {
+                        // Paid after we closed it: money moved for a closed order. Never
+                        // silently re-opened; an operator decides (refund or honour).
+                        let detail = "SUCCESS notification for an order closed here".to_owned();
+                        self.anomaly(
+                            tx,
+                            "paid_after_close",
+                            entry,
+                            None,
+                            Some(&order.out_trade_no),
+                            &detail,
+                            now_ms,
+                        )
+                        .await?;
+                        Ok((ApplyOutcome::Anomaly("paid_after_close"), Some(detail)))
+                    }
+                    _ => {
+                        let detail = format!(
+                            "order is {current} with transaction {:?}, notification says {:?}",
+                            order.transaction_id, txn.transaction_id
+                        );
+                        self.anomaly(
+                            tx,
+                            "transaction_mismatch",
+                            entry,
+                            None,
+                            Some(&order.out_trade_no),
+                            &detail,
+                            now_ms,
+                        )
+                        .await?;
+                        Ok((ApplyOutcome::Anomaly("transaction_mismatch"), Some(detail)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first field of the notification that contradicts our order.
+    fn mismatch(
+        &self,
+        order: &OrderRow,
+        txn: &Transaction,
+    ) -> Option<(&'static str, String, String)> {
+        if txn.trade_state != "SUCCESS" {
+            return Some((
+                "unexpected_state",
+                "TRANSACTION.SUCCESS".into(),
+                txn.trade_state.clone(),
+            ));
+        }
+        if txn.appid != self.appid {
+            return Some(("appid_mismatch", self.appid.clone(), txn.appid.clone()));
+        }
+        if txn.mchid != self.mchid {
+            return Some(("mchid_mismatch", self.mchid.clone(), txn.mchid.clone()));
+        }
+        let total = txn.amount.as_ref().and_then(|a| a.total);
+        if total != Some(order.amount_fen) {
+            return Some((
+                "amount_mismatch",
+                order.amount_fen.to_string(),
+                format!("{total:?}"),
+            ));
+        }
+        let payer = txn.payer.as_ref().map(|p| p.openid.as_str());
+        if payer != Some(order.payer_openid.as_str()) {
+            return Some((
+                "payer_mismatch",
+                "order payer".into(),
+                "another openid".into(),
+            ));
+        }
+        None
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call shape for every anomaly kind"
+    )]
+    async fn anomaly(
+        &self,
+        tx: &mut Tx,
+        kind: &'static str,
+        entry: &InboxRow,
+        values: Option<(&str, &str)>,
+        out_trade_no: Option<&str>,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        tracing::warn!(anomaly.kind = kind, notify.id = %entry.notification_id, order.out_trade_no = out_trade_no.unwrap_or(""), detail, "notification not applied");
+        self.db
+            .insert_anomaly(
+                tx,
+                &Anomaly {
+                    kind,
+                    source: EventSource::Notify.as_str(),
+                    out_trade_no,
+                    evidence: Some(&entry.notification_id),
+                    ours: values.map(|v| v.0),
+                    theirs: values.map(|v| v.1),
+                    now_ms,
+                },
+            )
+            .await
+    }
+
+    /// Records that evidence arrived for the order but was refused.
+    async fn no_op_event(
+        &self,
+        tx: &mut Tx,
+        order: &OrderRow,
+        notification_id: &str,
+        note: &str,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        crate::storage::events::NewEvent {
+            order_id: order.id,
+            from: Some(order.status()?),
+            to: OrderStatus::Success,
+            applied: false,
+            source: EventSource::Notify,
+            evidence: Some(notification_id),
+            note: Some(note),
+            now_ms,
+        }
+        .insert(tx)
+        .await
+    }
+}

@@ -1,0 +1,114 @@
+//! Mini-program login: `wx.login` code -> jscode2session -> our user -> our bearer token.
+//! session_key is sealed at rest and never leaves the server.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
+use crate::config::Secret;
+use crate::domain::time::from_ms;
+use crate::storage::users::UserRow;
+use crate::storage::{Db, StorageError};
+use crate::telemetry::metrics::Metrics;
+use crate::vault::{self, Vault};
+use crate::wechat::LoginClient;
+use crate::wechat::login::LoginError;
+
+#[derive(Debug, Clone)]
+pub struct LoginService {
+    db: Db,
+    client: LoginClient,
+    vault: Vault,
+    clock: Clock,
+    token_ttl: Duration,
+    metrics: Metrics,
+}
+
+/// A fresh session: the token is shown to the client once.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub token: Secret<String>,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserRow,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginFailure {
+    #[error("code must be 1-128 printable ASCII characters")]
+    MalformedCode,
+    #[error(transparent)]
+    Wechat(#[from] LoginError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot seal session_key")]
+    Seal,
+}
+
+impl LoginService {
+    pub fn new(
+        db: Db,
+        client: LoginClient,
+        vault: Vault,
+        clock: Clock,
+        token_ttl: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            db,
+            client,
+            vault,
+            clock,
+            token_ttl,
+            metrics,
+        }
+    }
+
+    pub async fn login(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
+        let result = self.login_inner(code).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => {
+                "bad_code"
+            }
+            Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => "blocked",
+            Err(_) => "unavailable",
+        };
+        self.metrics.logins.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    async fn login_inner(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
+        if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(LoginFailure::MalformedCode);
+        }
+        let session = self.client.code2session(code).await?;
+        let sealed = self
+            .vault
+            .seal(session.session_key.expose())
+            .map_err(|_| LoginFailure::Seal)?;
+        let now_ms = self.clock.now_ms();
+        let user = self
+            .db
+            .upsert_user(&session.openid, session.unionid.as_deref(), &sealed, now_ms)
+            .await?;
+        let (token, hash) = vault::new_token();
+        let ttl_ms = i64::try_from(self.token_ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        self.db
+            .insert_session(&hash, user.id, now_ms, expires_at_ms)
+            .await?;
+        Ok(LoggedIn {
+            token,
+            expires_at: from_ms(expires_at_ms),
+            user,
+        })
+    }
+
+    /// The user behind a bearer token, if the token is known and unexpired.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<i64>, StorageError> {
+        self.db
+            .session_user(&vault::token_hash(token), self.clock.now_ms())
+            .await
+    }
+}

@@ -1,0 +1,8 @@
+//! Use cases, shared by the API and the worker: login, ordering, notification ingest and
+//! apply. They call `storage`, `wechat` and `queue`; they know nothing of axum or apalis.
+
+pub mod apply;
+pub mod inbox_writer;
+pub mod ingest;
+pub mod login;
+pub mod orders;

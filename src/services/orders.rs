@@ -1,0 +1,268 @@
+//! Ordering: price from our catalog (never from the client), a NOTPAY order stored first, then
+//! a JSAPI prepay with the same out_trade_no on every attempt, then the signed parameters
+//! `wx.requestPayment` needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::config::OrderSettings;
+use crate::domain::time::{from_ms, to_wechat_rfc3339};
+use crate::domain::{Fen, OutTradeNo};
+use crate::storage::orders::{NewOrder, OrderRow};
+use crate::storage::users::UserRow;
+use crate::storage::{Db, StorageError};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::wire::pay::{JsapiPrepayRequest, Payer, PrepayAmount};
+use crate::wechat::{Credentials, PayClient, WechatError, sign};
+
+/// Attempts at prepay within one API request (the call is idempotent for identical parameters).
+const PREPAY_ATTEMPTS: u32 = 3;
+const PREPAY_RETRY_BASE: Duration = Duration::from_millis(150);
+/// WeChat's limit on `description` (characters).
+const DESCRIPTION_MAX: usize = 127;
+pub const MAX_QUANTITY: i64 = 99;
+
+/// What `wx.requestPayment` takes, field names as the mini-program API spells them.
+#[derive(Debug, Clone, Serialize)]
+pub struct PaymentParams {
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    #[serde(rename = "timeStamp")]
+    pub time_stamp: String,
+    #[serde(rename = "nonceStr")]
+    pub nonce_str: String,
+    pub package: String,
+    #[serde(rename = "signType")]
+    pub sign_type: &'static str,
+    #[serde(rename = "paySign")]
+    pub pay_sign: String,
+}
+
+#[derive(Debug)]
+pub struct CreatedOrder {
+    pub order: OrderRow,
+    pub payment: PaymentParams,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("unknown product {0:?}")]
+    UnknownProduct(String),
+    #[error("quantity must be between 1 and {MAX_QUANTITY}")]
+    BadQuantity,
+    /// The order exists (NOTPAY) but WeChat could not be reached; the client may retry
+    /// with `POST /api/orders/{no}/payment` and the poller settles it either way.
+    #[error("payment provider unavailable for order {out_trade_no}: {source}")]
+    PaymentUnavailable {
+        out_trade_no: String,
+        source: WechatError,
+    },
+    #[error("WeChat refused the order: {0}")]
+    Refused(WechatError),
+    #[error("order {0} can no longer be paid")]
+    NotPayable(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderService {
+    db: Db,
+    pay: PayClient,
+    creds: Arc<Credentials>,
+    clock: Clock,
+    settings: OrderSettings,
+    notify_url: String,
+    metrics: Metrics,
+}
+
+impl OrderService {
+    pub fn new(
+        db: Db,
+        pay: PayClient,
+        clock: Clock,
+        settings: OrderSettings,
+        notify_url: String,
+        metrics: Metrics,
+    ) -> Self {
+        let creds = Arc::new(pay.credentials().clone());
+        Self {
+            db,
+            pay,
+            creds,
+            clock,
+            settings,
+            notify_url,
+            metrics,
+        }
+    }
+
+    /// Creates an order for `quantity` of `product_id` and returns the payment parameters.
+    pub async fn create(
+        &self,
+        user: &UserRow,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<CreatedOrder, OrderError> {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(OrderError::BadQuantity);
+        }
+        let product = self
+            .db
+            .active_product(product_id)
+            .await?
+            .ok_or_else(|| OrderError::UnknownProduct(product_id.to_owned()))?;
+        let amount = Fen(product.price_fen)
+            .checked_mul(quantity)
+            .ok_or(OrderError::BadQuantity)?;
+        let now = self.clock.now();
+        let now_ms = now.timestamp_millis();
+        let out_trade_no = OutTradeNo::generate(now, &mut rand::rng());
+        let description = wechat_description(&format!(
+            "{}{}",
+            self.settings.description_prefix, product.name
+        ));
+        let expire_ms = secs_to_ms(self.settings.time_expire_secs);
+        let grace_ms = secs_to_ms(self.settings.poll_grace_secs);
+        let order = self
+            .db
+            .insert_order(&NewOrder {
+                out_trade_no: out_trade_no.as_str(),
+                user_id: user.id,
+                payer_openid: &user.openid,
+                product_id: &product.id,
+                quantity,
+                amount_fen: amount.0,
+                description: &description,
+                time_expire_ms: now_ms.saturating_add(expire_ms),
+                first_check_at_ms: now_ms.saturating_add(grace_ms),
+                now_ms,
+            })
+            .await?;
+        self.metrics.orders_created.inc();
+        tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount_fen, "order created");
+        let payment = self.request_payment(&order).await?;
+        let order = self
+            .db
+            .order_by_no(&order.out_trade_no)
+            .await?
+            .unwrap_or(order);
+        Ok(CreatedOrder { order, payment })
+    }
+
+    /// (Re)issues payment parameters for an unpaid order: prepay again with identical
+    /// parameters (WeChat answers a fresh prepay_id) rather than a new order number.
+    pub async fn request_payment(&self, order: &OrderRow) -> Result<PaymentParams, OrderError> {
+        if order.status != "NOTPAY" || order.time_expire_ms <= self.clock.now_ms() {
+            return Err(OrderError::NotPayable(order.out_trade_no.clone()));
+        }
+        let request = JsapiPrepayRequest {
+            appid: self.creds.appid.clone(),
+            mchid: self.creds.mchid.clone(),
+            description: order.description.clone(),
+            out_trade_no: order.out_trade_no.clone(),
+            time_expire: Some(to_wechat_rfc3339(from_ms(order.time_expire_ms))),
+            attach: None,
+            notify_url: self.notify_url.clone(),
+            amount: PrepayAmount {
+                total: order.amount_fen,
+                currency: Some("CNY".into()),
+            },
+            payer: Payer {
+                openid: order.payer_openid.clone(),
+            },
+        };
+        let mut attempt = 1;
+        let prepay = loop {
+            match self.pay.prepay(&request).await {
+                Ok(prepay) => break prepay,
+                Err(err) if err.retryable() && attempt < PREPAY_ATTEMPTS => {
+                    tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, attempt, "prepay failed, retrying");
+                    tokio::time::sleep(PREPAY_RETRY_BASE * 2u32.pow(attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) if err.retryable() => {
+                    return Err(OrderError::PaymentUnavailable {
+                        out_trade_no: order.out_trade_no.clone(),
+                        source: err,
+                    });
+                }
+                Err(err) => return Err(OrderError::Refused(err)),
+            }
+        };
+        self.db
+            .set_prepay(order.id, &prepay.prepay_id, self.clock.now_ms())
+            .await?;
+        self.payment_params(&prepay.prepay_id)
+    }
+
+    /// Signs the four `paySign` lines with the merchant key.
+    pub fn payment_params(&self, prepay_id: &str) -> Result<PaymentParams, OrderError> {
+        let time_stamp = self.clock.now().timestamp();
+        let nonce_str = sign::nonce(32);
+        let package = format!("prepay_id={prepay_id}");
+        let message = sign::pay_sign_message(&self.creds.appid, time_stamp, &nonce_str, &package);
+        let pay_sign = self
+            .creds
+            .merchant
+            .signer
+            .sign(message.as_bytes())
+            .map_err(|e| OrderError::Sign(e.to_string()))?;
+        Ok(PaymentParams {
+            app_id: self.creds.appid.clone(),
+            time_stamp: time_stamp.to_string(),
+            nonce_str,
+            package,
+            sign_type: "RSA",
+            pay_sign,
+        })
+    }
+
+    /// The order if it belongs to `user_id`; another user's order is indistinguishable from a
+    /// missing one.
+    pub async fn get_for_user(
+        &self,
+        user_id: i64,
+        out_trade_no: &str,
+    ) -> Result<Option<OrderRow>, StorageError> {
+        if OutTradeNo::parse(out_trade_no).is_err() {
+            return Ok(None);
+        }
+        Ok(self
+            .db
+            .order_by_no(out_trade_no)
+            .await?
+            .filter(|o| o.user_id == user_id))
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
+
+/// WeChat takes at most 127 characters, each 1-3 bytes of UTF-8 (no emoji).
+fn wechat_description(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.len_utf8() <= 3)
+        .take(DESCRIPTION_MAX)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_is_trimmed_to_wechat_rules() {
+        assert_eq!(wechat_description("咖啡豆 250g ☕"), "咖啡豆 250g ☕");
+        assert_eq!(wechat_description("mug 🍵"), "mug ");
+        assert_eq!(wechat_description(&"x".repeat(300)).chars().count(), 127);
+    }
+}

@@ -1,0 +1,161 @@
+//! A faithful local WeChat Pay v3 + mini-program login server, for the demo, the tests and
+//! the benchmarks. It verifies our request signatures and signs its responses as WeChat does,
+//! sends signed and encrypted notifications on WeChat's retry schedule (time-compressible),
+//! and exposes `/sim/*` control endpoints that stand in for the user (log in, pay).
+//!
+//! It plays the other side: it uses `wechat::{wire, sign, aead}` only, never our services or
+//! storage.
+
+mod auth;
+mod control;
+pub mod keys;
+mod login;
+pub mod notifier;
+mod pay;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+
+pub use keys::SimKeys;
+use state::SimState;
+
+/// How the simulator runs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub keys: SimKeys,
+    pub clock: Clock,
+    /// WeChat's notification retry delays are divided by this.
+    pub time_scale: f64,
+    pub seed: u64,
+}
+
+/// Shared simulator state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SimContext(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub keys: SimKeys,
+    pub clock: Clock,
+    pub time_scale: f64,
+    pub state: Mutex<SimState>,
+    pub rng: std::sync::Mutex<StdRng>,
+    pub http: reqwest::Client,
+    pub sign_errors: AtomicU64,
+    pub stop: CancellationToken,
+}
+
+impl std::ops::Deref for SimContext {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl SimContext {
+    pub fn new(config: SimConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5)) // WeChat waits 5 s for a notification answer
+            .build()
+            .unwrap_or_default();
+        SimContext(Arc::new(Inner {
+            keys: config.keys,
+            clock: config.clock,
+            time_scale: config.time_scale,
+            state: Mutex::new(SimState::default()),
+            rng: std::sync::Mutex::new(StdRng::seed_from_u64(config.seed)),
+            http,
+            sign_errors: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        }))
+    }
+
+    fn sign_response(&self, timestamp: &str, nonce: &str, body: &[u8]) -> String {
+        auth::platform_signature(&self.keys.platform, timestamp, nonce, body)
+    }
+
+    fn record_sign_error(&self) {
+        self.sign_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A random value from the seeded generator (so a run can be replayed).
+    pub fn random<T>(&self) -> T
+    where
+        rand::distr::StandardUniform: rand::distr::Distribution<T>,
+    {
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        rand::Rng::random(&mut *rng)
+    }
+}
+
+pub fn router(ctx: SimContext) -> Router {
+    let v3 = Router::new()
+        .route("/v3/pay/transactions/jsapi", post(pay::jsapi))
+        .route(
+            "/v3/pay/transactions/out-trade-no/{out_trade_no}",
+            get(pay::query),
+        )
+        .route(
+            "/v3/pay/transactions/out-trade-no/{out_trade_no}/close",
+            post(pay::close),
+        )
+        .layer(from_fn_with_state(ctx.clone(), auth::verify_request))
+        .layer(from_fn_with_state(ctx.clone(), auth::sign_response));
+    Router::new()
+        .merge(v3)
+        .route("/sns/jscode2session", get(login::code2session))
+        .merge(control::router())
+        .with_state(ctx)
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimServer {
+    pub addr: SocketAddr,
+    pub ctx: SimContext,
+}
+
+impl SimServer {
+    /// Binds `addr` (port 0 for any) and serves until the context's stop token fires.
+    pub async fn spawn(config: SimConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let ctx = SimContext::new(config);
+        let app = router(ctx.clone());
+        let stop = ctx.stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "simulator stopped");
+            }
+        });
+        Ok(Self { addr, ctx })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.ctx.stop.cancel();
+    }
+}

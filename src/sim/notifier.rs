@@ -1,0 +1,171 @@
+//! Notifications as WeChat sends them: the resource encrypted with the APIv3 key (AAD
+//! `transaction` / `refund`), the envelope in WeChat's key order, headers signed with the
+//! platform key, and delivery retried on WeChat's schedule until a 200/204 (time divided by
+//! `time_scale`). The builders are public so tests can craft (and tamper with) notifications.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::time::to_wechat_rfc3339;
+use crate::wechat::sign::SCHEME;
+use crate::wechat::wire::notify::{EncryptedResource, Envelope};
+
+use super::SimContext;
+use super::auth::platform_signature;
+use super::keys::SimKeys;
+use super::state::NotificationRecord;
+
+/// WeChat's documented retry intervals after a failed delivery (15 retries, ~24 h 4 min).
+pub const RETRY_SCHEDULE_SECS: [u64; 15] = [
+    15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600,
+];
+
+/// A notification before encryption.
+#[derive(Debug, Clone)]
+pub struct PlainNotification {
+    pub id: String,
+    pub event_type: String,
+    pub summary: String,
+    pub original_type: String,
+    pub associated_data: String,
+    pub resource_json: String,
+    pub create_time: DateTime<Utc>,
+}
+
+impl PlainNotification {
+    /// A `TRANSACTION.SUCCESS` for the given decrypted transaction JSON.
+    pub fn transaction_success(
+        id: String,
+        resource_json: String,
+        create_time: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            event_type: "TRANSACTION.SUCCESS".into(),
+            summary: "支付成功".into(),
+            original_type: "transaction".into(),
+            associated_data: "transaction".into(),
+            resource_json,
+            create_time,
+        }
+    }
+}
+
+/// The exact body WeChat would POST: compact JSON in WeChat's key order.
+pub fn envelope_body(keys: &SimKeys, n: &PlainNotification, nonce: &str) -> String {
+    let ciphertext = keys
+        .apiv3
+        .encrypt(nonce, &n.associated_data, n.resource_json.as_bytes())
+        .unwrap_or_default();
+    let envelope = Envelope {
+        id: n.id.clone(),
+        create_time: to_wechat_rfc3339(n.create_time),
+        resource_type: "encrypt-resource".into(),
+        event_type: n.event_type.clone(),
+        summary: n.summary.clone(),
+        resource: EncryptedResource {
+            original_type: n.original_type.clone(),
+            algorithm: "AEAD_AES_256_GCM".into(),
+            ciphertext,
+            associated_data: n.associated_data.clone(),
+            nonce: nonce.to_owned(),
+        },
+    };
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
+/// The five `Wechatpay-*` headers for sending `body` at `timestamp`.
+pub fn signed_headers(
+    keys: &SimKeys,
+    body: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    let ts = timestamp.to_string();
+    let signature = platform_signature(&keys.platform, &ts, nonce, body.as_bytes());
+    vec![
+        ("Wechatpay-Timestamp", ts),
+        ("Wechatpay-Nonce", nonce.to_owned()),
+        ("Wechatpay-Signature", signature),
+        ("Wechatpay-Serial", keys.platform_serial.clone()),
+        ("Wechatpay-Signature-Type", SCHEME.to_owned()),
+    ]
+}
+
+fn alnum(sim: &SimContext, len: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    (0..len)
+        .map(|_| char::from(ALPHABET[sim.random::<u32>() as usize % ALPHABET.len()]))
+        .collect()
+}
+
+/// Registers the notification and delivers it in the background.
+pub async fn send(
+    sim: SimContext,
+    notification: PlainNotification,
+    out_trade_no: String,
+    notify_url: String,
+) {
+    let body = envelope_body(&sim.keys, &notification, &alnum(&sim, 12));
+    let index = {
+        let mut state = sim.state.lock().await;
+        state.notifications.push(NotificationRecord {
+            id: notification.id.clone(),
+            out_trade_no,
+            event_type: notification.event_type.clone(),
+            notify_url: notify_url.clone(),
+            attempts: Vec::new(),
+            delivered: false,
+            gave_up: false,
+        });
+        state.notifications.len() - 1
+    };
+    tokio::spawn(deliver(sim, index, body, notify_url));
+}
+
+async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String) {
+    for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
+        if attempt > 0 {
+            let delay =
+                Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale);
+            tokio::select! {
+                () = sim.stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        let status = post_once(&sim, &notify_url, &body).await;
+        let mut state = sim.state.lock().await;
+        let Some(record) = state.notifications.get_mut(index) else {
+            return;
+        };
+        record.attempts.push(status);
+        if status == 200 || status == 204 {
+            record.delivered = true;
+            return;
+        }
+    }
+    let mut state = sim.state.lock().await;
+    if let Some(record) = state.notifications.get_mut(index) {
+        record.gave_up = true;
+    }
+}
+
+/// One delivery attempt with freshly signed headers; returns the HTTP status (0: no answer).
+pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str) -> u16 {
+    let nonce = alnum(sim, 32);
+    let mut request = sim
+        .http
+        .post(notify_url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "*/*")
+        .header("User-Agent", "Mozilla/4.0")
+        .body(body.to_owned());
+    for (name, value) in signed_headers(&sim.keys, body, sim.clock.now().timestamp(), &nonce) {
+        request = request.header(name, value);
+    }
+    match request.send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,49 @@
+//! The simulated WeChat's memory: login codes, orders, notification deliveries.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::wechat::wire::pay::JsapiPrepayRequest;
+
+/// A `wx.login` code handed to a (simulated) mini-program.
+#[derive(Debug, Clone)]
+pub struct LoginCode {
+    pub openid: String,
+    pub issued_at: DateTime<Utc>,
+    pub used: bool,
+}
+
+/// WeChat's view of one order.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimOrder {
+    pub request: JsapiPrepayRequest,
+    pub prepay_id: String,
+    pub created_at: DateTime<Utc>,
+    pub time_expire: Option<DateTime<Utc>>,
+    pub trade_state: String,
+    pub transaction_id: Option<String>,
+    pub success_time: Option<DateTime<Utc>>,
+}
+
+/// One notification and what happened to each delivery attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationRecord {
+    pub id: String,
+    pub out_trade_no: String,
+    pub event_type: String,
+    pub notify_url: String,
+    /// HTTP status of each attempt (0: no answer / timeout).
+    pub attempts: Vec<u16>,
+    pub delivered: bool,
+    pub gave_up: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct SimState {
+    pub codes: HashMap<String, LoginCode>,
+    pub orders: HashMap<String, SimOrder>,
+    pub notifications: Vec<NotificationRecord>,
+    pub next_transaction: u64,
+}

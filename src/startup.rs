@@ -1,0 +1,223 @@
+//! Building the application from settings: pools, queue, WeChat clients, services, router and
+//! worker; binding the listener (port 0 allowed) and reporting the real address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Routes};
+use crate::clock::Clock;
+use crate::config::{ConfigError, Settings};
+use crate::queue::{JobQueue, QueueError};
+use crate::services::apply::Applier;
+use crate::services::inbox_writer::InboxWriter;
+use crate::services::ingest::NotifyIngest;
+use crate::services::login::LoginService;
+use crate::services::orders::OrderService;
+use crate::storage::{Db, StorageError};
+use crate::telemetry::metrics::Metrics;
+use crate::vault::Vault;
+use crate::wechat::{Credentials, LoginClient, PayClient, WechatError};
+use crate::worker::context::{JobContext, SharedContext};
+use crate::worker::retry::RetryPolicy;
+
+/// Which parts of the service a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("WeChat client: {0}")]
+    Wechat(#[from] WechatError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not yet running service.
+#[derive(Debug)]
+pub struct Application {
+    pub settings: Arc<Settings>,
+    pub state: AppState,
+    pub jobs: SharedContext,
+    pub roles: Roles,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Connects, migrates, seeds the catalog and binds. Nothing runs until [`Self::run`].
+    pub async fn build(
+        mut settings: Settings,
+        clock: Clock,
+        roles: Roles,
+        metrics: Metrics,
+    ) -> Result<Self, StartupError> {
+        let bind = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&bind)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: bind.clone(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: bind, source })?;
+        if settings.wechat.notify_url.is_empty() {
+            // Only reachable with dev keys (validation requires it otherwise): the simulator
+            // on this machine calls us back directly.
+            settings.wechat.notify_url = format!("http://{addr}/api/pay/notify");
+        }
+        let creds = Arc::new(Credentials::load(&settings)?);
+        let vault = Vault::from_settings(&settings)?;
+        let db = Db::connect(&settings.database).await?;
+        db.migrate().await?;
+        db.seed_products(&settings.catalog, clock.now_ms()).await?;
+        let queue = JobQueue::connect(&settings.queue).await?;
+
+        let timeout = Duration::from_millis(settings.wechat.request_timeout_ms);
+        let pay = PayClient::new(
+            &settings.wechat.pay_base_url,
+            timeout,
+            Arc::clone(&creds),
+            clock.clone(),
+            metrics.clone(),
+        )?;
+        let login_client = LoginClient::new(
+            &settings.wechat.login_base_url,
+            timeout,
+            creds.appid.clone(),
+            creds.app_secret.clone(),
+            metrics.clone(),
+        )?;
+        let login = LoginService::new(
+            db.clone(),
+            login_client,
+            vault,
+            clock.clone(),
+            Duration::from_secs(settings.auth.token_ttl_secs),
+            metrics.clone(),
+        );
+        let orders = OrderService::new(
+            db.clone(),
+            pay,
+            clock.clone(),
+            settings.orders.clone(),
+            settings.wechat.notify_url.clone(),
+            metrics.clone(),
+        );
+        let writers = if db.dialect() == crate::storage::Dialect::Sqlite {
+            1
+        } else {
+            settings.notify.writers
+        };
+        let writer = InboxWriter::spawn(
+            db.clone(),
+            settings.notify.max_batch,
+            writers,
+            metrics.clone(),
+        );
+        let ingest = NotifyIngest::new(
+            Arc::clone(&creds),
+            clock.clone(),
+            settings.notify.timestamp_tolerance_secs,
+            writer,
+            queue.clone(),
+            db.clone(),
+            metrics.clone(),
+        );
+        let applier = Applier::new(
+            db.clone(),
+            creds.appid.clone(),
+            creds.mchid.clone(),
+            clock.clone(),
+            metrics.clone(),
+        );
+        let jobs = Arc::new(JobContext {
+            db: db.clone(),
+            queue: queue.clone(),
+            applier,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            retry: RetryPolicy::from_settings(&settings.worker),
+        });
+        let state = AppState {
+            login,
+            orders,
+            ingest,
+            db,
+            queue,
+            metrics,
+            clock,
+        };
+        Ok(Self {
+            settings: Arc::new(settings),
+            state,
+            jobs,
+            roles,
+            listener,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Serves HTTP and runs the worker until `stop` fires; reports which part ended and why.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), std::io::Error> {
+        let routes = if self.roles.api {
+            Routes::Full
+        } else {
+            Routes::HealthOnly
+        };
+        let router = api::router(
+            self.state.clone(),
+            routes,
+            self.settings.server.body_limit_bytes,
+            Duration::from_millis(self.settings.server.request_timeout_ms),
+        );
+        let worker = if self.roles.worker {
+            let ctx = Arc::clone(&self.jobs);
+            let queue = self.state.queue.clone();
+            let settings = Arc::clone(&self.settings);
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(err) = crate::worker::run(ctx, queue, settings, stop.clone()).await {
+                    tracing::error!(error = %err, "worker exited with an error");
+                }
+            }))
+        } else {
+            None
+        };
+        tracing::info!(addr = %self.addr, api = self.roles.api, worker = self.roles.worker, "wxpay-recon running");
+        let server_stop = stop.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .await;
+        if let Some(worker) = worker {
+            stop.cancel();
+            let _ = worker.await;
+        }
+        self.state.db.close().await;
+        served
+    }
+}

@@ -1,0 +1,23 @@
+//! What jobs run with: their own context, not the HTTP state.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::queue::JobQueue;
+use crate::services::apply::Applier;
+use crate::storage::Db;
+use crate::telemetry::metrics::Metrics;
+
+use super::retry::RetryPolicy;
+
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub db: Db,
+    pub queue: JobQueue,
+    pub applier: Applier,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub retry: RetryPolicy,
+}
+
+pub type SharedContext = Arc<JobContext>;

@@ -1,0 +1,9 @@
+//! Job: apply one stored notification to its order (see `services::apply`).
+
+use super::JobError;
+use crate::worker::context::JobContext;
+
+pub async fn run(ctx: &JobContext, inbox_id: i64) -> Result<(), JobError> {
+    ctx.applier.apply(inbox_id).await?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! One file per job kind; `run` dispatches an envelope to it and applies the retry policy.
+
+mod apply_notification;
+
+use std::time::Instant;
+
+use apalis::prelude::{AbortError, BoxDynError};
+use rand::Rng;
+use tracing::Instrument;
+
+use crate::queue::{Envelope, Job};
+use crate::storage::StorageError;
+use crate::wechat::WechatError;
+
+use super::context::JobContext;
+use super::retry::Decision;
+
+/// A failed attempt, classified for the retry policy.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    pub message: String,
+    pub retryable: bool,
+    pub rate_limited: bool,
+}
+
+impl From<StorageError> for JobError {
+    fn from(err: StorageError) -> Self {
+        let retryable = matches!(
+            err,
+            StorageError::Unavailable(_) | StorageError::Conflict(_) | StorageError::Other(_)
+        );
+        Self {
+            message: err.to_string(),
+            retryable,
+            rate_limited: false,
+        }
+    }
+}
+
+impl From<WechatError> for JobError {
+    fn from(err: WechatError) -> Self {
+        Self {
+            retryable: err.retryable(),
+            rate_limited: err.rate_limited(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Runs one execution of a job and decides what happens after a failure: re-enqueue with
+/// backoff (our policy, identical on both queue backends) or the dead-letter table.
+pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError> {
+    let kind = envelope.job.kind();
+    let span = tracing::info_span!("job", job.kind = kind, job.attempt = envelope.attempt);
+    async move {
+        ctx.metrics.jobs_started.with_label_values(&[kind]).inc();
+        let started = Instant::now();
+        let result = match &envelope.job {
+            Job::ApplyNotification { inbox_id } => apply_notification::run(ctx, *inbox_id).await,
+        };
+        ctx.metrics.job_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        let Err(err) = result else {
+            ctx.metrics.jobs_finished.with_label_values(&[kind, "succeeded"]).inc();
+            return Ok(());
+        };
+        let decision = if err.retryable {
+            ctx.retry.decide(envelope.attempt, err.rate_limited, rand::rng().random::<f64>())
+        } else {
+            Decision::Dead
+        };
+        match decision {
+            Decision::RetryAfter(delay) => {
+                let next = Envelope { job: envelope.job.clone(), attempt: envelope.attempt + 1 };
+                match ctx.queue.push(next, Some(delay)).await {
+                    Ok(()) => {
+                        ctx.metrics.jobs_finished.with_label_values(&[kind, "retried"]).inc();
+                        tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "job failed, retry scheduled");
+                        Ok(())
+                    }
+                    Err(push_err) => {
+                        let message = format!("{err}; and the retry could not be enqueued: {push_err}");
+                        bury(ctx, &envelope, &message).await
+                    }
+                }
+            }
+            Decision::Dead => bury(ctx, &envelope, &err.message).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Moves a job to the dead-letter table (visible in metrics and `wxpay-recon jobs dead`).
+async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<(), BoxDynError> {
+    let kind = envelope.job.kind();
+    ctx.metrics
+        .jobs_finished
+        .with_label_values(&[kind, "dead"])
+        .inc();
+    tracing::error!(
+        error = message,
+        "job is dead after {} attempt(s)",
+        envelope.attempt
+    );
+    let payload = serde_json::to_string(&envelope.job)?;
+    ctx.db
+        .insert_dead_job(
+            kind,
+            &payload,
+            i64::from(envelope.attempt),
+            message,
+            ctx.clock.now_ms(),
+        )
+        .await
+        .map_err(|e| -> BoxDynError { Box::new(e) })?;
+    Err(AbortError::new(JobError {
+        message: message.to_owned(),
+        retryable: false,
+        rate_limited: false,
+    })
+    .into())
+}

@@ -1,0 +1,96 @@
+//! The background worker: apalis workers (one per queue) running `jobs::run`, plus the
+//! singleton sweeper. Registered in one place, stopped by one cancellation token.
+
+pub mod context;
+pub mod jobs;
+pub mod retry;
+pub mod sweeper;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::queue::{Envelope, JobQueue, QueueName};
+
+use context::SharedContext;
+
+/// The apalis handler: a thin adapter to `jobs::run`.
+async fn handle(envelope: Envelope, ctx: Data<SharedContext>) -> Result<(), BoxDynError> {
+    jobs::run(&ctx, envelope).await
+}
+
+/// A unique worker name per process and restart, so a restarted process never collides with
+/// the registration of the one it replaces.
+fn worker_name(queue: QueueName, run: usize) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}-{run}", std::process::id(), queue.as_str())
+}
+
+/// Runs the job workers and the sweeper until `stop` fires.
+pub async fn run(
+    ctx: SharedContext,
+    queue: JobQueue,
+    settings: Arc<Settings>,
+    stop: CancellationToken,
+) -> Result<(), MonitorError> {
+    let holder = worker_name(QueueName::Apply, 0);
+    let sweeper = tokio::spawn(sweeper::run(
+        Arc::clone(&ctx),
+        holder,
+        settings.worker.sweep_interval(),
+        Duration::from_millis(settings.worker.sweep_min_age_ms),
+        Duration::from_millis(settings.worker.lease_ttl_ms),
+        stop.clone(),
+    ));
+    let poll = settings.queue.poll_interval();
+    let concurrency = settings.queue.concurrency;
+    let mut monitor = Monitor::new();
+    for name in QueueName::ALL {
+        match &queue {
+            JobQueue::Sqlite { .. } => {
+                let Some(storage) = queue.sqlite_storage(name) else {
+                    continue;
+                };
+                let ctx = Arc::clone(&ctx);
+                monitor = monitor.register(move |run| {
+                    WorkerBuilder::new(worker_name(name, run))
+                        .backend(storage.clone().poll_with_interval(poll))
+                        .data(Arc::clone(&ctx))
+                        .concurrency(concurrency)
+                        .catch_panic()
+                        .build(handle)
+                });
+            }
+            JobQueue::Redis { .. } => {
+                let Some(storage) = queue.redis_storage(name) else {
+                    continue;
+                };
+                let ctx = Arc::clone(&ctx);
+                monitor = monitor.register(move |run| {
+                    WorkerBuilder::new(worker_name(name, run))
+                        .backend(storage.clone().poll_with_interval(poll))
+                        .data(Arc::clone(&ctx))
+                        .concurrency(concurrency)
+                        .catch_panic()
+                        .build(handle)
+                });
+            }
+        }
+    }
+    let result = monitor
+        .should_restart(|worker, err| {
+            tracing::error!(worker = worker.name(), error = %err, "job worker stopped; restarting");
+            true
+        })
+        .shutdown_timeout(Duration::from_secs(10))
+        .run_with_signal(async move {
+            stop.cancelled().await;
+            Ok(())
+        })
+        .await;
+    let _ = sweeper.await;
+    result
+}
