@@ -15,11 +15,7 @@ use crate::wechat::sign::pay_sign_message;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{step}: HTTP {status}: {body}")]
-    Status {
-        step: &'static str,
-        status: u16,
-        body: String,
-    },
+    Status { step: &'static str, status: u16, body: String },
     #[error("{step}: {message}")]
     Other { step: &'static str, message: String },
 }
@@ -44,14 +40,17 @@ pub struct PlacedOrder {
 impl MiniProgram {
     pub fn new(api_base: &str, sim_base: &str) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default(),
             api: api_base.trim_end_matches('/').to_owned(),
             sim: sim_base.trim_end_matches('/').to_owned(),
             token: None,
         }
+    }
+
+    /// The same client acting with an existing bearer token.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -61,9 +60,7 @@ impl MiniProgram {
     /// `wx.login` at the simulator, then `POST /api/login`. Returns the login response.
     pub async fn login(&mut self, openid: Option<&str>) -> Result<Value, ClientError> {
         let code = self.sim_code(openid).await?;
-        let body = self
-            .post("login", "/api/login", json!({ "code": code }))
-            .await?;
+        let body = self.post("login", "/api/login", json!({ "code": code })).await?;
         self.token = body.get("token").and_then(Value::as_str).map(str::to_owned);
         Ok(body)
     }
@@ -82,34 +79,15 @@ impl MiniProgram {
             .get("code")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| ClientError::Other {
-                step: "wx.login",
-                message: "no code".into(),
-            })
+            .ok_or_else(|| ClientError::Other { step: "wx.login", message: "no code".into() })
     }
 
-    pub async fn create_order(
-        &self,
-        product_id: &str,
-        quantity: i64,
-    ) -> Result<PlacedOrder, ClientError> {
-        let body = self
-            .post(
-                "create order",
-                "/api/orders",
-                json!({ "product_id": product_id, "quantity": quantity }),
-            )
-            .await?;
+    pub async fn create_order(&self, product_id: &str, quantity: i64) -> Result<PlacedOrder, ClientError> {
+        let body =
+            self.post("create order", "/api/orders", json!({ "product_id": product_id, "quantity": quantity })).await?;
         Ok(PlacedOrder {
-            out_trade_no: body
-                .get("out_trade_no")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            amount_fen: body
-                .get("amount_fen")
-                .and_then(Value::as_i64)
-                .unwrap_or_default(),
+            out_trade_no: body.get("out_trade_no").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            amount_fen: body.get("amount_fen").and_then(Value::as_i64).unwrap_or_default(),
             payment: body.get("payment").cloned().unwrap_or(Value::Null),
         })
     }
@@ -127,8 +105,7 @@ impl MiniProgram {
     }
 
     pub async fn order(&self, out_trade_no: &str) -> Result<Value, ClientError> {
-        self.get("order status", &format!("/api/orders/{out_trade_no}"))
-            .await
+        self.get("order status", &format!("/api/orders/{out_trade_no}")).await
     }
 
     /// Polls our API until the order has `status` or `timeout` passes.
@@ -162,12 +139,7 @@ impl MiniProgram {
         read(step, request.send().await.map_err(|e| other(step, &e))?).await
     }
 
-    pub async fn post(
-        &self,
-        step: &'static str,
-        path: &str,
-        body: Value,
-    ) -> Result<Value, ClientError> {
+    pub async fn post(&self, step: &'static str, path: &str, body: Value) -> Result<Value, ClientError> {
         let mut request = self.http.post(format!("{}{path}", self.api)).json(&body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -178,52 +150,29 @@ impl MiniProgram {
 
 /// Checks `paySign` the way WeChat's client does, with the merchant public key.
 pub fn verify_pay_sign(payment: &Value, merchant_public: &PublicKey) -> bool {
-    let field = |name: &str| {
-        payment
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    };
+    let field = |name: &str| payment.get(name).and_then(Value::as_str).unwrap_or_default();
     let Ok(timestamp) = field("timeStamp").parse::<i64>() else {
         return false;
     };
-    let message = pay_sign_message(
-        field("appId"),
-        timestamp,
-        field("nonceStr"),
-        field("package"),
-    );
+    let message = pay_sign_message(field("appId"), timestamp, field("nonceStr"), field("package"));
     let Ok(signature) = B64.decode(field("paySign")) else {
         return false;
     };
-    field("signType") == "RSA"
-        && merchant_public
-            .pkcs1v15_verify::<Sha256>(message.as_bytes(), &signature)
-            .is_ok()
+    field("signType") == "RSA" && merchant_public.pkcs1v15_verify::<Sha256>(message.as_bytes(), &signature).is_ok()
 }
 
 fn other(step: &'static str, err: &reqwest::Error) -> ClientError {
-    ClientError::Other {
-        step,
-        message: err.to_string(),
-    }
+    ClientError::Other { step, message: err.to_string() }
 }
 
 async fn read(step: &'static str, response: reqwest::Response) -> Result<Value, ClientError> {
     let status = response.status();
     let text = response.text().await.map_err(|e| other(step, &e))?;
     if !status.is_success() {
-        return Err(ClientError::Status {
-            step,
-            status: status.as_u16(),
-            body: text,
-        });
+        return Err(ClientError::Status { step, status: status.as_u16(), body: text });
     }
     if text.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(&text).map_err(|e| ClientError::Other {
-        step,
-        message: format!("bad JSON: {e}"),
-    })
+    serde_json::from_str(&text).map_err(|e| ClientError::Other { step, message: format!("bad JSON: {e}") })
 }

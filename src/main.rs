@@ -10,10 +10,7 @@ fn main() -> ExitCode {
     // reqwest is built without a default TLS provider; pick ring (also what sqlx uses).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("wxpay-recon: cannot start the async runtime: {err}");

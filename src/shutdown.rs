@@ -6,9 +6,7 @@ use tokio_util::sync::CancellationToken;
 /// Cancels `token` on the first SIGTERM or SIGINT.
 pub fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
             Err(err) => {
                 tracing::error!(error = %err, "cannot listen for SIGTERM; only ctrl-c stops the process");

@@ -42,10 +42,7 @@ pub enum StartupError {
     #[error("WeChat client: {0}")]
     Wechat(#[from] WechatError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// A built, bound, not yet running service.
@@ -68,15 +65,9 @@ impl Application {
         metrics: Metrics,
     ) -> Result<Self, StartupError> {
         let bind = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&bind)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: bind.clone(),
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr: bind, source })?;
+        let listener =
+            TcpListener::bind(&bind).await.map_err(|source| StartupError::Bind { addr: bind.clone(), source })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: bind, source })?;
         if settings.wechat.notify_url.is_empty() {
             // Only reachable with dev keys (validation requires it otherwise): the simulator
             // on this machine calls us back directly.
@@ -90,13 +81,8 @@ impl Application {
         let queue = JobQueue::connect(&settings.queue).await?;
 
         let timeout = Duration::from_millis(settings.wechat.request_timeout_ms);
-        let pay = PayClient::new(
-            &settings.wechat.pay_base_url,
-            timeout,
-            Arc::clone(&creds),
-            clock.clone(),
-            metrics.clone(),
-        )?;
+        let pay =
+            PayClient::new(&settings.wechat.pay_base_url, timeout, Arc::clone(&creds), clock.clone(), metrics.clone())?;
         let login_client = LoginClient::new(
             &settings.wechat.login_base_url,
             timeout,
@@ -120,17 +106,8 @@ impl Application {
             settings.wechat.notify_url.clone(),
             metrics.clone(),
         );
-        let writers = if db.dialect() == crate::storage::Dialect::Sqlite {
-            1
-        } else {
-            settings.notify.writers
-        };
-        let writer = InboxWriter::spawn(
-            db.clone(),
-            settings.notify.max_batch,
-            writers,
-            metrics.clone(),
-        );
+        let writers = if db.dialect() == crate::storage::Dialect::Sqlite { 1 } else { settings.notify.writers };
+        let writer = InboxWriter::spawn(db.clone(), settings.notify.max_batch, writers, metrics.clone());
         let ingest = NotifyIngest::new(
             Arc::clone(&creds),
             clock.clone(),
@@ -140,13 +117,8 @@ impl Application {
             db.clone(),
             metrics.clone(),
         );
-        let applier = Applier::new(
-            db.clone(),
-            creds.appid.clone(),
-            creds.mchid.clone(),
-            clock.clone(),
-            metrics.clone(),
-        );
+        let applier =
+            Applier::new(db.clone(), creds.appid.clone(), creds.mchid.clone(), clock.clone(), metrics.clone());
         let jobs = Arc::new(JobContext {
             db: db.clone(),
             queue: queue.clone(),
@@ -155,23 +127,8 @@ impl Application {
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),
         });
-        let state = AppState {
-            login,
-            orders,
-            ingest,
-            db,
-            queue,
-            metrics,
-            clock,
-        };
-        Ok(Self {
-            settings: Arc::new(settings),
-            state,
-            jobs,
-            roles,
-            listener,
-            addr,
-        })
+        let state = AppState { login, orders, ingest, db, queue, metrics, clock };
+        Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -184,11 +141,7 @@ impl Application {
 
     /// Serves HTTP and runs the worker until `stop` fires; reports which part ended and why.
     pub async fn run(self, stop: CancellationToken) -> Result<(), std::io::Error> {
-        let routes = if self.roles.api {
-            Routes::Full
-        } else {
-            Routes::HealthOnly
-        };
+        let routes = if self.roles.api { Routes::Full } else { Routes::HealthOnly };
         let router = api::router(
             self.state.clone(),
             routes,

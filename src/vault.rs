@@ -40,21 +40,14 @@ impl Vault {
         {
             DevKeys::load_or_create(&settings.wechat.dev_keys_dir)?.data_key
         } else {
-            secret::require(
-                "auth.data_key",
-                settings.auth.data_key.as_ref(),
-                settings.auth.data_key_file.as_ref(),
-            )?
+            secret::require("auth.data_key", settings.auth.data_key.as_ref(), settings.auth.data_key_file.as_ref())?
         };
         Self::from_base64(&encoded).map_err(|m| ConfigError::invalid("auth.data_key", m))
     }
 
     pub fn from_base64(encoded: &Secret<String>) -> Result<Self, String> {
-        let key = B64
-            .decode(encoded.expose().trim())
-            .map_err(|_| "must be 32 bytes in base64".to_owned())?;
-        let cipher =
-            Aes256Gcm::new_from_slice(&key).map_err(|_| "must be 32 bytes in base64".to_owned())?;
+        let key = B64.decode(encoded.expose().trim()).map_err(|_| "must be 32 bytes in base64".to_owned())?;
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| "must be 32 bytes in base64".to_owned())?;
         Ok(Self { cipher })
     }
 
@@ -63,29 +56,21 @@ impl Vault {
         let mut nonce_bytes = [0u8; 12];
         rand::rng().fill(&mut nonce_bytes);
         let nonce = Nonce::from(nonce_bytes);
-        let sealed = self
-            .cipher
-            .encrypt(&nonce, plaintext.as_bytes())
-            .map_err(|_| VaultError)?;
+        let sealed = self.cipher.encrypt(&nonce, plaintext.as_bytes()).map_err(|_| VaultError)?;
         let mut out = nonce_bytes.to_vec();
         out.extend_from_slice(&sealed);
         Ok(format!("{SEALED_PREFIX}{}", B64.encode(out)))
     }
 
     pub fn open(&self, sealed: &str) -> Result<Secret<String>, VaultError> {
-        let raw = sealed
-            .strip_prefix(SEALED_PREFIX)
-            .and_then(|b| B64.decode(b).ok())
-            .ok_or(VaultError)?;
+        let raw = sealed.strip_prefix(SEALED_PREFIX).and_then(|b| B64.decode(b).ok()).ok_or(VaultError)?;
         if raw.len() < 12 {
             return Err(VaultError);
         }
         let (nonce, body) = raw.split_at(12);
         let nonce = Nonce::try_from(nonce).map_err(|_| VaultError)?;
         let plain = self.cipher.decrypt(&nonce, body).map_err(|_| VaultError)?;
-        String::from_utf8(plain)
-            .map(Secret::new)
-            .map_err(|_| VaultError)
+        String::from_utf8(plain).map(Secret::new).map_err(|_| VaultError)
     }
 }
 
@@ -116,15 +101,8 @@ mod tests {
         let v = vault();
         let sealed = v.seal("tQY+38pdTVnAIWCBNiM1+A==").expect("seal");
         assert!(!sealed.contains("tQY+38"));
-        assert_ne!(
-            sealed,
-            v.seal("tQY+38pdTVnAIWCBNiM1+A==").expect("seal"),
-            "nonce is random"
-        );
-        assert_eq!(
-            v.open(&sealed).expect("open").expose(),
-            "tQY+38pdTVnAIWCBNiM1+A=="
-        );
+        assert_ne!(sealed, v.seal("tQY+38pdTVnAIWCBNiM1+A==").expect("seal"), "nonce is random");
+        assert_eq!(v.open(&sealed).expect("open").expose(), "tQY+38pdTVnAIWCBNiM1+A==");
     }
 
     #[test]

@@ -65,10 +65,7 @@ async fn login(
     }))
 }
 
-async fn me(
-    State(state): State<AppState>,
-    CurrentUser(user_id): CurrentUser,
-) -> Result<Json<UserView>, ApiError> {
+async fn me(State(state): State<AppState>, CurrentUser(user_id): CurrentUser) -> Result<Json<UserView>, ApiError> {
     Ok(Json(state.db.user(user_id).await?.into()))
 }
 
@@ -84,30 +81,17 @@ async fn update_profile(
     CurrentUser(user_id): CurrentUser,
     ApiJson(body): ApiJson<ProfileRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    if body
-        .nickname
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control))
-    {
-        return Err(ApiError::BadRequest(
-            "nickname must be at most 64 characters without control characters".into(),
-        ));
+    if body.nickname.as_ref().is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control)) {
+        return Err(ApiError::BadRequest("nickname must be at most 64 characters without control characters".into()));
     }
     if let Some(url) = &body.avatar_url
         && (url.len() > 512 || !(url.starts_with("https://") || url.starts_with("http://")))
     {
-        return Err(ApiError::BadRequest(
-            "avatar_url must be an http(s) URL of at most 512 bytes".into(),
-        ));
+        return Err(ApiError::BadRequest("avatar_url must be an http(s) URL of at most 512 bytes".into()));
     }
     let user = state
         .db
-        .update_profile(
-            user_id,
-            body.nickname.as_deref(),
-            body.avatar_url.as_deref(),
-            state.clock.now_ms(),
-        )
+        .update_profile(user_id, body.nickname.as_deref(), body.avatar_url.as_deref(), state.clock.now_ms())
         .await?;
     Ok(Json(user.into()))
 }

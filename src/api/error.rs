@@ -47,9 +47,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
-            ApiError::PaymentUnavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "PAYMENT_UNAVAILABLE")
-            }
+            ApiError::PaymentUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
@@ -57,15 +55,7 @@ impl IntoResponse for ApiError {
             ApiError::PaymentUnavailable { out_trade_no } => Some(out_trade_no.as_str()),
             _ => None,
         };
-        (
-            status,
-            Json(ErrorBody {
-                code,
-                message: self.to_string(),
-                out_trade_no,
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorBody { code, message: self.to_string(), out_trade_no })).into_response()
     }
 }
 
@@ -89,9 +79,9 @@ impl From<LoginFailure> for ApiError {
     fn from(err: LoginFailure) -> Self {
         match err {
             LoginFailure::MalformedCode => ApiError::BadRequest(err.to_string()),
-            LoginFailure::Wechat(LoginError::BadCode { .. }) => ApiError::Unauthorized(
-                "login code invalid, expired or already used: call wx.login again".into(),
-            ),
+            LoginFailure::Wechat(LoginError::BadCode { .. }) => {
+                ApiError::Unauthorized("login code invalid, expired or already used: call wx.login again".into())
+            }
             LoginFailure::Wechat(LoginError::Blocked { .. }) => {
                 ApiError::Conflict("this WeChat user cannot log in".into())
             }
@@ -108,23 +98,15 @@ impl From<LoginFailure> for ApiError {
 impl From<OrderError> for ApiError {
     fn from(err: OrderError) -> Self {
         match err {
-            OrderError::UnknownProduct(_) | OrderError::BadQuantity => {
-                ApiError::BadRequest(err.to_string())
-            }
+            OrderError::UnknownProduct(_) | OrderError::BadQuantity => ApiError::BadRequest(err.to_string()),
             OrderError::NotPayable(_) => ApiError::Conflict(err.to_string()),
-            OrderError::PaymentUnavailable {
-                out_trade_no,
-                source,
-            } => {
+            OrderError::PaymentUnavailable { out_trade_no, source } => {
                 tracing::warn!(order.out_trade_no = %out_trade_no, error = %source, "prepay unavailable");
                 ApiError::PaymentUnavailable { out_trade_no }
             }
             OrderError::Refused(source) => {
                 tracing::error!(error = %source, "WeChat refused prepay");
-                ApiError::Upstream(format!(
-                    "WeChat Pay refused the order ({})",
-                    source.code().unwrap_or("error")
-                ))
+                ApiError::Upstream(format!("WeChat Pay refused the order ({})", source.code().unwrap_or("error")))
             }
             OrderError::Storage(e) => e.into(),
             OrderError::Sign(_) => ApiError::Internal,

@@ -42,25 +42,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(Err(e)) => format!("error: {e}"),
         Err(_) => "error: timed out".to_owned(),
     };
-    let status = if database == "ok" && queue == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if database == "ok" && queue == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { database, queue }))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if tokio::time::timeout(CHECK_TIMEOUT, refresh_backlog(&state))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(CHECK_TIMEOUT, refresh_backlog(&state)).await.is_err() {
         tracing::warn!("backlog gauges not refreshed: database slow");
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 /// Gauges that describe the database, not this process: computed when scraped.
@@ -68,13 +58,8 @@ async fn refresh_backlog(state: &AppState) {
     let m = &state.metrics;
     if let Ok(counts) = state.db.order_counts().await {
         for status in crate::domain::OrderStatus::ALL {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == status.as_str())
-                .map_or(0, |(_, n)| *n);
-            m.orders_by_status
-                .with_label_values(&[status.as_str()])
-                .set(n);
+            let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
+            m.orders_by_status.with_label_values(&[status.as_str()]).set(n);
         }
     }
     if let Ok((count, oldest)) = state.db.inbox_backlog().await {

@@ -22,20 +22,12 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/pay/notify", post(notify))
 }
 
-async fn notify(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn notify(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
             state.metrics.notify_received.inc();
-            state
-                .metrics
-                .notify_rejected
-                .with_label_values(&["body_unreadable"])
-                .inc();
+            state.metrics.notify_rejected.with_label_values(&["body_unreadable"]).inc();
             tracing::warn!(reason = %rejection.body_text(), "notification body rejected");
             return fail(rejection.status(), &rejection.body_text());
         }
@@ -44,27 +36,17 @@ async fn notify(
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(IngestError::Rejected { reason, detail }) => {
             let status = match reason {
-                "malformed_body" | "malformed_resource" | "unsupported_resource" => {
-                    StatusCode::BAD_REQUEST
-                }
+                "malformed_body" | "malformed_resource" | "unsupported_resource" => StatusCode::BAD_REQUEST,
                 _ => StatusCode::UNAUTHORIZED,
             };
             fail(status, &format!("{reason}: {detail}"))
         }
-        Err(IngestError::Unavailable(_)) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "temporarily unable to store the notification",
-        ),
+        Err(IngestError::Unavailable(_)) => {
+            fail(StatusCode::INTERNAL_SERVER_ERROR, "temporarily unable to store the notification")
+        }
     }
 }
 
 fn fail(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(NotifyAnswer {
-            code: "FAIL".into(),
-            message: message.to_owned(),
-        }),
-    )
-        .into_response()
+    (status, Json(NotifyAnswer { code: "FAIL".into(), message: message.to_owned() })).into_response()
 }

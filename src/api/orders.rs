@@ -78,17 +78,8 @@ async fn create(
     ApiJson(body): ApiJson<CreateOrder>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let user = state.db.user(user_id).await?;
-    let created = state
-        .orders
-        .create(&user, &body.product_id, body.quantity)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(Created {
-            order: created.order.into(),
-            payment: created.payment,
-        }),
-    ))
+    let created = state.orders.create(&user, &body.product_id, body.quantity).await?;
+    Ok((StatusCode::CREATED, Json(Created { order: created.order.into(), payment: created.payment })))
 }
 
 async fn show(
@@ -96,11 +87,7 @@ async fn show(
     CurrentUser(user_id): CurrentUser,
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let order = state
-        .orders
-        .get_for_user(user_id, &out_trade_no)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(order.into()))
 }
 
@@ -109,10 +96,6 @@ async fn payment(
     CurrentUser(user_id): CurrentUser,
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<PaymentParams>, ApiError> {
-    let order = state
-        .orders
-        .get_for_user(user_id, &out_trade_no)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(state.orders.request_payment(&order).await?))
 }

@@ -45,44 +45,21 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
     settings.wechat.notify_url = String::new();
     settings.server.port = 0;
     let data = settings.database.url.clone();
-    let merchant_public = DevKeys::load(&settings.wechat.dev_keys_dir)?
-        .merchant_key
-        .to_public_key();
+    let merchant_public = DevKeys::load(&settings.wechat.dev_keys_dir)?.merchant_key.to_public_key();
 
     let metrics = Metrics::new();
-    let app = Application::build(
-        settings,
-        clock,
-        Roles {
-            api: true,
-            worker: true,
-        },
-        metrics.clone(),
-    )
-    .await?;
+    let app = Application::build(settings, clock, Roles { api: true, worker: true }, metrics.clone()).await?;
     let api = app.base_url();
     let stop = CancellationToken::new();
     let running = tokio::spawn(app.run(stop.clone()));
-    println!(
-        "wxpay-recon demo: API {api}, simulator {}, data {data}",
-        sim.base_url()
-    );
+    println!("wxpay-recon demo: API {api}, simulator {}, data {data}", sim.base_url());
 
     let started = Instant::now();
     let merchant_public = Arc::new(merchant_public);
     let outcomes: Vec<Result<String, String>> = futures::stream::iter(0..args.orders)
         .map(|i| {
             let (api, sim_url, key) = (api.clone(), sim.base_url(), Arc::clone(&merchant_public));
-            async move {
-                purchase(
-                    &api,
-                    &sim_url,
-                    &key,
-                    PRODUCTS[i % PRODUCTS.len()],
-                    1 + (i % 3) as i64,
-                )
-                .await
-            }
+            async move { purchase(&api, &sim_url, &key, PRODUCTS[i % PRODUCTS.len()], 1 + (i % 3) as i64).await }
         })
         .buffer_unordered(args.concurrency.max(1))
         .collect()
@@ -98,29 +75,15 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
         .await
         .unwrap_or_default();
     let accepted = |kind: &str| metrics.notify_accepted.with_label_values(&[kind]).get();
-    println!(
-        "\norders created:            {}",
-        metrics.orders_created.get()
-    );
+    println!("\norders created:            {}", metrics.orders_created.get());
     println!("orders paid (SUCCESS):     {paid} of {}", args.orders);
-    println!(
-        "notifications stored:      {} new, {} duplicates",
-        accepted("new"),
-        accepted("duplicate")
-    );
+    println!("notifications stored:      {} new, {} duplicates", accepted("new"), accepted("duplicate"));
     println!("notifications rejected:    {}", sum_rejected(&metrics));
     println!("simulator:                 {sim_stats}");
-    println!(
-        "elapsed:                   {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("elapsed:                   {:.1} s", started.elapsed().as_secs_f64());
     println!(
         "metrics:                   {api}/metrics{}",
-        if args.keep_running {
-            ""
-        } else {
-            " (use --keep-running to browse)"
-        }
+        if args.keep_running { "" } else { " (use --keep-running to browse)" }
     );
     println!("data:                      {data}");
     println!("order history:             wxpay-recon order show <out_trade_no>");
@@ -133,11 +96,7 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
     stop.cancel();
     sim.stop();
     let _ = running.await;
-    Ok(if paid == args.orders {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if paid == args.orders { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn sum_rejected(metrics: &Metrics) -> u64 {
@@ -158,24 +117,12 @@ async fn purchase(
 ) -> Result<String, String> {
     let mut client = MiniProgram::new(api, sim);
     client.login(None).await.map_err(|e| e.to_string())?;
-    let order = client
-        .create_order(product, quantity)
-        .await
-        .map_err(|e| e.to_string())?;
+    let order = client.create_order(product, quantity).await.map_err(|e| e.to_string())?;
     if !verify_pay_sign(&order.payment, merchant_public) {
         return Err(format!("{}: paySign does not verify", order.out_trade_no));
     }
-    client
-        .pay(&order.out_trade_no)
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(30))
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "  {} {:>3} x {:<8} {:>6} fen  SUCCESS",
-        order.out_trade_no, quantity, product, order.amount_fen
-    );
+    client.pay(&order.out_trade_no).await.map_err(|e| e.to_string())?;
+    client.wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+    println!("  {} {:>3} x {:<8} {:>6} fen  SUCCESS", order.out_trade_no, quantity, product, order.amount_fen);
     Ok(order.out_trade_no)
 }

@@ -8,16 +8,9 @@ use crate::storage::Db;
 use super::CliError;
 
 pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
-    let db = Db::connect(&settings.database)
-        .await
-        .map_err(|e| CliError::new(format!("database: {e}")))?;
-    db.migrate()
-        .await
-        .map_err(|e| CliError::new(format!("migrate: {e}")))?;
-    println!(
-        "migrations applied to {}",
-        redact_url(&settings.database.url)
-    );
+    let db = Db::connect(&settings.database).await.map_err(|e| CliError::new(format!("database: {e}")))?;
+    db.migrate().await.map_err(|e| CliError::new(format!("migrate: {e}")))?;
+    println!("migrations applied to {}", redact_url(&settings.database.url));
     Ok(ExitCode::SUCCESS)
 }
 

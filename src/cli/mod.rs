@@ -15,11 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{ConfigError, Purpose, Settings};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "wxpay-recon",
-    version,
-    about = "WeChat mini-program payments that reconcile"
-)]
+#[command(name = "wxpay-recon", version, about = "WeChat mini-program payments that reconcile")]
 pub struct Cli {
     /// Settings file layered over the defaults (env WXPAY_RECON__* still wins).
     #[arg(long, global = true, env = "WXPAY_RECON_CONFIG")]
@@ -55,33 +51,20 @@ pub struct CliError {
 
 impl From<ConfigError> for CliError {
     fn from(err: ConfigError) -> Self {
-        Self {
-            message: err.to_string(),
-            code: 2,
-        }
+        Self { message: err.to_string(), code: 2 }
     }
 }
 
 impl From<crate::startup::StartupError> for CliError {
     fn from(err: crate::startup::StartupError) -> Self {
-        let code = if matches!(err, crate::startup::StartupError::Config(_)) {
-            2
-        } else {
-            1
-        };
-        Self {
-            message: err.to_string(),
-            code,
-        }
+        let code = if matches!(err, crate::startup::StartupError::Config(_)) { 2 } else { 1 };
+        Self { message: err.to_string(), code }
     }
 }
 
 impl CliError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: 1,
-        }
+        Self { message: message.into(), code: 1 }
     }
 }
 
@@ -89,11 +72,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let file = cli.config.as_deref();
     match cli.command {
         Command::Serve(args) => {
-            let purpose = if args.dev_keys {
-                Purpose::Dev
-            } else {
-                Purpose::Serve
-            };
+            let purpose = if args.dev_keys { Purpose::Dev } else { Purpose::Serve };
             serve::run(Settings::load_for(file, purpose)?, args).await
         }
         Command::Sim(args) => sim::run(Settings::load_dev(file)?, args).await,

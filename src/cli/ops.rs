@@ -32,21 +32,14 @@ pub enum OrderCommand {
 }
 
 async fn db(settings: &Settings) -> Result<Db, CliError> {
-    let db = Db::connect(&settings.database)
-        .await
-        .map_err(|e| CliError::new(format!("database: {e}")))?;
-    db.migrate()
-        .await
-        .map_err(|e| CliError::new(format!("migrate: {e}")))?;
+    let db = Db::connect(&settings.database).await.map_err(|e| CliError::new(format!("database: {e}")))?;
+    db.migrate().await.map_err(|e| CliError::new(format!("migrate: {e}")))?;
     Ok(db)
 }
 
 pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, CliError> {
     let db = db(&settings).await?;
-    let dead = db
-        .dead_jobs()
-        .await
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let dead = db.dead_jobs().await.map_err(|e| CliError::new(e.to_string()))?;
     match command {
         JobsCommand::Dead => {
             if dead.is_empty() {
@@ -69,26 +62,16 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
             if id.is_none() && !all {
                 return Err(CliError::new("give a dead job id or --all"));
             }
-            let queue = JobQueue::connect(&settings.queue)
-                .await
-                .map_err(|e| CliError::new(e.to_string()))?;
+            let queue = JobQueue::connect(&settings.queue).await.map_err(|e| CliError::new(e.to_string()))?;
             let clock = Clock::system();
             let mut retried = 0;
             for job in dead.iter().filter(|j| all || Some(j.id) == id) {
-                let parsed: Job = serde_json::from_str(&job.payload).map_err(|e| {
-                    CliError::new(format!("dead job {}: unreadable payload: {e}", job.id))
-                })?;
-                if !db
-                    .mark_dead_job_retried(job.id, clock.now_ms())
-                    .await
-                    .map_err(|e| CliError::new(e.to_string()))?
-                {
+                let parsed: Job = serde_json::from_str(&job.payload)
+                    .map_err(|e| CliError::new(format!("dead job {}: unreadable payload: {e}", job.id)))?;
+                if !db.mark_dead_job_retried(job.id, clock.now_ms()).await.map_err(|e| CliError::new(e.to_string()))? {
                     continue;
                 }
-                queue
-                    .push(Envelope::first(parsed), None)
-                    .await
-                    .map_err(|e| CliError::new(e.to_string()))?;
+                queue.push(Envelope::first(parsed), None).await.map_err(|e| CliError::new(e.to_string()))?;
                 retried += 1;
                 println!("re-enqueued dead job {} ({})", job.id, job.kind);
             }
@@ -109,15 +92,9 @@ pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode
     };
     println!("order        {}", order.out_trade_no);
     println!("status       {}", order.status);
-    println!(
-        "amount       {} fen ({} x {})",
-        order.amount_fen, order.quantity, order.product_id
-    );
+    println!("amount       {} fen ({} x {})", order.amount_fen, order.quantity, order.product_id);
     println!("created      {}", from_ms(order.created_at_ms).to_rfc3339());
-    println!(
-        "expires      {}",
-        from_ms(order.time_expire_ms).to_rfc3339()
-    );
+    println!("expires      {}", from_ms(order.time_expire_ms).to_rfc3339());
     if let Some(paid) = order.paid_at_ms {
         println!("paid         {}", from_ms(paid).to_rfc3339());
     }

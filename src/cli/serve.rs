@@ -27,19 +27,14 @@ pub struct Args {
 pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
     telemetry::init(settings.log.format, &settings.log.filter);
     if settings.wechat.use_dev_keys {
-        tracing::warn!(
-            "running with DEVELOPMENT keys: only the simulator will accept these requests"
-        );
+        tracing::warn!("running with DEVELOPMENT keys: only the simulator will accept these requests");
     }
-    let roles = Roles {
-        api: !args.worker_only,
-        worker: !args.api_only && settings.worker.enabled,
-    };
+    let roles = Roles { api: !args.worker_only, worker: !args.api_only && settings.worker.enabled };
     let app = Application::build(settings, Clock::system(), roles, Metrics::new()).await?;
+    // One line on stdout for scripts and supervisors (the logs go to stderr).
+    println!("wxpay-recon listening on {}", app.base_url());
     let stop = CancellationToken::new();
     crate::shutdown::on_signal(stop.clone());
-    app.run(stop)
-        .await
-        .map_err(|e| CliError::new(format!("server: {e}")))?;
+    app.run(stop).await.map_err(|e| CliError::new(format!("server: {e}")))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -22,17 +22,8 @@ pub struct Args {
 
 pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
     telemetry::init(settings.log.format, &settings.log.filter);
-    let server = spawn(
-        &settings,
-        Clock::system(),
-        args.port.unwrap_or(settings.sim.port),
-    )
-    .await?;
-    println!(
-        "simulator listening on {} (dev keys in {})",
-        server.base_url(),
-        settings.wechat.dev_keys_dir.display()
-    );
+    let server = spawn(&settings, Clock::system(), args.port.unwrap_or(settings.sim.port)).await?;
+    println!("simulator listening on {} (dev keys in {})", server.base_url(), settings.wechat.dev_keys_dir.display());
     let stop = CancellationToken::new();
     crate::shutdown::on_signal(stop.clone());
     stop.cancelled().await;
@@ -49,10 +40,7 @@ pub async fn spawn(settings: &Settings, clock: Clock, port: u16) -> Result<SimSe
         time_scale: settings.sim.time_scale,
         seed: settings.sim.seed,
     };
-    let addr: SocketAddr = format!("{}:{port}", settings.sim.host)
-        .parse()
-        .map_err(|e| CliError::new(format!("sim.host: {e}")))?;
-    SimServer::spawn(config, addr)
-        .await
-        .map_err(|e| CliError::new(format!("simulator: cannot listen on {addr}: {e}")))
+    let addr: SocketAddr =
+        format!("{}:{port}", settings.sim.host).parse().map_err(|e| CliError::new(format!("sim.host: {e}")))?;
+    SimServer::spawn(config, addr).await.map_err(|e| CliError::new(format!("simulator: cannot listen on {addr}: {e}")))
 }

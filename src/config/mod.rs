@@ -32,10 +32,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn invalid(setting: &str, message: impl Into<String>) -> Self {
-        Self {
-            setting: setting.to_owned(),
-            message: message.into(),
-        }
+        Self { setting: setting.to_owned(), message: message.into() }
     }
 }
 
@@ -77,19 +74,13 @@ impl Settings {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::invalid(
-                    "--config",
-                    format!("file {} does not exist", path.display()),
-                ));
+                return Err(ConfigError::invalid("--config", format!("file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         if purpose == Purpose::Dev {
-            figment = figment.merge(figment::providers::Serialized::default(
-                "wechat.use_dev_keys",
-                true,
-            ));
+            figment = figment.merge(figment::providers::Serialized::default("wechat.use_dev_keys", true));
         }
         let settings: Settings = figment.extract().map_err(first_error)?;
         settings.validate_common()?;
@@ -110,25 +101,14 @@ impl Settings {
         self.profile()?;
         let queue_scheme = scheme(&self.queue.url);
         if !matches!(queue_scheme, "sqlite" | "redis" | "rediss") {
-            return Err(ConfigError::invalid(
-                "queue.url",
-                "must start with sqlite:// or redis://",
-            ));
+            return Err(ConfigError::invalid("queue.url", "must start with sqlite:// or redis://"));
         }
         positive("notify.max_batch", self.notify.max_batch)?;
         positive("notify.writers", self.notify.writers)?;
         positive("queue.concurrency", self.queue.concurrency)?;
-        positive(
-            "worker.max_attempts",
-            usize::try_from(self.worker.max_attempts).unwrap_or(0),
-        )?;
-        positive(
-            "database.max_connections",
-            usize::try_from(self.database.max_connections).unwrap_or(0),
-        )?;
-        if self.worker.backoff_base_ms == 0
-            || self.worker.backoff_cap_ms < self.worker.backoff_base_ms
-        {
+        positive("worker.max_attempts", usize::try_from(self.worker.max_attempts).unwrap_or(0))?;
+        positive("database.max_connections", usize::try_from(self.database.max_connections).unwrap_or(0))?;
+        if self.worker.backoff_base_ms == 0 || self.worker.backoff_cap_ms < self.worker.backoff_base_ms {
             return Err(ConfigError::invalid(
                 "worker.backoff_cap_ms",
                 "backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms",
@@ -141,10 +121,7 @@ impl Settings {
             ));
         }
         if !(self.sim.time_scale.is_finite() && self.sim.time_scale > 0.0) {
-            return Err(ConfigError::invalid(
-                "sim.time_scale",
-                "must be a positive number",
-            ));
+            return Err(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }
         self.validate_catalog()
     }
@@ -171,32 +148,20 @@ impl Settings {
 
     fn validate_catalog(&self) -> Result<(), ConfigError> {
         if self.catalog.is_empty() {
-            return Err(ConfigError::invalid(
-                "catalog",
-                "at least one product is required",
-            ));
+            return Err(ConfigError::invalid("catalog", "at least one product is required"));
         }
         let mut seen = HashSet::new();
         for item in &self.catalog {
             if item.id.is_empty() || item.id.len() > 64 {
-                return Err(ConfigError::invalid(
-                    "catalog.id",
-                    "must be 1 to 64 characters",
-                ));
+                return Err(ConfigError::invalid("catalog.id", "must be 1 to 64 characters"));
             }
             if !seen.insert(item.id.as_str()) {
-                return Err(ConfigError::invalid(
-                    "catalog.id",
-                    format!("duplicate product id {:?}", item.id),
-                ));
+                return Err(ConfigError::invalid("catalog.id", format!("duplicate product id {:?}", item.id)));
             }
             if item.price_fen <= 0 {
                 return Err(ConfigError::invalid(
                     "catalog.price_fen",
-                    format!(
-                        "product {:?}: price must be a positive number of fen",
-                        item.id
-                    ),
+                    format!("product {:?}: price must be a positive number of fen", item.id),
                 ));
             }
         }
@@ -208,10 +173,7 @@ impl Settings {
         match scheme(&self.database.url) {
             "sqlite" => Ok(Profile::Embedded),
             "postgres" | "postgresql" => Ok(Profile::Cluster),
-            _ => Err(ConfigError::invalid(
-                "database.url",
-                "must start with sqlite:// or postgres://",
-            )),
+            _ => Err(ConfigError::invalid("database.url", "must start with sqlite:// or postgres://")),
         }
     }
 }
@@ -232,11 +194,7 @@ fn first_error(err: figment::Error) -> ConfigError {
     let err = err.into_iter().next();
     match err {
         Some(err) => {
-            let setting = if err.path.is_empty() {
-                "config".to_owned()
-            } else {
-                err.path.join(".")
-            };
+            let setting = if err.path.is_empty() { "config".to_owned() } else { err.path.join(".") };
             ConfigError::invalid(&setting, err.kind.to_string())
         }
         None => ConfigError::invalid("config", "invalid configuration"),
@@ -244,6 +202,7 @@ fn first_error(err: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment's Jail closures return figment::Error")]
 mod tests {
     use super::*;
 

@@ -49,10 +49,9 @@ pub fn resolve(
     file: Option<&PathBuf>,
 ) -> Result<Option<Secret<String>>, ConfigError> {
     match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(
-            setting,
-            format!("set either {setting} or {setting}_file, not both"),
-        )),
+        (Some(_), Some(_)) => {
+            Err(ConfigError::invalid(setting, format!("set either {setting} or {setting}_file, not both")))
+        }
         (Some(value), None) => Ok(Some(value.clone())),
         (None, Some(path)) => read_file(setting, path).map(Some),
         (None, None) => Ok(None),
@@ -78,10 +77,7 @@ pub fn require(
 
 fn read_file(setting: &str, path: &Path) -> Result<Secret<String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|err| {
-        ConfigError::invalid(
-            &format!("{setting}_file"),
-            format!("cannot read {}: {err}", path.display()),
-        )
+        ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {err}", path.display()))
     })?;
     Ok(Secret::new(text.trim_end_matches(['\n', '\r']).to_owned()))
 }
@@ -101,23 +97,14 @@ mod tests {
     #[test]
     fn both_inline_and_file_is_refused() {
         let inline = Secret::new("a".to_owned());
-        let err = resolve(
-            "wechat.apiv3_key",
-            Some(&inline),
-            Some(&PathBuf::from("/x")),
-        )
-        .expect_err("must refuse");
+        let err = resolve("wechat.apiv3_key", Some(&inline), Some(&PathBuf::from("/x"))).expect_err("must refuse");
         assert!(err.to_string().contains("wechat.apiv3_key"), "{err}");
     }
 
     #[test]
     fn missing_file_names_the_setting() {
-        let err = require(
-            "wechat.merchant_key",
-            None,
-            Some(&PathBuf::from("/nonexistent/key.pem")),
-        )
-        .expect_err("must fail");
+        let err =
+            require("wechat.merchant_key", None, Some(&PathBuf::from("/nonexistent/key.pem"))).expect_err("must fail");
         let text = err.to_string();
         assert!(text.starts_with("wechat.merchant_key_file"), "{text}");
         assert!(!text.contains('\n'));

@@ -31,14 +31,8 @@ impl OutTradeNo {
 
     pub fn parse(value: &str) -> Result<Self, InvalidOutTradeNo> {
         let ok_len = (6..=32).contains(&value.len());
-        let ok_chars = value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*'));
-        if ok_len && ok_chars {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(InvalidOutTradeNo)
-        }
+        let ok_chars = value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*'));
+        if ok_len && ok_chars { Ok(Self(value.to_owned())) } else { Err(InvalidOutTradeNo) }
     }
 
     pub fn as_str(&self) -> &str {

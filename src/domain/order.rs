@@ -23,13 +23,8 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] = [
-        OrderStatus::Notpay,
-        OrderStatus::Success,
-        OrderStatus::Closed,
-        OrderStatus::Payerror,
-        OrderStatus::Refund,
-    ];
+    pub const ALL: [OrderStatus; 5] =
+        [OrderStatus::Notpay, OrderStatus::Success, OrderStatus::Closed, OrderStatus::Payerror, OrderStatus::Refund];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,9 +44,7 @@ impl OrderStatus {
     /// The statuses an order may be in for a move to `self` to be applied.
     pub fn allowed_from(self) -> &'static [OrderStatus] {
         match self {
-            OrderStatus::Success | OrderStatus::Closed | OrderStatus::Payerror => {
-                &[OrderStatus::Notpay]
-            }
+            OrderStatus::Success | OrderStatus::Closed | OrderStatus::Payerror => &[OrderStatus::Notpay],
             OrderStatus::Refund => &[OrderStatus::Success, OrderStatus::Refund],
             OrderStatus::Notpay => &[],
         }
@@ -76,10 +69,7 @@ pub struct UnknownStatus(pub String);
 impl FromStr for OrderStatus {
     type Err = UnknownStatus;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
+        OrderStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 
@@ -127,10 +117,7 @@ mod tests {
     #[test]
     fn status_round_trips_through_text() {
         for status in OrderStatus::ALL {
-            assert_eq!(
-                status.as_str().parse::<OrderStatus>().expect("parse"),
-                status
-            );
+            assert_eq!(status.as_str().parse::<OrderStatus>().expect("parse"), status);
         }
         assert!("PAID".parse::<OrderStatus>().is_err());
     }

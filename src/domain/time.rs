@@ -16,16 +16,12 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 
 /// RFC 3339 with WeChat's `+08:00` offset, e.g. `2026-11-24T10:34:56+08:00`.
 pub fn to_wechat_rfc3339(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Shanghai)
-        .format("%Y-%m-%dT%H:%M:%S%:z")
-        .to_string()
+    t.with_timezone(&Shanghai).format("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
 /// Parses any RFC 3339 time WeChat sends (offset or `Z`, with or without fractions).
 pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// The WeChat business day (Asia/Shanghai calendar date) an instant falls on.
@@ -39,10 +35,7 @@ pub fn wechat_day_start(date: NaiveDate) -> DateTime<Utc> {
     Shanghai
         .from_local_datetime(&midnight)
         .single()
-        .map_or_else(
-            || Utc.from_utc_datetime(&midnight),
-            |t| t.with_timezone(&Utc),
-        )
+        .map_or_else(|| Utc.from_utc_datetime(&midnight), |t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]

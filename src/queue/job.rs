@@ -67,10 +67,7 @@ mod tests {
     fn payload_shape_is_stable() {
         let env = Envelope::first(Job::ApplyNotification { inbox_id: 7 });
         let json = serde_json::to_string(&env).expect("json");
-        assert_eq!(
-            json,
-            r#"{"job":{"kind":"apply_notification","inbox_id":7},"attempt":1}"#
-        );
+        assert_eq!(json, r#"{"job":{"kind":"apply_notification","inbox_id":7},"attempt":1}"#);
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("parse"), env);
     }
 }

@@ -30,16 +30,8 @@ pub enum QueueError {
 /// A handle to push jobs; cheap to clone.
 #[derive(Clone)]
 pub enum JobQueue {
-    Sqlite {
-        pool: SqlitePool,
-        prefix: String,
-        settings: QueueSettings,
-    },
-    Redis {
-        conn: ConnectionManager,
-        prefix: String,
-        settings: QueueSettings,
-    },
+    Sqlite { pool: SqlitePool, prefix: String, settings: QueueSettings },
+    Redis { conn: ConnectionManager, prefix: String, settings: QueueSettings },
 }
 
 impl std::fmt::Debug for JobQueue {
@@ -55,16 +47,12 @@ impl JobQueue {
     /// Connects and prepares the backend named by `queue.url`.
     pub async fn connect(settings: &QueueSettings) -> Result<Self, QueueError> {
         if settings.url.starts_with("sqlite:") {
-            let path = settings
-                .url
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:");
+            let path = settings.url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);
             if let Some(parent) = std::path::Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| QueueError::Setup(format!("{}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent).map_err(|e| QueueError::Setup(format!("{}: {e}", parent.display())))?;
             }
             let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                 .map_err(|e| QueueError::Setup(e.to_string()))?
@@ -79,18 +67,10 @@ impl JobQueue {
                 .map_err(|e| QueueError::Unavailable(e.to_string()))?;
             // apalis' own `setup()` would switch this file to synchronous=OFF; run only its
             // migrations and keep our durability settings.
-            SqliteStorage::<()>::migrations()
-                .run(&pool)
-                .await
-                .map_err(|e| QueueError::Setup(e.to_string()))?;
-            Ok(JobQueue::Sqlite {
-                pool,
-                prefix: settings.prefix.clone(),
-                settings: settings.clone(),
-            })
+            SqliteStorage::<()>::migrations().run(&pool).await.map_err(|e| QueueError::Setup(e.to_string()))?;
+            Ok(JobQueue::Sqlite { pool, prefix: settings.prefix.clone(), settings: settings.clone() })
         } else {
-            let client = redis::Client::open(settings.url.as_str())
-                .map_err(|e| QueueError::Setup(e.to_string()))?;
+            let client = redis::Client::open(settings.url.as_str()).map_err(|e| QueueError::Setup(e.to_string()))?;
             // The default 500 ms response timeout turns any Redis hiccup into a dead worker.
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(5)))
@@ -99,11 +79,7 @@ impl JobQueue {
                 .get_connection_manager_with_config(config)
                 .await
                 .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-            Ok(JobQueue::Redis {
-                conn,
-                prefix: settings.prefix.clone(),
-                settings: settings.clone(),
-            })
+            Ok(JobQueue::Redis { conn, prefix: settings.prefix.clone(), settings: settings.clone() })
         }
     }
 
@@ -144,11 +120,7 @@ impl JobQueue {
     }
 
     /// Pushes one job, to run after `delay` (none: as soon as a worker is free).
-    pub async fn push(
-        &self,
-        envelope: Envelope,
-        delay: Option<Duration>,
-    ) -> Result<(), QueueError> {
+    pub async fn push(&self, envelope: Envelope, delay: Option<Duration>) -> Result<(), QueueError> {
         let queue = envelope.job.queue();
         let mut builder = TaskBuilder::new(envelope);
         if let Some(delay) = delay {
@@ -156,24 +128,16 @@ impl JobQueue {
         }
         match self {
             JobQueue::Sqlite { .. } => {
-                let mut storage = self
-                    .sqlite_storage(queue)
-                    .ok_or_else(|| QueueError::Setup("not a sqlite queue".into()))?;
+                let mut storage =
+                    self.sqlite_storage(queue).ok_or_else(|| QueueError::Setup("not a sqlite queue".into()))?;
                 // The backend must not retry by itself: one execution per push, our policy decides.
                 let task = builder.max_attempts(1).build();
-                storage
-                    .push_task(task)
-                    .await
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))
+                storage.push_task(task).await.map_err(|e| QueueError::Unavailable(e.to_string()))
             }
             JobQueue::Redis { .. } => {
-                let mut storage = self
-                    .redis_storage(queue)
-                    .ok_or_else(|| QueueError::Setup("not a redis queue".into()))?;
-                storage
-                    .push_task(builder.build())
-                    .await
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))
+                let mut storage =
+                    self.redis_storage(queue).ok_or_else(|| QueueError::Setup("not a redis queue".into()))?;
+                storage.push_task(builder.build()).await.map_err(|e| QueueError::Unavailable(e.to_string()))
             }
         }
     }

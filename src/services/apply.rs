@@ -55,21 +55,12 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(db: Db, appid: String, mchid: String, clock: Clock, metrics: Metrics) -> Self {
-        Self {
-            db,
-            appid,
-            mchid,
-            clock,
-            metrics,
-        }
+        Self { db, appid, mchid, clock, metrics }
     }
 
     pub async fn apply(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
         let outcome = self.apply_inner(inbox_id).await?;
-        self.metrics
-            .inbox_applied
-            .with_label_values(&[outcome.label()])
-            .inc();
+        self.metrics.inbox_applied.with_label_values(&[outcome.label()]).inc();
         if let ApplyOutcome::Anomaly(kind) = outcome {
             self.metrics.anomalies.with_label_values(&[kind]).inc();
         }
@@ -86,30 +77,20 @@ impl Applier {
         let mut tx = self.db.begin().await?;
         let (outcome, detail) = match entry.event_type.as_str() {
             "TRANSACTION.SUCCESS" => self.apply_payment(&mut tx, &entry).await?,
-            other => (
-                ApplyOutcome::Ignored,
-                Some(format!("event type {other} is not applied by this version")),
-            ),
+            other => (ApplyOutcome::Ignored, Some(format!("event type {other} is not applied by this version"))),
         };
         let label = match &outcome {
             ApplyOutcome::Anomaly(kind) => format!("anomaly:{kind}"),
             other => other.label().to_owned(),
         };
         let now_ms = self.clock.now_ms();
-        if !self
-            .db
-            .mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), now_ms)
-            .await?
-        {
+        if !self.db.mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), now_ms).await? {
             tx.rollback().await?;
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
         tx.commit().await?;
         if outcome == ApplyOutcome::Applied {
-            self.metrics
-                .order_transitions
-                .with_label_values(&["SUCCESS", "notify"])
-                .inc();
+            self.metrics.order_transitions.with_label_values(&["SUCCESS", "notify"]).inc();
         }
         tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
         Ok(outcome)
@@ -125,46 +106,22 @@ impl Applier {
             Ok(txn) => txn,
             Err(err) => {
                 let detail = format!("resource is not a transaction: {err}");
-                self.anomaly(tx, "malformed_resource", entry, None, None, &detail, now_ms)
-                    .await?;
+                self.anomaly(tx, "malformed_resource", entry, None, None, &detail, now_ms).await?;
                 return Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)));
             }
         };
         let Some(order) = self.db.lock_order(tx, &txn.out_trade_no).await? else {
             let detail = "no order with this out_trade_no".to_owned();
-            self.anomaly(
-                tx,
-                "unknown_order",
-                entry,
-                None,
-                Some(&txn.out_trade_no),
-                &detail,
-                now_ms,
-            )
-            .await?;
+            self.anomaly(tx, "unknown_order", entry, None, Some(&txn.out_trade_no), &detail, now_ms).await?;
             return Ok((ApplyOutcome::Anomaly("unknown_order"), Some(detail)));
         };
         if let Some((kind, ours, theirs)) = self.mismatch(&order, &txn) {
             let detail = format!("{kind}: ours {ours}, notification {theirs}");
-            self.anomaly(
-                tx,
-                kind,
-                entry,
-                Some((&ours, &theirs)),
-                Some(&order.out_trade_no),
-                &detail,
-                now_ms,
-            )
-            .await?;
-            self.no_op_event(tx, &order, &entry.notification_id, &detail, now_ms)
-                .await?;
+            self.anomaly(tx, kind, entry, Some((&ours, &theirs)), Some(&order.out_trade_no), &detail, now_ms).await?;
+            self.no_op_event(tx, &order, &entry.notification_id, &detail, now_ms).await?;
             return Ok((ApplyOutcome::Anomaly(kind), Some(detail)));
         }
-        let paid_at_ms = txn
-            .success_time
-            .as_deref()
-            .and_then(parse_rfc3339)
-            .map(|t| t.timestamp_millis());
+        let paid_at_ms = txn.success_time.as_deref().and_then(parse_rfc3339).map(|t| t.timestamp_millis());
         let request = TransitionRequest {
             out_trade_no: &order.out_trade_no,
             to: OrderStatus::Success,
@@ -179,26 +136,15 @@ impl Applier {
             TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
             TransitionOutcome::NotFound => Ok((ApplyOutcome::Missing, None)),
             TransitionOutcome::NotApplied { current, .. } => {
-                let same_payment =
-                    order.transaction_id.is_some() && order.transaction_id == txn.transaction_id;
+                let same_payment = order.transaction_id.is_some() && order.transaction_id == txn.transaction_id;
                 match current {
-                    OrderStatus::Success | OrderStatus::Refund if same_payment => {
-                        Ok((ApplyOutcome::Duplicate, None))
-                    }
+                    OrderStatus::Success | OrderStatus::Refund if same_payment => Ok((ApplyOutcome::Duplicate, None)),
                     OrderStatus::Closed => {
                         // Paid after we closed it: money moved for a closed order. Never
                         // silently re-opened; an operator decides (refund or honour).
                         let detail = "SUCCESS notification for an order closed here".to_owned();
-                        self.anomaly(
-                            tx,
-                            "paid_after_close",
-                            entry,
-                            None,
-                            Some(&order.out_trade_no),
-                            &detail,
-                            now_ms,
-                        )
-                        .await?;
+                        self.anomaly(tx, "paid_after_close", entry, None, Some(&order.out_trade_no), &detail, now_ms)
+                            .await?;
                         Ok((ApplyOutcome::Anomaly("paid_after_close"), Some(detail)))
                     }
                     _ => {
@@ -224,17 +170,9 @@ impl Applier {
     }
 
     /// The first field of the notification that contradicts our order.
-    fn mismatch(
-        &self,
-        order: &OrderRow,
-        txn: &Transaction,
-    ) -> Option<(&'static str, String, String)> {
+    fn mismatch(&self, order: &OrderRow, txn: &Transaction) -> Option<(&'static str, String, String)> {
         if txn.trade_state != "SUCCESS" {
-            return Some((
-                "unexpected_state",
-                "TRANSACTION.SUCCESS".into(),
-                txn.trade_state.clone(),
-            ));
+            return Some(("unexpected_state", "TRANSACTION.SUCCESS".into(), txn.trade_state.clone()));
         }
         if txn.appid != self.appid {
             return Some(("appid_mismatch", self.appid.clone(), txn.appid.clone()));
@@ -244,27 +182,16 @@ impl Applier {
         }
         let total = txn.amount.as_ref().and_then(|a| a.total);
         if total != Some(order.amount_fen) {
-            return Some((
-                "amount_mismatch",
-                order.amount_fen.to_string(),
-                format!("{total:?}"),
-            ));
+            return Some(("amount_mismatch", order.amount_fen.to_string(), format!("{total:?}")));
         }
         let payer = txn.payer.as_ref().map(|p| p.openid.as_str());
         if payer != Some(order.payer_openid.as_str()) {
-            return Some((
-                "payer_mismatch",
-                "order payer".into(),
-                "another openid".into(),
-            ));
+            return Some(("payer_mismatch", "order payer".into(), "another openid".into()));
         }
         None
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call shape for every anomaly kind"
-    )]
+    #[expect(clippy::too_many_arguments, reason = "one call shape for every anomaly kind")]
     async fn anomaly(
         &self,
         tx: &mut Tx,

@@ -25,10 +25,7 @@ pub enum WriteError {
     Stopped,
 }
 
-type Request = (
-    NewInboxRow,
-    oneshot::Sender<Result<InboxUpsert, WriteError>>,
-);
+type Request = (NewInboxRow, oneshot::Sender<Result<InboxUpsert, WriteError>>);
 
 /// Handle used by request handlers; cheap to clone.
 #[derive(Debug, Clone)]
@@ -53,10 +50,7 @@ impl InboxWriter {
     /// Stores one row durably; returns once the commit holding it has finished.
     pub async fn write(&self, row: NewInboxRow) -> Result<InboxUpsert, WriteError> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send((row, done))
-            .await
-            .map_err(|_| WriteError::Stopped)?;
+        self.tx.send((row, done)).await.map_err(|_| WriteError::Stopped)?;
         wait.await.map_err(|_| WriteError::Stopped)?
     }
 }

@@ -36,10 +36,7 @@ pub enum Stored {
 pub enum IngestError {
     /// Not acceptable as sent; WeChat's retry may succeed (e.g. after a key is configured).
     #[error("{reason}: {detail}")]
-    Rejected {
-        reason: &'static str,
-        detail: String,
-    },
+    Rejected { reason: &'static str, detail: String },
     /// We could not make it durable: FAIL, so WeChat retries.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -66,106 +63,55 @@ impl NotifyIngest {
         db: Db,
         metrics: Metrics,
     ) -> Self {
-        Self {
-            creds,
-            clock,
-            tolerance_secs,
-            writer,
-            queue,
-            db,
-            metrics,
-        }
+        Self { creds, clock, tolerance_secs, writer, queue, db, metrics }
     }
 
-    pub async fn ingest(
-        &self,
-        headers: &SignedHeaders<'_>,
-        body: &[u8],
-    ) -> Result<Stored, IngestError> {
+    pub async fn ingest(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
         let started = Instant::now();
         self.metrics.notify_received.inc();
         let result = self.ingest_inner(headers, body).await;
-        self.metrics
-            .notify_ingest_duration
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.notify_ingest_duration.observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(Stored::New) => self
-                .metrics
-                .notify_accepted
-                .with_label_values(&["new"])
-                .inc(),
-            Ok(Stored::Duplicate) => self
-                .metrics
-                .notify_accepted
-                .with_label_values(&["duplicate"])
-                .inc(),
+            Ok(Stored::New) => self.metrics.notify_accepted.with_label_values(&["new"]).inc(),
+            Ok(Stored::Duplicate) => self.metrics.notify_accepted.with_label_values(&["duplicate"]).inc(),
             Err(IngestError::Rejected { reason, detail }) => {
-                self.metrics
-                    .notify_rejected
-                    .with_label_values(&[reason])
-                    .inc();
+                self.metrics.notify_rejected.with_label_values(&[reason]).inc();
                 tracing::warn!(notify.reason = reason, notify.detail = %detail, notify.serial = headers.serial.unwrap_or(""), "notification rejected");
                 self.record_rejection(reason, detail, headers, body).await;
             }
             Err(IngestError::Unavailable(detail)) => {
-                self.metrics
-                    .notify_rejected
-                    .with_label_values(&["storage_unavailable"])
-                    .inc();
+                self.metrics.notify_rejected.with_label_values(&["storage_unavailable"]).inc();
                 tracing::error!(notify.detail = %detail, "notification not stored: answering FAIL so WeChat retries");
             }
         }
         result
     }
 
-    async fn ingest_inner(
-        &self,
-        headers: &SignedHeaders<'_>,
-        body: &[u8],
-    ) -> Result<Stored, IngestError> {
-        let reject =
-            |reason: &'static str, detail: String| IngestError::Rejected { reason, detail };
+    async fn ingest_inner(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
+        let reject = |reason: &'static str, detail: String| IngestError::Rejected { reason, detail };
         self.creds
             .platform_keys
-            .verify(
-                headers,
-                body,
-                self.clock.now().timestamp(),
-                self.tolerance_secs,
-            )
+            .verify(headers, body, self.clock.now().timestamp(), self.tolerance_secs)
             .map_err(|e| reject(e.reason(), e.to_string()))?;
-        let raw_body = std::str::from_utf8(body)
-            .map_err(|_| reject("malformed_body", "body is not UTF-8".into()))?;
+        let raw_body = std::str::from_utf8(body).map_err(|_| reject("malformed_body", "body is not UTF-8".into()))?;
         let envelope: NotifyEnvelope =
             serde_json::from_str(raw_body).map_err(|e| reject("malformed_body", e.to_string()))?;
         let resource = &envelope.resource;
-        if envelope.resource_type != "encrypt-resource" || resource.algorithm != "AEAD_AES_256_GCM"
-        {
+        if envelope.resource_type != "encrypt-resource" || resource.algorithm != "AEAD_AES_256_GCM" {
             return Err(reject(
                 "unsupported_resource",
-                format!(
-                    "resource_type {:?} algorithm {:?}",
-                    envelope.resource_type, resource.algorithm
-                ),
+                format!("resource_type {:?} algorithm {:?}", envelope.resource_type, resource.algorithm),
             ));
         }
         let plain = self
             .creds
             .apiv3_key
-            .decrypt(
-                &resource.nonce,
-                &resource.associated_data,
-                &resource.ciphertext,
-            )
+            .decrypt(&resource.nonce, &resource.associated_data, &resource.ciphertext)
             .map_err(|e| reject("decrypt_failed", e.to_string()))?;
-        let resource_json = String::from_utf8(plain)
-            .map_err(|_| reject("malformed_resource", "not UTF-8".into()))?;
-        let value: serde_json::Value = serde_json::from_str(&resource_json)
-            .map_err(|e| reject("malformed_resource", e.to_string()))?;
-        let out_trade_no = value
-            .get("out_trade_no")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let resource_json = String::from_utf8(plain).map_err(|_| reject("malformed_resource", "not UTF-8".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&resource_json).map_err(|e| reject("malformed_resource", e.to_string()))?;
+        let out_trade_no = value.get("out_trade_no").and_then(|v| v.as_str()).map(str::to_owned);
         let row = NewInboxRow {
             notification_id: envelope.id.clone(),
             event_type: envelope.event_type.clone(),
@@ -186,9 +132,7 @@ impl NotifyIngest {
             WriteError::Stopped => IngestError::Unavailable("inbox writer stopped".into()),
         })?;
         if stored.first_delivery && !stored.processed {
-            let job = Envelope::first(Job::ApplyNotification {
-                inbox_id: stored.id,
-            });
+            let job = Envelope::first(Job::ApplyNotification { inbox_id: stored.id });
             if let Err(err) = self.queue.push(job, None).await {
                 // Already durable: the sweeper re-enqueues unprocessed rows, so this is lag, not loss.
                 self.metrics.notify_enqueue_failures.inc();
@@ -196,20 +140,10 @@ impl NotifyIngest {
             }
         }
         tracing::debug!(notify.id = %envelope.id, notify.event_type = %envelope.event_type, first = stored.first_delivery, "notification stored");
-        Ok(if stored.first_delivery {
-            Stored::New
-        } else {
-            Stored::Duplicate
-        })
+        Ok(if stored.first_delivery { Stored::New } else { Stored::Duplicate })
     }
 
-    async fn record_rejection(
-        &self,
-        reason: &str,
-        detail: &str,
-        headers: &SignedHeaders<'_>,
-        body: &[u8],
-    ) {
+    async fn record_rejection(&self, reason: &str, detail: &str, headers: &SignedHeaders<'_>, body: &[u8]) {
         let excerpt = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_BYTES)]).into_owned();
         let notification_id = serde_json::from_slice::<serde_json::Value>(body)
             .ok()

@@ -46,31 +46,15 @@ pub enum LoginFailure {
 }
 
 impl LoginService {
-    pub fn new(
-        db: Db,
-        client: LoginClient,
-        vault: Vault,
-        clock: Clock,
-        token_ttl: Duration,
-        metrics: Metrics,
-    ) -> Self {
-        Self {
-            db,
-            client,
-            vault,
-            clock,
-            token_ttl,
-            metrics,
-        }
+    pub fn new(db: Db, client: LoginClient, vault: Vault, clock: Clock, token_ttl: Duration, metrics: Metrics) -> Self {
+        Self { db, client, vault, clock, token_ttl, metrics }
     }
 
     pub async fn login(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
         let result = self.login_inner(code).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => {
-                "bad_code"
-            }
+            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => "bad_code",
             Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => "blocked",
             Err(_) => "unavailable",
         };
@@ -83,32 +67,18 @@ impl LoginService {
             return Err(LoginFailure::MalformedCode);
         }
         let session = self.client.code2session(code).await?;
-        let sealed = self
-            .vault
-            .seal(session.session_key.expose())
-            .map_err(|_| LoginFailure::Seal)?;
+        let sealed = self.vault.seal(session.session_key.expose()).map_err(|_| LoginFailure::Seal)?;
         let now_ms = self.clock.now_ms();
-        let user = self
-            .db
-            .upsert_user(&session.openid, session.unionid.as_deref(), &sealed, now_ms)
-            .await?;
+        let user = self.db.upsert_user(&session.openid, session.unionid.as_deref(), &sealed, now_ms).await?;
         let (token, hash) = vault::new_token();
         let ttl_ms = i64::try_from(self.token_ttl.as_millis()).unwrap_or(i64::MAX);
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
-        self.db
-            .insert_session(&hash, user.id, now_ms, expires_at_ms)
-            .await?;
-        Ok(LoggedIn {
-            token,
-            expires_at: from_ms(expires_at_ms),
-            user,
-        })
+        self.db.insert_session(&hash, user.id, now_ms, expires_at_ms).await?;
+        Ok(LoggedIn { token, expires_at: from_ms(expires_at_ms), user })
     }
 
     /// The user behind a bearer token, if the token is known and unexpired.
     pub async fn authenticate(&self, token: &str) -> Result<Option<i64>, StorageError> {
-        self.db
-            .session_user(&vault::token_hash(token), self.clock.now_ms())
-            .await
+        self.db.session_user(&vault::token_hash(token), self.clock.now_ms()).await
     }
 }

@@ -56,10 +56,7 @@ pub enum OrderError {
     /// The order exists (NOTPAY) but WeChat could not be reached; the client may retry
     /// with `POST /api/orders/{no}/payment` and the poller settles it either way.
     #[error("payment provider unavailable for order {out_trade_no}: {source}")]
-    PaymentUnavailable {
-        out_trade_no: String,
-        source: WechatError,
-    },
+    PaymentUnavailable { out_trade_no: String, source: WechatError },
     #[error("WeChat refused the order: {0}")]
     Refused(WechatError),
     #[error("order {0} can no longer be paid")]
@@ -91,24 +88,11 @@ impl OrderService {
         metrics: Metrics,
     ) -> Self {
         let creds = Arc::new(pay.credentials().clone());
-        Self {
-            db,
-            pay,
-            creds,
-            clock,
-            settings,
-            notify_url,
-            metrics,
-        }
+        Self { db, pay, creds, clock, settings, notify_url, metrics }
     }
 
     /// Creates an order for `quantity` of `product_id` and returns the payment parameters.
-    pub async fn create(
-        &self,
-        user: &UserRow,
-        product_id: &str,
-        quantity: i64,
-    ) -> Result<CreatedOrder, OrderError> {
+    pub async fn create(&self, user: &UserRow, product_id: &str, quantity: i64) -> Result<CreatedOrder, OrderError> {
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(OrderError::BadQuantity);
         }
@@ -117,16 +101,11 @@ impl OrderService {
             .active_product(product_id)
             .await?
             .ok_or_else(|| OrderError::UnknownProduct(product_id.to_owned()))?;
-        let amount = Fen(product.price_fen)
-            .checked_mul(quantity)
-            .ok_or(OrderError::BadQuantity)?;
+        let amount = Fen(product.price_fen).checked_mul(quantity).ok_or(OrderError::BadQuantity)?;
         let now = self.clock.now();
         let now_ms = now.timestamp_millis();
         let out_trade_no = OutTradeNo::generate(now, &mut rand::rng());
-        let description = wechat_description(&format!(
-            "{}{}",
-            self.settings.description_prefix, product.name
-        ));
+        let description = wechat_description(&format!("{}{}", self.settings.description_prefix, product.name));
         let expire_ms = secs_to_ms(self.settings.time_expire_secs);
         let grace_ms = secs_to_ms(self.settings.poll_grace_secs);
         let order = self
@@ -147,11 +126,7 @@ impl OrderService {
         self.metrics.orders_created.inc();
         tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount_fen, "order created");
         let payment = self.request_payment(&order).await?;
-        let order = self
-            .db
-            .order_by_no(&order.out_trade_no)
-            .await?
-            .unwrap_or(order);
+        let order = self.db.order_by_no(&order.out_trade_no).await?.unwrap_or(order);
         Ok(CreatedOrder { order, payment })
     }
 
@@ -169,13 +144,8 @@ impl OrderService {
             time_expire: Some(to_wechat_rfc3339(from_ms(order.time_expire_ms))),
             attach: None,
             notify_url: self.notify_url.clone(),
-            amount: PrepayAmount {
-                total: order.amount_fen,
-                currency: Some("CNY".into()),
-            },
-            payer: Payer {
-                openid: order.payer_openid.clone(),
-            },
+            amount: PrepayAmount { total: order.amount_fen, currency: Some("CNY".into()) },
+            payer: Payer { openid: order.payer_openid.clone() },
         };
         let mut attempt = 1;
         let prepay = loop {
@@ -195,9 +165,7 @@ impl OrderService {
                 Err(err) => return Err(OrderError::Refused(err)),
             }
         };
-        self.db
-            .set_prepay(order.id, &prepay.prepay_id, self.clock.now_ms())
-            .await?;
+        self.db.set_prepay(order.id, &prepay.prepay_id, self.clock.now_ms()).await?;
         self.payment_params(&prepay.prepay_id)
     }
 
@@ -207,12 +175,8 @@ impl OrderService {
         let nonce_str = sign::nonce(32);
         let package = format!("prepay_id={prepay_id}");
         let message = sign::pay_sign_message(&self.creds.appid, time_stamp, &nonce_str, &package);
-        let pay_sign = self
-            .creds
-            .merchant
-            .signer
-            .sign(message.as_bytes())
-            .map_err(|e| OrderError::Sign(e.to_string()))?;
+        let pay_sign =
+            self.creds.merchant.signer.sign(message.as_bytes()).map_err(|e| OrderError::Sign(e.to_string()))?;
         Ok(PaymentParams {
             app_id: self.creds.appid.clone(),
             time_stamp: time_stamp.to_string(),
@@ -225,34 +189,21 @@ impl OrderService {
 
     /// The order if it belongs to `user_id`; another user's order is indistinguishable from a
     /// missing one.
-    pub async fn get_for_user(
-        &self,
-        user_id: i64,
-        out_trade_no: &str,
-    ) -> Result<Option<OrderRow>, StorageError> {
+    pub async fn get_for_user(&self, user_id: i64, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
         if OutTradeNo::parse(out_trade_no).is_err() {
             return Ok(None);
         }
-        Ok(self
-            .db
-            .order_by_no(out_trade_no)
-            .await?
-            .filter(|o| o.user_id == user_id))
+        Ok(self.db.order_by_no(out_trade_no).await?.filter(|o| o.user_id == user_id))
     }
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
-    i64::try_from(secs)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000)
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
 /// WeChat takes at most 127 characters, each 1-3 bytes of UTF-8 (no emoji).
 fn wechat_description(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.len_utf8() <= 3)
-        .take(DESCRIPTION_MAX)
-        .collect()
+    text.chars().filter(|c| c.len_utf8() <= 3).take(DESCRIPTION_MAX).collect()
 }
 
 #[cfg(test)]

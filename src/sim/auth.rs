@@ -25,28 +25,13 @@ const REQUEST_TOLERANCE_SECS: i64 = 300;
 pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return wechat_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "请求体过大或无法读取",
-        );
+        return wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "请求体过大或无法读取");
     };
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let target = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let body_text = String::from_utf8_lossy(&bytes);
-    let header = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     if header.is_empty() || parts.headers.get(header::ACCEPT).is_none() {
-        return wechat_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            "Http头缺少Accept或Authorization",
-        );
+        return wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Http头缺少Accept或Authorization");
     }
     let params = match parse_authorization(header) {
         Ok(p) => p,
@@ -60,24 +45,14 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
     };
     let now = sim.clock.now().timestamp();
     let timestamp: i64 = params.timestamp.parse().unwrap_or(0);
-    let message = request_message(
-        parts.method.as_str(),
-        &target,
-        timestamp,
-        &params.nonce_str,
-        &body_text,
-    );
+    let message = request_message(parts.method.as_str(), &target, timestamp, &params.nonce_str, &body_text);
     let signature_ok = params.mchid == sim.keys.mchid
-        && params
-            .serial_no
-            .eq_ignore_ascii_case(&sim.keys.merchant_serial)
+        && params.serial_no.eq_ignore_ascii_case(&sim.keys.merchant_serial)
         && (now - timestamp).abs() <= REQUEST_TOLERANCE_SECS
-        && B64.decode(&params.signature).ok().is_some_and(|sig| {
-            sim.keys
-                .merchant_public
-                .pkcs1v15_verify::<Sha256>(message.as_bytes(), &sig)
-                .is_ok()
-        });
+        && B64
+            .decode(&params.signature)
+            .ok()
+            .is_some_and(|sig| sim.keys.merchant_public.pkcs1v15_verify::<Sha256>(message.as_bytes(), &sig).is_ok());
     if !signature_ok {
         sim.record_sign_error();
         let truncated: String = message.chars().take(64).collect();
@@ -98,8 +73,7 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
         });
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// Signs every response (errors included, as harmless extra) with the platform key.
@@ -130,21 +104,10 @@ pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Ne
 
 /// `{"code":..., "message":...}` with the status WeChat documents for that code.
 pub fn wechat_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"code": code, "message": message})),
-    )
-        .into_response()
+    (status, axum::Json(json!({"code": code, "message": message}))).into_response()
 }
 
 /// The signature WeChat would put on a body sent at `timestamp` with `nonce`.
-pub fn platform_signature(
-    signer: &sign::RsaSigner,
-    timestamp: &str,
-    nonce: &str,
-    body: &[u8],
-) -> String {
-    signer
-        .sign(&sign::response_message(timestamp, nonce, body))
-        .unwrap_or_default()
+pub fn platform_signature(signer: &sign::RsaSigner, timestamp: &str, nonce: &str, body: &[u8]) -> String {
+    signer.sign(&sign::response_message(timestamp, nonce, body)).unwrap_or_default()
 }

@@ -31,26 +31,16 @@ struct CodeRequest {
 }
 
 /// What `wx.login` returns to a mini-program: a fresh single-use code for a (new) user.
-async fn issue_code(
-    State(sim): State<SimContext>,
-    body: Option<Json<CodeRequest>>,
-) -> Json<serde_json::Value> {
+async fn issue_code(State(sim): State<SimContext>, body: Option<Json<CodeRequest>>) -> Json<serde_json::Value> {
     let request = body.map(|Json(b)| b).unwrap_or_default();
-    let openid = request.openid.unwrap_or_else(|| {
-        format!(
-            "o{}",
-            hex::encode(sim.random::<[u8; 14]>())[..27].to_owned()
-        )
-    });
+    let openid =
+        request.openid.unwrap_or_else(|| format!("o{}", hex::encode(sim.random::<[u8; 14]>())[..27].to_owned()));
     let code = hex::encode(sim.random::<[u8; 16]>());
-    sim.state.lock().await.codes.insert(
-        code.clone(),
-        LoginCode {
-            openid: openid.clone(),
-            issued_at: sim.clock.now(),
-            used: false,
-        },
-    );
+    sim.state
+        .lock()
+        .await
+        .codes
+        .insert(code.clone(), LoginCode { openid: openid.clone(), issued_at: sim.clock.now(), used: false });
     Json(json!({ "code": code, "openid": openid }))
 }
 
@@ -67,39 +57,22 @@ async fn pay(State(sim): State<SimContext>, Json(request): Json<PayRequest>) -> 
         state.next_transaction += 1;
         let serial = state.next_transaction;
         let Some(order) = state.orders.get_mut(&request.out_trade_no) else {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "unknown order"})),
-            )
-                .into_response();
+            return (StatusCode::NOT_FOUND, Json(json!({"error": "unknown order"}))).into_response();
         };
         if order.trade_state != "NOTPAY" {
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({"error": format!("order is {}", order.trade_state)})),
-            )
+            return (StatusCode::CONFLICT, Json(json!({"error": format!("order is {}", order.trade_state)})))
                 .into_response();
         }
         if order.time_expire.is_some_and(|t| t <= now) {
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({"error": "order expired"})),
-            )
-                .into_response();
+            return (StatusCode::CONFLICT, Json(json!({"error": "order expired"}))).into_response();
         }
         let prefix: u16 = sim.random::<u16>() % 1000;
         order.trade_state = "SUCCESS".into();
-        order.transaction_id = Some(format!(
-            "4200001{prefix:03}{}{serial:010}",
-            now.format("%Y%m%d")
-        ));
+        order.transaction_id = Some(format!("4200001{prefix:03}{}{serial:010}", now.format("%Y%m%d")));
         order.success_time = Some(now);
         let resource = serde_json::to_string(&transaction_of(order)).unwrap_or_default();
         let id = uuid::Uuid::from_u128(sim.random()).to_string();
-        (
-            PlainNotification::transaction_success(id, resource, now),
-            order.request.notify_url.clone(),
-        )
+        (PlainNotification::transaction_success(id, resource, now), order.request.notify_url.clone())
     };
     let transaction_id = serde_json::from_str::<serde_json::Value>(&notification.resource_json)
         .ok()

@@ -30,9 +30,8 @@ impl SimKeys {
             merchant_public: keys.merchant_key.to_public_key(),
             platform_serial: keys.platform_serial.clone(),
             platform: RsaSigner::new(keys.platform_key.clone()),
-            apiv3: ApiV3Key::new(keys.apiv3_key.expose().as_bytes()).map_err(|e| {
-                crate::config::ConfigError::invalid("wechat.dev_keys_dir/apiv3_key", e.to_string())
-            })?,
+            apiv3: ApiV3Key::new(keys.apiv3_key.expose().as_bytes())
+                .map_err(|e| crate::config::ConfigError::invalid("wechat.dev_keys_dir/apiv3_key", e.to_string()))?,
         })
     }
 }

@@ -25,11 +25,7 @@ fn error(sim: &SimContext, errcode: i64, message: &str) -> Json<Code2SessionResp
     let rid: u64 = sim.random();
     Json(Code2SessionResponse {
         errcode: Some(errcode),
-        errmsg: Some(format!(
-            "{message}, rid: {:x}-{:x}",
-            rid >> 32,
-            rid & 0xffff_ffff
-        )),
+        errmsg: Some(format!("{message}, rid: {:x}-{:x}", rid >> 32, rid & 0xffff_ffff)),
         ..Default::default()
     })
 }

@@ -97,10 +97,7 @@ impl SimContext {
     where
         rand::distr::StandardUniform: rand::distr::Distribution<T>,
     {
-        let mut rng = self
-            .rng
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         rand::Rng::random(&mut *rng)
     }
 }
@@ -108,14 +105,8 @@ impl SimContext {
 pub fn router(ctx: SimContext) -> Router {
     let v3 = Router::new()
         .route("/v3/pay/transactions/jsapi", post(pay::jsapi))
-        .route(
-            "/v3/pay/transactions/out-trade-no/{out_trade_no}",
-            get(pay::query),
-        )
-        .route(
-            "/v3/pay/transactions/out-trade-no/{out_trade_no}/close",
-            post(pay::close),
-        )
+        .route("/v3/pay/transactions/out-trade-no/{out_trade_no}", get(pay::query))
+        .route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", post(pay::close))
         .layer(from_fn_with_state(ctx.clone(), auth::verify_request))
         .layer(from_fn_with_state(ctx.clone(), auth::sign_response));
     Router::new()
@@ -141,9 +132,7 @@ impl SimServer {
         let app = router(ctx.clone());
         let stop = ctx.stop.clone();
         tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
             if let Err(err) = served {
                 tracing::error!(error = %err, "simulator stopped");
             }

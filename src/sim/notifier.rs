@@ -17,9 +17,8 @@ use super::keys::SimKeys;
 use super::state::NotificationRecord;
 
 /// WeChat's documented retry intervals after a failed delivery (15 retries, ~24 h 4 min).
-pub const RETRY_SCHEDULE_SECS: [u64; 15] = [
-    15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600,
-];
+pub const RETRY_SCHEDULE_SECS: [u64; 15] =
+    [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
 
 /// A notification before encryption.
 #[derive(Debug, Clone)]
@@ -35,11 +34,7 @@ pub struct PlainNotification {
 
 impl PlainNotification {
     /// A `TRANSACTION.SUCCESS` for the given decrypted transaction JSON.
-    pub fn transaction_success(
-        id: String,
-        resource_json: String,
-        create_time: DateTime<Utc>,
-    ) -> Self {
+    pub fn transaction_success(id: String, resource_json: String, create_time: DateTime<Utc>) -> Self {
         Self {
             id,
             event_type: "TRANSACTION.SUCCESS".into(),
@@ -54,10 +49,7 @@ impl PlainNotification {
 
 /// The exact body WeChat would POST: compact JSON in WeChat's key order.
 pub fn envelope_body(keys: &SimKeys, n: &PlainNotification, nonce: &str) -> String {
-    let ciphertext = keys
-        .apiv3
-        .encrypt(nonce, &n.associated_data, n.resource_json.as_bytes())
-        .unwrap_or_default();
+    let ciphertext = keys.apiv3.encrypt(nonce, &n.associated_data, n.resource_json.as_bytes()).unwrap_or_default();
     let envelope = Envelope {
         id: n.id.clone(),
         create_time: to_wechat_rfc3339(n.create_time),
@@ -76,12 +68,7 @@ pub fn envelope_body(keys: &SimKeys, n: &PlainNotification, nonce: &str) -> Stri
 }
 
 /// The five `Wechatpay-*` headers for sending `body` at `timestamp`.
-pub fn signed_headers(
-    keys: &SimKeys,
-    body: &str,
-    timestamp: i64,
-    nonce: &str,
-) -> Vec<(&'static str, String)> {
+pub fn signed_headers(keys: &SimKeys, body: &str, timestamp: i64, nonce: &str) -> Vec<(&'static str, String)> {
     let ts = timestamp.to_string();
     let signature = platform_signature(&keys.platform, &ts, nonce, body.as_bytes());
     vec![
@@ -95,18 +82,11 @@ pub fn signed_headers(
 
 fn alnum(sim: &SimContext, len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    (0..len)
-        .map(|_| char::from(ALPHABET[sim.random::<u32>() as usize % ALPHABET.len()]))
-        .collect()
+    (0..len).map(|_| char::from(ALPHABET[sim.random::<u32>() as usize % ALPHABET.len()])).collect()
 }
 
 /// Registers the notification and delivers it in the background.
-pub async fn send(
-    sim: SimContext,
-    notification: PlainNotification,
-    out_trade_no: String,
-    notify_url: String,
-) {
+pub async fn send(sim: SimContext, notification: PlainNotification, out_trade_no: String, notify_url: String) {
     let body = envelope_body(&sim.keys, &notification, &alnum(&sim, 12));
     let index = {
         let mut state = sim.state.lock().await;
@@ -127,8 +107,7 @@ pub async fn send(
 async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String) {
     for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
         if attempt > 0 {
-            let delay =
-                Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale);
+            let delay = Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale);
             tokio::select! {
                 () = sim.stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

@@ -9,9 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::domain::time::{parse_rfc3339, to_wechat_rfc3339};
-use crate::wechat::wire::pay::{
-    CloseRequest, JsapiPrepayRequest, Payer, Transaction, TransactionAmount,
-};
+use crate::wechat::wire::pay::{CloseRequest, JsapiPrepayRequest, Payer, Transaction, TransactionAmount};
 
 use super::SimContext;
 use super::auth::wechat_error;
@@ -21,11 +19,7 @@ pub async fn jsapi(State(sim): State<SimContext>, body: Bytes) -> Response {
     let request: JsapiPrepayRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return wechat_error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
-                &format!("输入源格式错误: {e}"),
-            );
+            return wechat_error(StatusCode::BAD_REQUEST, "PARAM_ERROR", &format!("输入源格式错误: {e}"));
         }
     };
     if let Err(response) = validate(&sim, &request) {
@@ -34,11 +28,7 @@ pub async fn jsapi(State(sim): State<SimContext>, body: Bytes) -> Response {
     let now = sim.clock.now();
     let prepay_id = format!(
         "wx{}{:020x}",
-        now.format("%d%H%M%S%f")
-            .to_string()
-            .chars()
-            .take(14)
-            .collect::<String>(),
+        now.format("%d%H%M%S%f").to_string().chars().take(14).collect::<String>(),
         sim.random::<u64>()
     );
     let mut state = sim.state.lock().await;
@@ -81,25 +71,13 @@ fn validate(sim: &SimContext, r: &JsapiPrepayRequest) -> Result<(), Response> {
             .into_response())
     };
     if r.mchid != sim.keys.mchid {
-        return Err(wechat_error(
-            StatusCode::BAD_REQUEST,
-            "MCH_NOT_EXISTS",
-            "商户号不存在",
-        ));
+        return Err(wechat_error(StatusCode::BAD_REQUEST, "MCH_NOT_EXISTS", "商户号不存在"));
     }
     if r.appid != sim.keys.appid {
-        return Err(wechat_error(
-            StatusCode::BAD_REQUEST,
-            "APPID_MCHID_NOT_MATCH",
-            "appid和mch_id不匹配",
-        ));
+        return Err(wechat_error(StatusCode::BAD_REQUEST, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"));
     }
     let no = &r.out_trade_no;
-    if !(6..=32).contains(&no.len())
-        || !no
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
-    {
+    if !(6..=32).contains(&no.len()) || !no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b)) {
         return param("/out_trade_no", "格式错误");
     }
     if r.description.is_empty()
@@ -171,9 +149,7 @@ pub fn transaction_of(order: &SimOrder) -> Transaction {
         bank_type: paid.then(|| "OTHERS".into()),
         attach: Some(order.request.attach.clone().unwrap_or_default()),
         success_time: order.success_time.map(to_wechat_rfc3339),
-        payer: paid.then(|| Payer {
-            openid: order.request.payer.openid.clone(),
-        }),
+        payer: paid.then(|| Payer { openid: order.request.payer.openid.clone() }),
         amount: Some(TransactionAmount {
             total: Some(order.request.amount.total),
             payer_total: paid.then_some(order.request.amount.total),
@@ -183,19 +159,11 @@ pub fn transaction_of(order: &SimOrder) -> Transaction {
     }
 }
 
-pub async fn close(
-    State(sim): State<SimContext>,
-    Path(out_trade_no): Path<String>,
-    body: Bytes,
-) -> Response {
+pub async fn close(State(sim): State<SimContext>, Path(out_trade_no): Path<String>, body: Bytes) -> Response {
     let request: CloseRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return wechat_error(
-                StatusCode::BAD_REQUEST,
-                "PARAM_ERROR",
-                &format!("输入源格式错误: {e}"),
-            );
+            return wechat_error(StatusCode::BAD_REQUEST, "PARAM_ERROR", &format!("输入源格式错误: {e}"));
         }
     };
     if request.mchid != sim.keys.mchid {

@@ -41,11 +41,7 @@ impl From<sqlx::Error> for StorageError {
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
         Some(code) => {
-            code.starts_with("57P")
-                || code.starts_with("08")
-                || code.starts_with("53")
-                || code == "5"
-                || code == "6"
+            code.starts_with("57P") || code.starts_with("08") || code.starts_with("53") || code == "5" || code == "6"
         }
         None => false,
     }

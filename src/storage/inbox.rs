@@ -81,10 +81,7 @@ impl Db {
     /// Upserts a batch in one statement and one commit. Deliveries of the same notification id
     /// within the batch are folded first (a statement may not touch a row twice); every input
     /// row gets the resulting state, in input order.
-    pub async fn upsert_inbox_batch(
-        &self,
-        rows: &[NewInboxRow],
-    ) -> Result<Vec<InboxUpsert>, StorageError> {
+    pub async fn upsert_inbox_batch(&self, rows: &[NewInboxRow]) -> Result<Vec<InboxUpsert>, StorageError> {
         let mut unique: Vec<(&NewInboxRow, i64)> = Vec::with_capacity(rows.len());
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -154,18 +151,11 @@ impl Db {
                 .get(&row.notification_id)
                 .copied()
                 .ok_or_else(|| StorageError::Corrupt("inbox upsert returned no row".into()))?;
-            let added_by_batch = index
-                .get(row.notification_id.as_str())
-                .map_or(0, |&i| unique[i].1);
+            let added_by_batch = index.get(row.notification_id.as_str()).map_or(0, |&i| unique[i].1);
             // deliveries == what this batch added <=> the row did not exist before; and only
             // the first copy within the batch is the first delivery.
-            let first_delivery =
-                deliveries == added_by_batch && seen.insert(row.notification_id.as_str());
-            out.push(InboxUpsert {
-                id,
-                first_delivery,
-                processed,
-            });
+            let first_delivery = deliveries == added_by_batch && seen.insert(row.notification_id.as_str());
+            out.push(InboxUpsert { id, first_delivery, processed });
         }
         Ok(out)
     }
@@ -205,11 +195,7 @@ impl Db {
     }
 
     /// Entries still unprocessed after `older_than_ms`, oldest first (the sweeper's work).
-    pub async fn stale_inbox_ids(
-        &self,
-        older_than_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<i64>, StorageError> {
+    pub async fn stale_inbox_ids(&self, older_than_ms: i64, limit: i64) -> Result<Vec<i64>, StorageError> {
         let rows: Vec<(i64,)> = sqlx::query_as(
             "SELECT id FROM notifications WHERE processed_at_ms IS NULL AND received_at_ms <= $1
              ORDER BY received_at_ms LIMIT $2",
@@ -223,11 +209,9 @@ impl Db {
 
     /// (unprocessed count, received_at of the oldest unprocessed) for the lag gauges.
     pub async fn inbox_backlog(&self) -> Result<(i64, Option<i64>), StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT COUNT(*), MIN(received_at_ms) FROM notifications WHERE processed_at_ms IS NULL",
-        )
-        .fetch_one(self.reader())
-        .await?)
+        Ok(sqlx::query_as("SELECT COUNT(*), MIN(received_at_ms) FROM notifications WHERE processed_at_ms IS NULL")
+            .fetch_one(self.reader())
+            .await?)
     }
 
     pub async fn insert_rejection(&self, r: &Rejection<'_>) -> Result<(), StorageError> {
@@ -249,11 +233,9 @@ impl Db {
 
     /// Rejections by reason, for the ops CLI and tests.
     pub async fn rejection_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT reason, COUNT(*) FROM notify_rejections GROUP BY reason ORDER BY reason",
-        )
-        .fetch_all(self.reader())
-        .await?)
+        Ok(sqlx::query_as("SELECT reason, COUNT(*) FROM notify_rejections GROUP BY reason ORDER BY reason")
+            .fetch_all(self.reader())
+            .await?)
     }
 
     pub async fn insert_anomaly(&self, tx: &mut Tx, a: &Anomaly<'_>) -> Result<(), StorageError> {

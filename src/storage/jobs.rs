@@ -49,22 +49,18 @@ impl Db {
 
     /// Claims a dead job for retry; false if it was already retried (or does not exist).
     pub async fn mark_dead_job_retried(&self, id: i64, now_ms: i64) -> Result<bool, StorageError> {
-        let done = sqlx::query(
-            "UPDATE dead_jobs SET retried_at_ms = $2 WHERE id = $1 AND retried_at_ms IS NULL",
-        )
-        .bind(id)
-        .bind(now_ms)
-        .execute(self.writer())
-        .await?;
+        let done = sqlx::query("UPDATE dead_jobs SET retried_at_ms = $2 WHERE id = $1 AND retried_at_ms IS NULL")
+            .bind(id)
+            .bind(now_ms)
+            .execute(self.writer())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Open dead jobs by kind, for the `wxpay_jobs_dead` gauge.
     pub async fn dead_job_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT kind, COUNT(*) FROM dead_jobs WHERE retried_at_ms IS NULL GROUP BY kind",
-        )
-        .fetch_all(self.reader())
-        .await?)
+        Ok(sqlx::query_as("SELECT kind, COUNT(*) FROM dead_jobs WHERE retried_at_ms IS NULL GROUP BY kind")
+            .fetch_all(self.reader())
+            .await?)
     }
 }

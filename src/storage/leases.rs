@@ -8,13 +8,7 @@ use super::{Db, StorageError};
 
 impl Db {
     /// Takes or renews the lease `name` for `holder` until `now + ttl`. True if we hold it.
-    pub async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<bool, StorageError> {
+    pub async fn try_lease(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<bool, StorageError> {
         let done = sqlx::query(
             "INSERT INTO leases (name, holder, expires_at_ms) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms

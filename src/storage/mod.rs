@@ -72,21 +72,13 @@ impl Db {
             let url = sqlite_url(&settings.url)?;
             let write = sqlite_pool(&url, 1, acquire).await?;
             let read = sqlite_pool(&url, settings.max_connections, acquire).await?;
-            Ok(Self {
-                write,
-                read,
-                dialect: Dialect::Sqlite,
-            })
+            Ok(Self { write, read, dialect: Dialect::Sqlite })
         } else {
             let pool = AnyPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(acquire)
                 .connect_lazy(&settings.url)?;
-            Ok(Self {
-                write: pool.clone(),
-                read: pool,
-                dialect: Dialect::Postgres,
-            })
+            Ok(Self { write: pool.clone(), read: pool, dialect: Dialect::Postgres })
         }
     }
 
@@ -113,11 +105,7 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), StorageError> {
         let result = match self.dialect {
             Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.write).await,
-            Dialect::Postgres => {
-                sqlx::migrate!("./migrations/postgres")
-                    .run(&self.write)
-                    .await
-            }
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.write).await,
         };
         result.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(err) => StorageError::from(err),
@@ -139,17 +127,14 @@ impl Db {
 
 /// `sqlite://path` with the parent directory created and create-if-missing mode.
 fn sqlite_url(url: &str) -> Result<String, StorageError> {
-    let rest = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path != ":memory:"
         && let Some(parent) = Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StorageError::Corrupt(format!("cannot create {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StorageError::Corrupt(format!("cannot create {}: {e}", parent.display())))?;
     }
     let query = if query.contains("mode=") {
         query.to_owned()

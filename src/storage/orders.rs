@@ -42,9 +42,7 @@ const COLUMNS: &str = "id, out_trade_no, user_id, payer_openid, product_id, quan
 
 impl OrderRow {
     pub fn status(&self) -> Result<OrderStatus, StorageError> {
-        self.status
-            .parse()
-            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+        self.status.parse().map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
     }
 }
 
@@ -133,45 +131,25 @@ impl Db {
         Ok(order)
     }
 
-    pub async fn set_prepay(
-        &self,
-        order_id: i64,
-        prepay_id: &str,
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1",
-        )
-        .bind(order_id)
-        .bind(prepay_id)
-        .bind(now_ms)
-        .execute(self.writer())
-        .await?;
+    pub async fn set_prepay(&self, order_id: i64, prepay_id: &str, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1")
+            .bind(order_id)
+            .bind(prepay_id)
+            .bind(now_ms)
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 
     pub async fn order_by_no(&self, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
-            .bind(out_trade_no)
-            .fetch_optional(self.reader())
-            .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(self.reader()).await?)
     }
 
     /// The order, re-read inside `tx` under a row lock (PostgreSQL) or the write lock (SQLite).
-    pub async fn lock_order(
-        &self,
-        tx: &mut Tx,
-        out_trade_no: &str,
-    ) -> Result<Option<OrderRow>, StorageError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}",
-            self.dialect().for_update()
-        );
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
-            .bind(out_trade_no)
-            .fetch_optional(&mut **tx)
-            .await?)
+    pub async fn lock_order(&self, tx: &mut Tx, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
+        let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}", self.dialect().for_update());
+        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(&mut **tx).await?)
     }
 
     /// The one way an order's status changes. Inside `tx`: lock the row, check the move is
@@ -223,33 +201,19 @@ impl Db {
         .insert(tx)
         .await?;
         Ok(if applied {
-            TransitionOutcome::Applied {
-                order_id: order.id,
-                from: current,
-            }
+            TransitionOutcome::Applied { order_id: order.id, from: current }
         } else {
-            TransitionOutcome::NotApplied {
-                order_id: order.id,
-                current,
-            }
+            TransitionOutcome::NotApplied { order_id: order.id, current }
         })
     }
 
     /// Orders by status, for the `wxpay_orders` gauge.
     pub async fn order_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(
-            sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status")
-                .fetch_all(self.reader())
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(self.reader()).await?)
     }
 }
 
 /// `'A', 'B'` for a guard; statuses are our own constants, never user input.
 fn in_list(statuses: &[OrderStatus]) -> String {
-    statuses
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }

@@ -16,11 +16,7 @@ pub struct ProductRow {
 impl Db {
     /// Makes the table match the configured catalog: upserts every item and deactivates
     /// products no longer listed (kept, because old orders reference them).
-    pub async fn seed_products(
-        &self,
-        catalog: &[CatalogItem],
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
+    pub async fn seed_products(&self, catalog: &[CatalogItem], now_ms: i64) -> Result<(), StorageError> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE products SET active = 0, updated_at_ms = $1 WHERE active = 1")
             .bind(now_ms)
@@ -45,11 +41,9 @@ impl Db {
 
     /// An active product, or `None` if unknown or withdrawn.
     pub async fn active_product(&self, id: &str) -> Result<Option<ProductRow>, StorageError> {
-        Ok(
-            sqlx::query_as("SELECT id, name, price_fen FROM products WHERE id = $1 AND active = 1")
-                .bind(id)
-                .fetch_optional(self.reader())
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT id, name, price_fen FROM products WHERE id = $1 AND active = 1")
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?)
     }
 }

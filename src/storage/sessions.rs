@@ -21,18 +21,13 @@ impl Db {
     }
 
     /// The user a live token belongs to; expired and unknown tokens are both `None`.
-    pub async fn session_user(
-        &self,
-        token_hash: &str,
-        now_ms: i64,
-    ) -> Result<Option<i64>, StorageError> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at_ms > $2",
-        )
-        .bind(token_hash)
-        .bind(now_ms)
-        .fetch_optional(self.reader())
-        .await?;
+    pub async fn session_user(&self, token_hash: &str, now_ms: i64) -> Result<Option<i64>, StorageError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at_ms > $2")
+                .bind(token_hash)
+                .bind(now_ms)
+                .fetch_optional(self.reader())
+                .await?;
         Ok(row.map(|(id,)| id))
     }
 }

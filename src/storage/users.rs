@@ -48,18 +48,13 @@ impl Db {
 
     pub async fn user(&self, id: i64) -> Result<UserRow, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_one(self.reader())
-            .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_one(self.reader()).await?)
     }
 
     /// The encrypted session_key, for the one place that decrypts user data with it.
     pub async fn user_session_key(&self, id: i64) -> Result<String, StorageError> {
-        let (value,): (String,) = sqlx::query_as("SELECT session_key_enc FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_one(self.reader())
-            .await?;
+        let (value,): (String,) =
+            sqlx::query_as("SELECT session_key_enc FROM users WHERE id = $1").bind(id).fetch_one(self.reader()).await?;
         Ok(value)
     }
 

@@ -5,16 +5,14 @@
 //! kinds, outcome classes): never an order number, openid or raw URL.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const NAMESPACE: &str = "wxpay";
 
 /// Latency buckets from 1 ms to 10 s: notify must answer in < 5 s, WeChat calls time out at 5 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Handles to every metric; cheap to clone (each handle is an `Arc`).
 #[derive(Clone)]
@@ -106,10 +104,7 @@ impl Metrics {
                 "Inbox entries processed by the worker, by outcome.",
                 &["outcome"],
             ),
-            inbox_unprocessed: gauge(
-                "inbox_unprocessed",
-                "Inbox entries stored but not yet processed.",
-            ),
+            inbox_unprocessed: gauge("inbox_unprocessed", "Inbox entries stored but not yet processed."),
             inbox_oldest_unprocessed_age: gauge(
                 "inbox_oldest_unprocessed_age_seconds",
                 "Age of the oldest inbox entry not yet processed (0 when none).",
@@ -118,21 +113,13 @@ impl Metrics {
                 "inbox_swept_total",
                 "Inbox entries re-enqueued by the sweeper because they were left unprocessed.",
             ),
-            jobs_started: counter_vec(
-                "jobs_started_total",
-                "Job executions started, by kind.",
-                &["kind"],
-            ),
+            jobs_started: counter_vec("jobs_started_total", "Job executions started, by kind.", &["kind"]),
             jobs_finished: counter_vec(
                 "jobs_finished_total",
                 "Job executions finished, by kind and outcome (succeeded, retried, dead).",
                 &["kind", "outcome"],
             ),
-            job_duration: histogram_vec(
-                "job_duration_seconds",
-                "Time one job execution took, by kind.",
-                &["kind"],
-            ),
+            job_duration: histogram_vec("job_duration_seconds", "Time one job execution took, by kind.", &["kind"]),
             jobs_dead: gauge_vec(
                 "jobs_dead",
                 "Jobs in the dead-letter state waiting for an operator, by kind.",
@@ -160,22 +147,12 @@ impl Metrics {
                 "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).",
                 &["kind"],
             ),
-            logins: counter_vec(
-                "logins_total",
-                "Mini-program logins, by outcome.",
-                &["outcome"],
-            ),
-            build_info: gauge_vec(
-                "build_info",
-                "Always 1; labels carry the running version.",
-                &["version"],
-            ),
+            logins: counter_vec("logins_total", "Mini-program logins, by outcome.", &["outcome"]),
+            build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
             registry,
         };
         m.register_all();
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m
     }
 
@@ -254,29 +231,17 @@ fn gauge_vec(n: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(n: &str, help: &str, buckets: &[f64]) -> Histogram {
-    Histogram::with_opts(
-        HistogramOpts::new(n, help)
-            .namespace(NAMESPACE)
-            .buckets(buckets.to_vec()),
-    )
-    .unwrap_or_else(|_| unreachable_metric(n))
+    Histogram::with_opts(HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(buckets.to_vec()))
+        .unwrap_or_else(|_| unreachable_metric(n))
 }
 
 fn histogram_vec(n: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(n, help)
-            .namespace(NAMESPACE)
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
-    )
-    .unwrap_or_else(|_| unreachable_metric(n))
+    HistogramVec::new(HistogramOpts::new(n, help).namespace(NAMESPACE).buckets(LATENCY_BUCKETS.to_vec()), labels)
+        .unwrap_or_else(|_| unreachable_metric(n))
 }
 
 /// Metric options are compile-time constants checked by the unit test below.
-#[expect(
-    clippy::panic,
-    reason = "static metric definitions are validated by unit tests"
-)]
+#[expect(clippy::panic, reason = "static metric definitions are validated by unit tests")]
 fn unreachable_metric(n: &str) -> ! {
     panic!("invalid metric definition {n}")
 }
@@ -288,19 +253,10 @@ mod tests {
     #[test]
     fn every_metric_is_exported_with_namespace_and_help() {
         let metrics = Metrics::new();
-        metrics
-            .notify_rejected
-            .with_label_values(&["bad_signature"])
-            .inc();
-        metrics
-            .wechat_call_duration
-            .with_label_values(&["query_order"])
-            .observe(0.01);
+        metrics.notify_rejected.with_label_values(&["bad_signature"]).inc();
+        metrics.wechat_call_duration.with_label_values(&["query_order"]).observe(0.01);
         let text = metrics.render();
-        assert!(
-            text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
         assert!(text.contains("# HELP wxpay_build_info"));
         assert!(text.contains("wxpay_wechat_call_duration_seconds_bucket"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -37,47 +37,23 @@ impl ApiV3Key {
         if key.len() != 32 {
             return Err(AeadError::KeyLength);
         }
-        Aes256Gcm::new_from_slice(key)
-            .map(Self)
-            .map_err(|_| AeadError::KeyLength)
+        Aes256Gcm::new_from_slice(key).map(Self).map_err(|_| AeadError::KeyLength)
     }
 
     /// Decrypts a Base64 `ciphertext || tag` to its plaintext bytes.
-    pub fn decrypt(
-        &self,
-        nonce: &str,
-        associated_data: &str,
-        ciphertext_b64: &str,
-    ) -> Result<Vec<u8>, AeadError> {
+    pub fn decrypt(&self, nonce: &str, associated_data: &str, ciphertext_b64: &str) -> Result<Vec<u8>, AeadError> {
         let nonce = Nonce::try_from(nonce.as_bytes()).map_err(|_| AeadError::NonceLength)?;
         let ciphertext = B64.decode(ciphertext_b64).map_err(|_| AeadError::Base64)?;
         self.0
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &ciphertext,
-                    aad: associated_data.as_bytes(),
-                },
-            )
+            .decrypt(&nonce, Payload { msg: &ciphertext, aad: associated_data.as_bytes() })
             .map_err(|_| AeadError::Authentication)
     }
 
     /// Encrypts to Base64 `ciphertext || tag` (the simulator's side of the exchange).
-    pub fn encrypt(
-        &self,
-        nonce: &str,
-        associated_data: &str,
-        plaintext: &[u8],
-    ) -> Result<String, AeadError> {
+    pub fn encrypt(&self, nonce: &str, associated_data: &str, plaintext: &[u8]) -> Result<String, AeadError> {
         let nonce = Nonce::try_from(nonce.as_bytes()).map_err(|_| AeadError::NonceLength)?;
         self.0
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: associated_data.as_bytes(),
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plaintext, aad: associated_data.as_bytes() })
             .map(|ct| B64.encode(ct))
             .map_err(|_| AeadError::Authentication)
     }
@@ -91,54 +67,29 @@ mod tests {
     #[test]
     fn official_vector_v5() {
         let key = ApiV3Key::new(testkeys::V5_KEY.as_bytes()).expect("key");
-        let plain = key
-            .decrypt("uluk4a9R25RW", "associatedData", testkeys::V5_CIPHERTEXT)
-            .expect("open");
+        let plain = key.decrypt("uluk4a9R25RW", "associatedData", testkeys::V5_CIPHERTEXT).expect("open");
         assert_eq!(plain, b"message");
-        assert_eq!(
-            key.encrypt("uluk4a9R25RW", "associatedData", b"message")
-                .expect("seal"),
-            testkeys::V5_CIPHERTEXT
-        );
+        assert_eq!(key.encrypt("uluk4a9R25RW", "associatedData", b"message").expect("seal"), testkeys::V5_CIPHERTEXT);
     }
 
     #[test]
     fn derived_vectors_d6_and_d7() {
         let key = ApiV3Key::new(testkeys::D6_APIV3_KEY.as_bytes()).expect("key");
-        let plain = key
-            .decrypt("Fmwp04ry88f3", "transaction", testkeys::D6_CIPHERTEXT)
-            .expect("open");
+        let plain = key.decrypt("Fmwp04ry88f3", "transaction", testkeys::D6_CIPHERTEXT).expect("open");
         assert_eq!(plain, testkeys::D6_PLAINTEXT.as_bytes());
-        let plain = key
-            .decrypt("eObYf1re2IZ0", "refund", testkeys::D7_CIPHERTEXT)
-            .expect("open");
+        let plain = key.decrypt("eObYf1re2IZ0", "refund", testkeys::D7_CIPHERTEXT).expect("open");
         assert_eq!(plain, testkeys::D7_PLAINTEXT.as_bytes());
     }
 
     #[test]
     fn wrong_aad_tamper_and_lengths_are_refused() {
         let key = ApiV3Key::new(testkeys::D6_APIV3_KEY.as_bytes()).expect("key");
-        assert_eq!(
-            key.decrypt("Fmwp04ry88f3", "refund", testkeys::D6_CIPHERTEXT),
-            Err(AeadError::Authentication)
-        );
+        assert_eq!(key.decrypt("Fmwp04ry88f3", "refund", testkeys::D6_CIPHERTEXT), Err(AeadError::Authentication));
         let mut tampered = testkeys::D6_CIPHERTEXT.to_owned();
         tampered.replace_range(0..1, if tampered.starts_with('A') { "B" } else { "A" });
-        assert_eq!(
-            key.decrypt("Fmwp04ry88f3", "transaction", &tampered),
-            Err(AeadError::Authentication)
-        );
-        assert_eq!(
-            key.decrypt("short", "transaction", testkeys::D6_CIPHERTEXT),
-            Err(AeadError::NonceLength)
-        );
-        assert_eq!(
-            key.decrypt("Fmwp04ry88f3", "transaction", "%%%"),
-            Err(AeadError::Base64)
-        );
-        assert_eq!(
-            ApiV3Key::new(b"testMchAPIv3Key0").map(|_| ()),
-            Err(AeadError::KeyLength)
-        );
+        assert_eq!(key.decrypt("Fmwp04ry88f3", "transaction", &tampered), Err(AeadError::Authentication));
+        assert_eq!(key.decrypt("short", "transaction", testkeys::D6_CIPHERTEXT), Err(AeadError::NonceLength));
+        assert_eq!(key.decrypt("Fmwp04ry88f3", "transaction", "%%%"), Err(AeadError::Base64));
+        assert_eq!(ApiV3Key::new(b"testMchAPIv3Key0").map(|_| ()), Err(AeadError::KeyLength));
     }
 }

@@ -53,17 +53,8 @@ impl PayClient {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_max_idle_per_host(32)
             .build()
-            .map_err(|e| WechatError::Network {
-                endpoint: "client",
-                message: e.without_url().to_string(),
-            })?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            creds,
-            clock,
-            metrics,
-        })
+            .map_err(|e| WechatError::Network { endpoint: "client", message: e.without_url().to_string() })?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), creds, clock, metrics })
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -71,28 +62,15 @@ impl PayClient {
     }
 
     /// `POST /v3/pay/transactions/jsapi`: a prepay_id for `wx.requestPayment`.
-    pub async fn prepay(
-        &self,
-        request: &JsapiPrepayRequest,
-    ) -> Result<PrepayResponse, WechatError> {
+    pub async fn prepay(&self, request: &JsapiPrepayRequest) -> Result<PrepayResponse, WechatError> {
         let body = serde_json::to_string(request).map_err(|e| WechatError::Sign(e.to_string()))?;
-        let answer = self
-            .send(
-                "jsapi_prepay",
-                Method::POST,
-                "/v3/pay/transactions/jsapi",
-                Some(body),
-            )
-            .await?;
+        let answer = self.send("jsapi_prepay", Method::POST, "/v3/pay/transactions/jsapi", Some(body)).await?;
         decode("jsapi_prepay", &answer.body)
     }
 
     /// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=`: WeChat's view of one order.
     pub async fn query_order(&self, out_trade_no: &str) -> Result<Transaction, WechatError> {
-        let path = format!(
-            "/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}",
-            self.creds.mchid
-        );
+        let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}", self.creds.mchid);
         let answer = self.send("query_order", Method::GET, &path, None).await?;
         decode("query_order", &answer.body)
     }
@@ -100,20 +78,13 @@ impl PayClient {
     /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success.
     pub async fn close_order(&self, out_trade_no: &str) -> Result<(), WechatError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
-        let body = serde_json::to_string(&CloseRequest {
-            mchid: self.creds.mchid.clone(),
-        })
-        .map_err(|e| WechatError::Sign(e.to_string()))?;
-        let answer = self
-            .send("close_order", Method::POST, &path, Some(body))
-            .await?;
+        let body = serde_json::to_string(&CloseRequest { mchid: self.creds.mchid.clone() })
+            .map_err(|e| WechatError::Sign(e.to_string()))?;
+        let answer = self.send("close_order", Method::POST, &path, Some(body)).await?;
         if answer.status == StatusCode::NO_CONTENT || answer.status == StatusCode::OK {
             Ok(())
         } else {
-            Err(WechatError::Decode {
-                endpoint: "close_order",
-                message: format!("status {}", answer.status),
-            })
+            Err(WechatError::Decode { endpoint: "close_order", message: format!("status {}", answer.status) })
         }
     }
 
@@ -125,21 +96,13 @@ impl PayClient {
         body: Option<String>,
     ) -> Result<Verified, WechatError> {
         let started = Instant::now();
-        let result = self
-            .send_inner(endpoint, method, path_and_query, body)
-            .await;
+        let result = self.send_inner(endpoint, method, path_and_query, body).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) => err.outcome(),
         };
-        self.metrics
-            .wechat_calls
-            .with_label_values(&[endpoint, outcome])
-            .inc();
-        self.metrics
-            .wechat_call_duration
-            .with_label_values(&[endpoint])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.wechat_calls.with_label_values(&[endpoint, outcome]).inc();
+        self.metrics.wechat_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -150,13 +113,8 @@ impl PayClient {
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Verified, WechatError> {
-        let url =
-            reqwest::Url::parse(&format!("{}{path_and_query}", self.base_url)).map_err(|e| {
-                WechatError::Decode {
-                    endpoint,
-                    message: format!("bad url: {e}"),
-                }
-            })?;
+        let url = reqwest::Url::parse(&format!("{}{path_and_query}", self.base_url))
+            .map_err(|e| WechatError::Decode { endpoint, message: format!("bad url: {e}") })?;
         let canonical = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
@@ -181,33 +139,19 @@ impl PayClient {
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(endpoint, &e))?;
+        let response = request.send().await.map_err(|e| transport_error(endpoint, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(endpoint, &e))?;
+        let bytes = response.bytes().await.map_err(|e| transport_error(endpoint, &e))?;
         if !status.is_success() {
             return Err(api_error(endpoint, status, &bytes));
         }
         let signed = signed_headers(&headers);
         self.creds
             .platform_keys
-            .verify(
-                &signed,
-                &bytes,
-                self.clock.now().timestamp(),
-                RESPONSE_TOLERANCE_SECS,
-            )
+            .verify(&signed, &bytes, self.clock.now().timestamp(), RESPONSE_TOLERANCE_SECS)
             .map_err(|source| WechatError::Signature { endpoint, source })?;
-        Ok(Verified {
-            status,
-            body: bytes,
-        })
+        Ok(Verified { status, body: bytes })
     }
 }
 
@@ -238,12 +182,7 @@ pub(crate) fn transport_error(endpoint: &'static str, err: &reqwest::Error) -> W
 
 fn api_error(endpoint: &'static str, status: StatusCode, body: &[u8]) -> WechatError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(error) => WechatError::Api {
-            endpoint,
-            status: status.as_u16(),
-            code: error.code,
-            message: error.message,
-        },
+        Ok(error) => WechatError::Api { endpoint, status: status.as_u16(), code: error.code, message: error.message },
         Err(_) => WechatError::Api {
             endpoint,
             status: status.as_u16(),
@@ -254,8 +193,5 @@ fn api_error(endpoint: &'static str, status: StatusCode, body: &[u8]) -> WechatE
 }
 
 fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, WechatError> {
-    serde_json::from_slice(body).map_err(|e| WechatError::Decode {
-        endpoint,
-        message: e.to_string(),
-    })
+    serde_json::from_slice(body).map_err(|e| WechatError::Decode { endpoint, message: e.to_string() })
 }

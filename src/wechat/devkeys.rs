@@ -59,27 +59,16 @@ impl DevKeys {
         let read = |name: &str| -> Result<String, ConfigError> {
             fs::read_to_string(dir.join(name))
                 .map(|s| s.trim().to_owned())
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        "wechat.dev_keys_dir",
-                        format!("{}: {e}", dir.join(name).display()),
-                    )
-                })
+                .map_err(|e| ConfigError::invalid("wechat.dev_keys_dir", format!("{}: {e}", dir.join(name).display())))
         };
         Ok(Self {
             dir: dir.to_owned(),
             appid: read("appid")?,
             mchid: read("mchid")?,
             merchant_serial: read("merchant_serial")?,
-            merchant_key: parse_private_key(
-                "wechat.dev_keys_dir/merchant_key.pem",
-                &read("merchant_key.pem")?,
-            )?,
+            merchant_key: parse_private_key("wechat.dev_keys_dir/merchant_key.pem", &read("merchant_key.pem")?)?,
             platform_serial: read("platform_serial")?,
-            platform_key: parse_private_key(
-                "wechat.dev_keys_dir/platform_key.pem",
-                &read("platform_key.pem")?,
-            )?,
+            platform_key: parse_private_key("wechat.dev_keys_dir/platform_key.pem", &read("platform_key.pem")?)?,
             apiv3_key: Secret::new(read("apiv3_key")?),
             app_secret: Secret::new(read("app_secret")?),
             data_key: Secret::new(read("data_key")?),
@@ -91,33 +80,21 @@ impl DevKeys {
         let fail = |e: String| ConfigError::invalid("wechat.dev_keys_dir", e);
         fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         let mut rng = rand::rng();
-        let merchant =
-            PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| fail(e.to_string()))?;
-        let platform =
-            PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| fail(e.to_string()))?;
+        let merchant = PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| fail(e.to_string()))?;
+        let platform = PrivateKey::new(&mut getrandom::SysRng, 2048).map_err(|e| fail(e.to_string()))?;
         let pem = |key: &PrivateKey| -> Result<String, ConfigError> {
-            key.to_pkcs8_pem(LineEnding::LF)
-                .map(|p| p.to_string())
-                .map_err(|e| fail(e.to_string()))
+            key.to_pkcs8_pem(LineEnding::LF).map(|p| p.to_string()).map_err(|e| fail(e.to_string()))
         };
-        let platform_public = platform
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| fail(e.to_string()))?;
+        let platform_public =
+            platform.to_public_key().to_public_key_pem(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
         let mut data_key = [0u8; 32];
         rng.fill(&mut data_key);
         let values = [
             ("appid", format!("wx{}", random_hex(&mut rng, 16))),
-            (
-                "mchid",
-                format!("{}", rng.random_range(1_000_000_000u64..2_000_000_000)),
-            ),
+            ("mchid", format!("{}", rng.random_range(1_000_000_000u64..2_000_000_000))),
             ("merchant_serial", random_hex(&mut rng, 40).to_uppercase()),
             ("merchant_key.pem", pem(&merchant)?),
-            (
-                "platform_serial",
-                format!("PUB_KEY_ID_{:034}", rng.random_range(0..u64::MAX)),
-            ),
+            ("platform_serial", format!("PUB_KEY_ID_{:034}", rng.random_range(0..u64::MAX))),
             ("platform_key.pem", pem(&platform)?),
             ("platform_public.pem", platform_public),
             ("apiv3_key", random_alnum(&mut rng, 32)),
@@ -134,10 +111,7 @@ impl DevKeys {
     /// The merchant's side of the set.
     pub fn credentials(&self) -> Result<Credentials, ConfigError> {
         let mut platform_keys = PlatformKeys::default();
-        platform_keys.insert(
-            self.platform_serial.clone(),
-            self.platform_key.to_public_key(),
-        );
+        platform_keys.insert(self.platform_serial.clone(), self.platform_key.to_public_key());
         Ok(Credentials {
             appid: self.appid.clone(),
             mchid: self.mchid.clone(),
@@ -147,36 +121,26 @@ impl DevKeys {
                 signer: RsaSigner::new(self.merchant_key.clone()),
             },
             platform_keys,
-            apiv3_key: ApiV3Key::new(self.apiv3_key.expose().as_bytes()).map_err(|e| {
-                ConfigError::invalid("wechat.dev_keys_dir/apiv3_key", e.to_string())
-            })?,
+            apiv3_key: ApiV3Key::new(self.apiv3_key.expose().as_bytes())
+                .map_err(|e| ConfigError::invalid("wechat.dev_keys_dir/apiv3_key", e.to_string()))?,
             app_secret: self.app_secret.clone(),
         })
     }
 }
 
 fn random_hex(rng: &mut impl Rng, len: usize) -> String {
-    (0..len)
-        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
-        .collect()
+    (0..len).map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)])).collect()
 }
 
 fn random_alnum(rng: &mut impl Rng, len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
+    (0..len).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
 }
 
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(value.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()

@@ -8,27 +8,13 @@ pub enum WechatError {
     #[error("{endpoint}: timed out (outcome unknown)")]
     Timeout { endpoint: &'static str },
     #[error("{endpoint}: network error: {message}")]
-    Network {
-        endpoint: &'static str,
-        message: String,
-    },
+    Network { endpoint: &'static str, message: String },
     #[error("{endpoint}: HTTP {status} {code}: {message}")]
-    Api {
-        endpoint: &'static str,
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { endpoint: &'static str, status: u16, code: String, message: String },
     #[error("{endpoint}: response signature rejected: {source}")]
-    Signature {
-        endpoint: &'static str,
-        source: VerifyError,
-    },
+    Signature { endpoint: &'static str, source: VerifyError },
     #[error("{endpoint}: unexpected response: {message}")]
-    Decode {
-        endpoint: &'static str,
-        message: String,
-    },
+    Decode { endpoint: &'static str, message: String },
     #[error("request signing failed: {0}")]
     Sign(String),
 }
@@ -49,9 +35,7 @@ impl WechatError {
     /// Whether the same call may succeed if repeated later.
     pub fn retryable(&self) -> bool {
         match self {
-            WechatError::Timeout { .. }
-            | WechatError::Network { .. }
-            | WechatError::Signature { .. } => true,
+            WechatError::Timeout { .. } | WechatError::Network { .. } | WechatError::Signature { .. } => true,
             WechatError::Api { status, code, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
             }
@@ -92,12 +76,7 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: &str) -> WechatError {
-        WechatError::Api {
-            endpoint: "x",
-            status,
-            code: code.into(),
-            message: String::new(),
-        }
+        WechatError::Api { endpoint: "x", status, code: code.into(), message: String::new() }
     }
 
     #[test]

@@ -16,14 +16,9 @@ use super::verify::PlatformKeys;
 /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM.
 pub fn parse_private_key(setting: &str, pem: &str) -> Result<PrivateKey, ConfigError> {
     let pem = pem.trim();
-    PrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| PrivateKey::from_pkcs1_pem(pem))
-        .map_err(|_| {
-            ConfigError::invalid(
-                setting,
-                "not an RSA private key in PEM form (expected -----BEGIN PRIVATE KEY-----)",
-            )
-        })
+    PrivateKey::from_pkcs8_pem(pem).or_else(|_| PrivateKey::from_pkcs1_pem(pem)).map_err(|_| {
+        ConfigError::invalid(setting, "not an RSA private key in PEM form (expected -----BEGIN PRIVATE KEY-----)")
+    })
 }
 
 /// Parses a public key: SPKI (`BEGIN PUBLIC KEY`, the WeChat Pay public key), PKCS#1, or the
@@ -82,18 +77,11 @@ impl Credentials {
                 wechat.merchant_key_file.as_ref(),
             )?;
             let key = parse_private_key("wechat.merchant_key", pem.expose())?;
-            let apiv3 = secret::require(
-                "wechat.apiv3_key",
-                wechat.apiv3_key.as_ref(),
-                wechat.apiv3_key_file.as_ref(),
-            )?;
+            let apiv3 = secret::require("wechat.apiv3_key", wechat.apiv3_key.as_ref(), wechat.apiv3_key_file.as_ref())?;
             let apiv3_key = ApiV3Key::new(apiv3.expose().as_bytes())
                 .map_err(|e| ConfigError::invalid("wechat.apiv3_key", e.to_string()))?;
-            let app_secret = secret::require(
-                "wechat.app_secret",
-                wechat.app_secret.as_ref(),
-                wechat.app_secret_file.as_ref(),
-            )?;
+            let app_secret =
+                secret::require("wechat.app_secret", wechat.app_secret.as_ref(), wechat.app_secret_file.as_ref())?;
             Credentials {
                 appid: wechat.appid.clone(),
                 mchid: wechat.mchid.clone(),
@@ -112,21 +100,13 @@ impl Credentials {
             let pem = match (&entry.public_key, &entry.public_key_file) {
                 (Some(pem), None) => pem.clone(),
                 (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::invalid(
-                        &format!("{setting}_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
+                    ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {e}", path.display()))
                 })?,
                 _ => {
-                    return Err(ConfigError::invalid(
-                        &setting,
-                        "set exactly one of public_key or public_key_file",
-                    ));
+                    return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file"));
                 }
             };
-            creds
-                .platform_keys
-                .insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
+            creds.platform_keys.insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
         }
         if creds.platform_keys.is_empty() {
             return Err(ConfigError::invalid(
@@ -148,15 +128,8 @@ mod tests {
         let err = parse_private_key("wechat.merchant_key", "garbage").expect_err("bad");
         assert!(err.to_string().starts_with("wechat.merchant_key: "));
         assert!(!err.to_string().contains('\n'));
-        let err = parse_public_key(
-            "wechat.platform_keys[0].public_key",
-            testkeys::K1_PRIVATE_PEM,
-        )
-        .expect_err("bad");
-        assert!(
-            err.to_string()
-                .starts_with("wechat.platform_keys[0].public_key: ")
-        );
+        let err = parse_public_key("wechat.platform_keys[0].public_key", testkeys::K1_PRIVATE_PEM).expect_err("bad");
+        assert!(err.to_string().starts_with("wechat.platform_keys[0].public_key: "));
     }
 
     #[test]

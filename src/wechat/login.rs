@@ -55,17 +55,8 @@ impl LoginClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| WechatError::Network {
-                endpoint: "code2session",
-                message: e.without_url().to_string(),
-            })?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            appid,
-            secret,
-            metrics,
-        })
+            .map_err(|e| WechatError::Network { endpoint: "code2session", message: e.without_url().to_string() })?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), appid, secret, metrics })
     }
 
     pub async fn code2session(&self, code: &str) -> Result<WechatSession, LoginError> {
@@ -77,14 +68,8 @@ impl LoginClient {
             Err(LoginError::Unavailable { .. }) => "server_error",
             Err(_) => "client_error",
         };
-        self.metrics
-            .wechat_calls
-            .with_label_values(&["code2session", outcome])
-            .inc();
-        self.metrics
-            .wechat_call_duration
-            .with_label_values(&["code2session"])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.wechat_calls.with_label_values(&["code2session", outcome]).inc();
+        self.metrics.wechat_call_duration.with_label_values(&["code2session"]).observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -104,10 +89,7 @@ impl LoginClient {
             .await
             .map_err(|e| transport_error(ENDPOINT, &e))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(ENDPOINT, &e))?;
+        let body = response.bytes().await.map_err(|e| transport_error(ENDPOINT, &e))?;
         if !status.is_success() {
             return Err(WechatError::Api {
                 endpoint: ENDPOINT,
@@ -118,11 +100,8 @@ impl LoginClient {
             .into());
         }
         // WeChat answers JSON, sometimes labelled text/plain: parse the body regardless.
-        let parsed: Code2SessionResponse =
-            serde_json::from_slice(&body).map_err(|e| WechatError::Decode {
-                endpoint: ENDPOINT,
-                message: e.to_string(),
-            })?;
+        let parsed: Code2SessionResponse = serde_json::from_slice(&body)
+            .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: e.to_string() })?;
         let errcode = parsed.errcode.unwrap_or(0);
         let errmsg = parsed.errmsg.clone().unwrap_or_default();
         match errcode {
@@ -132,11 +111,10 @@ impl LoginClient {
                     unionid: parsed.unionid.filter(|u| !u.is_empty()),
                     session_key: Secret::new(session_key),
                 }),
-                _ => Err(WechatError::Decode {
-                    endpoint: ENDPOINT,
-                    message: "missing openid or session_key".into(),
+                _ => {
+                    Err(WechatError::Decode { endpoint: ENDPOINT, message: "missing openid or session_key".into() }
+                        .into())
                 }
-                .into()),
             },
             40029 | 40163 => Err(LoginError::BadCode { errcode, errmsg }),
             40226 => Err(LoginError::Blocked { errcode, errmsg }),

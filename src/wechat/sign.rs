@@ -26,13 +26,7 @@ pub fn signing_string(lines: &[&str]) -> String {
 
 /// The merchant request signing string: method, canonical URL (path + `?query` as sent),
 /// timestamp, nonce and the exact body bytes (empty for GET).
-pub fn request_message(
-    method: &str,
-    canonical_url: &str,
-    timestamp: i64,
-    nonce: &str,
-    body: &str,
-) -> String {
+pub fn request_message(method: &str, canonical_url: &str, timestamp: i64, nonce: &str, body: &str) -> String {
     signing_string(&[method, canonical_url, &timestamp.to_string(), nonce, body])
 }
 
@@ -77,10 +71,7 @@ impl RsaSigner {
 
     /// Base64 signature of `message`. Deterministic: the same message gives the same value.
     pub fn sign(&self, message: &[u8]) -> Result<String, SignError> {
-        self.key
-            .pkcs1v15_sign::<Sha256>(message)
-            .map(|sig| B64.encode(sig))
-            .map_err(|e| SignError(e.to_string()))
+        self.key.pkcs1v15_sign::<Sha256>(message).map(|sig| B64.encode(sig)).map_err(|e| SignError(e.to_string()))
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -138,20 +129,11 @@ pub enum AuthorizationError {
 
 /// Parses `WECHATPAY2-SHA256-RSA2048 k="v",k="v",...` accepting any pair order.
 pub fn parse_authorization(header: &str) -> Result<AuthorizationParams, AuthorizationError> {
-    let rest = header
-        .strip_prefix(SCHEME)
-        .and_then(|r| r.strip_prefix(' '))
-        .ok_or(AuthorizationError::Scheme)?;
+    let rest = header.strip_prefix(SCHEME).and_then(|r| r.strip_prefix(' ')).ok_or(AuthorizationError::Scheme)?;
     let mut pairs = HashMap::new();
     for pair in rest.split(',') {
-        let (key, value) = pair
-            .trim()
-            .split_once('=')
-            .ok_or(AuthorizationError::Malformed)?;
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .ok_or(AuthorizationError::Malformed)?;
+        let (key, value) = pair.trim().split_once('=').ok_or(AuthorizationError::Malformed)?;
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).ok_or(AuthorizationError::Malformed)?;
         pairs.insert(key.trim(), value.to_owned());
     }
     let mut take = |name: &'static str| pairs.remove(name).ok_or(AuthorizationError::Missing(name));
@@ -169,9 +151,7 @@ pub fn nonce(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::rng();
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
+    (0..len).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
 }
 
 #[cfg(test)]
@@ -182,30 +162,15 @@ mod tests {
     #[test]
     fn official_vector_v1_sign() {
         let signer = testkeys::k1_signer();
-        assert_eq!(
-            signer.sign(b"source").expect("sign"),
-            testkeys::V1_SIGNATURE
-        );
+        assert_eq!(signer.sign(b"source").expect("sign"), testkeys::V1_SIGNATURE);
     }
 
     #[test]
     fn derived_vectors_d1_to_d4() {
         let signer = testkeys::k1_signer();
-        let d1 = request_message(
-            "GET",
-            "/v3/certificates",
-            1554208460,
-            "593BEC0C930BF1AFEB40B4A08C8FB242",
-            "",
-        );
-        assert_eq!(
-            d1,
-            "GET\n/v3/certificates\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n"
-        );
-        assert_eq!(
-            signer.sign(d1.as_bytes()).expect("sign"),
-            testkeys::D1_SIGNATURE
-        );
+        let d1 = request_message("GET", "/v3/certificates", 1554208460, "593BEC0C930BF1AFEB40B4A08C8FB242", "");
+        assert_eq!(d1, "GET\n/v3/certificates\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n");
+        assert_eq!(signer.sign(d1.as_bytes()).expect("sign"), testkeys::D1_SIGNATURE);
         let d2 = request_message(
             "GET",
             "/v3/pay/transactions/out-trade-no/1217752501201407033233368018?mchid=1230000109",
@@ -213,10 +178,7 @@ mod tests {
             "593BEC0C930BF1AFEB40B4A08C8FB242",
             "",
         );
-        assert_eq!(
-            signer.sign(d2.as_bytes()).expect("sign"),
-            testkeys::D2_SIGNATURE
-        );
+        assert_eq!(signer.sign(d2.as_bytes()).expect("sign"), testkeys::D2_SIGNATURE);
         let d3 = request_message(
             "POST",
             "/v3/pay/transactions/jsapi",
@@ -224,31 +186,19 @@ mod tests {
             "593BEC0C930BF1AFEB40B4A08C8FB242",
             testkeys::D3_BODY,
         );
-        assert_eq!(
-            signer.sign(d3.as_bytes()).expect("sign"),
-            testkeys::D3_SIGNATURE
-        );
+        assert_eq!(signer.sign(d3.as_bytes()).expect("sign"), testkeys::D3_SIGNATURE);
         let d4 = pay_sign_message(
             "wx8888888888888888",
             1414561699,
             "5K8264ILTKCH16CQ2502SI8ZNMTM67VS",
             "prepay_id=wx201410272009395522657a690389285100",
         );
-        assert_eq!(
-            signer.sign(d4.as_bytes()).expect("sign"),
-            testkeys::D4_SIGNATURE
-        );
+        assert_eq!(signer.sign(d4.as_bytes()).expect("sign"), testkeys::D4_SIGNATURE);
     }
 
     #[test]
     fn v2_body_keeps_its_own_newline() {
-        let s = request_message(
-            "GET",
-            "/v3/certificates",
-            1624523846,
-            "A1B2C3D4E5F6G7",
-            "Hello World!\n",
-        );
+        let s = request_message("GET", "/v3/certificates", 1624523846, "A1B2C3D4E5F6G7", "Hello World!\n");
         assert!(s.ends_with("Hello World!\n\n"));
     }
 
@@ -260,30 +210,17 @@ mod tests {
             signer: testkeys::k1_signer(),
         };
         let header = merchant
-            .authorization(
-                "GET",
-                "/v3/certificates",
-                "",
-                1554208460,
-                "593BEC0C930BF1AFEB40B4A08C8FB242",
-            )
+            .authorization("GET", "/v3/certificates", "", 1554208460, "593BEC0C930BF1AFEB40B4A08C8FB242")
             .expect("sign");
         let parsed = parse_authorization(&header).expect("parse");
         assert_eq!(parsed.signature, testkeys::D1_SIGNATURE);
         assert_eq!(parsed.serial_no, merchant.serial);
 
-        let python_order = format!(
-            "{SCHEME} mchid=\"1\",nonce_str=\"n\",signature=\"s\",timestamp=\"2\",serial_no=\"S\""
-        );
+        let python_order =
+            format!("{SCHEME} mchid=\"1\",nonce_str=\"n\",signature=\"s\",timestamp=\"2\",serial_no=\"S\"");
         let parsed = parse_authorization(&python_order).expect("parse");
-        assert_eq!(
-            (parsed.mchid.as_str(), parsed.timestamp.as_str()),
-            ("1", "2")
-        );
-        assert_eq!(
-            parse_authorization("Bearer x"),
-            Err(AuthorizationError::Scheme)
-        );
+        assert_eq!((parsed.mchid.as_str(), parsed.timestamp.as_str()), ("1", "2"));
+        assert_eq!(parse_authorization("Bearer x"), Err(AuthorizationError::Scheme));
         assert_eq!(
             parse_authorization(&format!("{SCHEME} mchid=\"1\"")),
             Err(AuthorizationError::Missing("nonce_str"))

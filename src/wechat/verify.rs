@@ -69,9 +69,7 @@ pub struct PlatformKeys {
 
 impl fmt::Debug for PlatformKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PlatformKeys")
-            .field("serials", &self.serials())
-            .finish()
+        f.debug_struct("PlatformKeys").field("serials", &self.serials()).finish()
     }
 }
 
@@ -98,33 +96,19 @@ impl PlatformKeys {
         now_unix: i64,
         tolerance_secs: i64,
     ) -> Result<(), VerifyError> {
-        let timestamp = headers
-            .timestamp
-            .ok_or(VerifyError::MissingHeader("Wechatpay-Timestamp"))?;
-        let nonce = headers
-            .nonce
-            .ok_or(VerifyError::MissingHeader("Wechatpay-Nonce"))?;
-        let signature = headers
-            .signature
-            .ok_or(VerifyError::MissingHeader("Wechatpay-Signature"))?;
-        let serial = headers
-            .serial
-            .ok_or(VerifyError::MissingHeader("Wechatpay-Serial"))?;
+        let timestamp = headers.timestamp.ok_or(VerifyError::MissingHeader("Wechatpay-Timestamp"))?;
+        let nonce = headers.nonce.ok_or(VerifyError::MissingHeader("Wechatpay-Nonce"))?;
+        let signature = headers.signature.ok_or(VerifyError::MissingHeader("Wechatpay-Signature"))?;
+        let serial = headers.serial.ok_or(VerifyError::MissingHeader("Wechatpay-Serial"))?;
         if let Some(kind) = headers.signature_type
             && kind != SCHEME
         {
             return Err(VerifyError::UnsupportedType(kind.to_owned()));
         }
-        let ts: i64 = timestamp
-            .trim()
-            .parse()
-            .map_err(|_| VerifyError::BadTimestamp)?;
+        let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
         let skew = (now_unix - ts).abs();
         if skew > tolerance_secs {
-            return Err(VerifyError::StaleTimestamp {
-                skew_secs: skew,
-                tolerance_secs,
-            });
+            return Err(VerifyError::StaleTimestamp { skew_secs: skew, tolerance_secs });
         }
         if signature.starts_with(SIGNTEST_PREFIX) {
             return Err(VerifyError::SignatureProbe);
@@ -133,9 +117,7 @@ impl PlatformKeys {
             .by_serial
             .get(&normalise_serial(serial))
             .ok_or_else(|| VerifyError::UnknownSerial(serial.to_owned()))?;
-        let raw = B64
-            .decode(signature)
-            .map_err(|_| VerifyError::SignatureEncoding)?;
+        let raw = B64.decode(signature).map_err(|_| VerifyError::SignatureEncoding)?;
         key.pkcs1v15_verify::<Sha256>(&response_message(timestamp, nonce, body), &raw)
             .map_err(|_| VerifyError::BadSignature)
     }
@@ -144,11 +126,7 @@ impl PlatformKeys {
 /// Certificate serials are hex and compared case-insensitively (some tools print them in lower
 /// case); `PUB_KEY_ID_` ids are kept as they are.
 fn normalise_serial(serial: &str) -> String {
-    if serial.starts_with("PUB_KEY_ID_") {
-        serial.to_owned()
-    } else {
-        serial.to_ascii_uppercase()
-    }
+    if serial.starts_with("PUB_KEY_ID_") { serial.to_owned() } else { serial.to_ascii_uppercase() }
 }
 
 #[cfg(test)]
@@ -158,14 +136,8 @@ mod tests {
 
     fn keys() -> PlatformKeys {
         let mut keys = PlatformKeys::default();
-        keys.insert(
-            "PUB_KEY_ID_0000000000000024101100397200000006",
-            testkeys::k1_signer().public_key(),
-        );
-        keys.insert(
-            "5dea10ef55877e3cf6c33255c2e7defff7e427ec",
-            testkeys::k1_signer().public_key(),
-        );
+        keys.insert("PUB_KEY_ID_0000000000000024101100397200000006", testkeys::k1_signer().public_key());
+        keys.insert("5dea10ef55877e3cf6c33255c2e7defff7e427ec", testkeys::k1_signer().public_key());
         keys
     }
 
@@ -187,20 +159,14 @@ mod tests {
         assert_eq!(body.len(), 923);
         let keys = keys();
         keys.verify(
-            &headers(
-                "PUB_KEY_ID_0000000000000024101100397200000006",
-                testkeys::D6_SIGNATURE,
-            ),
+            &headers("PUB_KEY_ID_0000000000000024101100397200000006", testkeys::D6_SIGNATURE),
             body.as_bytes(),
             NOW,
             300,
         )
         .expect("public-key mode");
         keys.verify(
-            &headers(
-                "5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC",
-                testkeys::D6_SIGNATURE,
-            ),
+            &headers("5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC", testkeys::D6_SIGNATURE),
             body.as_bytes(),
             NOW,
             300,
@@ -215,40 +181,20 @@ mod tests {
         let serial = "PUB_KEY_ID_0000000000000024101100397200000006";
         let mut reserialised = body.replace(",\"", ", \"");
         assert_eq!(
-            keys.verify(
-                &headers(serial, testkeys::D6_SIGNATURE),
-                reserialised.as_bytes(),
-                NOW,
-                300
-            ),
+            keys.verify(&headers(serial, testkeys::D6_SIGNATURE), reserialised.as_bytes(), NOW, 300),
             Err(VerifyError::BadSignature)
         );
         reserialised.clear();
         assert_eq!(
-            keys.verify(
-                &headers("PUB_KEY_ID_9", testkeys::D6_SIGNATURE),
-                body.as_bytes(),
-                NOW,
-                300
-            ),
+            keys.verify(&headers("PUB_KEY_ID_9", testkeys::D6_SIGNATURE), body.as_bytes(), NOW, 300),
             Err(VerifyError::UnknownSerial("PUB_KEY_ID_9".into()))
         );
         assert_eq!(
-            keys.verify(
-                &headers(serial, "WECHATPAY/SIGNTEST/abcd"),
-                body.as_bytes(),
-                NOW,
-                300
-            ),
+            keys.verify(&headers(serial, "WECHATPAY/SIGNTEST/abcd"), body.as_bytes(), NOW, 300),
             Err(VerifyError::SignatureProbe)
         );
         assert!(matches!(
-            keys.verify(
-                &headers(serial, testkeys::D6_SIGNATURE),
-                body.as_bytes(),
-                NOW + 1000,
-                300
-            ),
+            keys.verify(&headers(serial, testkeys::D6_SIGNATURE), body.as_bytes(), NOW + 1000, 300),
             Err(VerifyError::StaleTimestamp { .. })
         ));
         let mut missing = headers(serial, testkeys::D6_SIGNATURE);
@@ -259,10 +205,7 @@ mod tests {
         );
         let mut other_type = headers(serial, testkeys::D6_SIGNATURE);
         other_type.signature_type = Some("WECHATPAY2-SM2-WITH-SM3");
-        assert!(matches!(
-            keys.verify(&other_type, body.as_bytes(), NOW, 300),
-            Err(VerifyError::UnsupportedType(_))
-        ));
+        assert!(matches!(keys.verify(&other_type, body.as_bytes(), NOW, 300), Err(VerifyError::UnsupportedType(_))));
     }
 
     #[test]
@@ -276,7 +219,6 @@ mod tests {
             serial: Some("S"),
             signature_type: None,
         };
-        keys.verify(&h, b"", 1554209980, 300)
-            .expect("204 response verifies");
+        keys.verify(&h, b"", 1554209980, 300).expect("204 response verifies");
     }
 }

@@ -63,11 +63,7 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(10),
-        }
+        RetryPolicy { max_attempts: 5, base: Duration::from_secs(1), cap: Duration::from_secs(10) }
     }
 
     #[test]
@@ -82,18 +78,9 @@ mod tests {
     #[test]
     fn full_jitter_stays_below_the_ceiling() {
         let p = policy();
-        assert_eq!(
-            p.decide(3, false, 0.0),
-            Decision::RetryAfter(Duration::ZERO)
-        );
-        assert_eq!(
-            p.decide(3, false, 0.5),
-            Decision::RetryAfter(Duration::from_secs(2))
-        );
-        assert_eq!(
-            p.decide(1, true, 0.0),
-            Decision::RetryAfter(Duration::from_secs(1))
-        );
+        assert_eq!(p.decide(3, false, 0.0), Decision::RetryAfter(Duration::ZERO));
+        assert_eq!(p.decide(3, false, 0.5), Decision::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(p.decide(1, true, 0.0), Decision::RetryAfter(Duration::from_secs(1)));
     }
 
     #[test]

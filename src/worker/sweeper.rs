@@ -46,20 +46,10 @@ pub async fn sweep_once(
     if !ctx.db.try_lease(LEASE, holder, now, ttl_ms).await? {
         return Ok(0);
     }
-    let ids = ctx
-        .db
-        .stale_inbox_ids(now - min_age_ms, SWEEP_LIMIT)
-        .await?;
+    let ids = ctx.db.stale_inbox_ids(now - min_age_ms, SWEEP_LIMIT).await?;
     let mut pushed = 0;
     for id in ids {
-        match ctx
-            .queue
-            .push(
-                Envelope::first(Job::ApplyNotification { inbox_id: id }),
-                None,
-            )
-            .await
-        {
+        match ctx.queue.push(Envelope::first(Job::ApplyNotification { inbox_id: id }), None).await {
             Ok(()) => pushed += 1,
             Err(err) => {
                 tracing::warn!(error = %err, "sweeper cannot enqueue yet (queue down?)");

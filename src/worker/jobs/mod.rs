@@ -26,25 +26,15 @@ pub struct JobError {
 
 impl From<StorageError> for JobError {
     fn from(err: StorageError) -> Self {
-        let retryable = matches!(
-            err,
-            StorageError::Unavailable(_) | StorageError::Conflict(_) | StorageError::Other(_)
-        );
-        Self {
-            message: err.to_string(),
-            retryable,
-            rate_limited: false,
-        }
+        let retryable =
+            matches!(err, StorageError::Unavailable(_) | StorageError::Conflict(_) | StorageError::Other(_));
+        Self { message: err.to_string(), retryable, rate_limited: false }
     }
 }
 
 impl From<WechatError> for JobError {
     fn from(err: WechatError) -> Self {
-        Self {
-            retryable: err.retryable(),
-            rate_limited: err.rate_limited(),
-            message: err.to_string(),
-        }
+        Self { retryable: err.retryable(), rate_limited: err.rate_limited(), message: err.to_string() }
     }
 }
 
@@ -94,30 +84,12 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
 /// Moves a job to the dead-letter table (visible in metrics and `wxpay-recon jobs dead`).
 async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<(), BoxDynError> {
     let kind = envelope.job.kind();
-    ctx.metrics
-        .jobs_finished
-        .with_label_values(&[kind, "dead"])
-        .inc();
-    tracing::error!(
-        error = message,
-        "job is dead after {} attempt(s)",
-        envelope.attempt
-    );
+    ctx.metrics.jobs_finished.with_label_values(&[kind, "dead"]).inc();
+    tracing::error!(error = message, "job is dead after {} attempt(s)", envelope.attempt);
     let payload = serde_json::to_string(&envelope.job)?;
     ctx.db
-        .insert_dead_job(
-            kind,
-            &payload,
-            i64::from(envelope.attempt),
-            message,
-            ctx.clock.now_ms(),
-        )
+        .insert_dead_job(kind, &payload, i64::from(envelope.attempt), message, ctx.clock.now_ms())
         .await
         .map_err(|e| -> BoxDynError { Box::new(e) })?;
-    Err(AbortError::new(JobError {
-        message: message.to_owned(),
-        retryable: false,
-        rate_limited: false,
-    })
-    .into())
+    Err(AbortError::new(JobError { message: message.to_owned(), retryable: false, rate_limited: false }).into())
 }

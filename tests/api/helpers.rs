@@ -1,0 +1,260 @@
+//! Test harness: a simulator and an app (in-process, or the real binary as a child process)
+//! on port 0, each test with its own directory, database and queue.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use wxpay_recon::api::AppState;
+use wxpay_recon::clock::Clock;
+use wxpay_recon::config::Settings;
+use wxpay_recon::demo::MiniProgram;
+use wxpay_recon::sim::notifier::{PlainNotification, envelope_body, signed_headers};
+use wxpay_recon::sim::{SimConfig, SimKeys, SimServer};
+use wxpay_recon::startup::{Application, Roles};
+use wxpay_recon::telemetry::metrics::Metrics;
+use wxpay_recon::wechat::devkeys::DevKeys;
+
+pub const ALL_ROLES: Roles = Roles { api: true, worker: true };
+
+/// Which profile a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// One test's world: a directory, dev keys, a clock and a running simulator.
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub clock: Clock,
+    pub keys: DevKeys,
+    pub sim_keys: SimKeys,
+    pub sim: SimServer,
+    pub backend: Backend,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with_time_scale(backend, 1000.0).await
+    }
+
+    /// `time_scale` divides WeChat's notification retry schedule (1000: 15 s -> 15 ms).
+    pub async fn with_time_scale(backend: Backend, time_scale: f64) -> Self {
+        install_crypto();
+        if std::env::var_os("TEST_LOG").is_some() {
+            wxpay_recon::telemetry::init(wxpay_recon::config::LogFormat::Compact, "info");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_dir = dir.path().join("dev-keys");
+        copy_dir(&fixture("dev-keys"), &keys_dir);
+        let keys = DevKeys::load(&keys_dir).expect("fixture keys");
+        let sim_keys = SimKeys::from_dev_keys(&keys).expect("sim keys");
+        let clock = Clock::system();
+        let config = SimConfig { keys: sim_keys.clone(), clock: clock.clone(), time_scale, seed: 7 };
+        let sim = SimServer::spawn(config, "127.0.0.1:0".parse().expect("addr")).await.expect("sim");
+        Self { dir, clock, keys, sim_keys, sim, backend }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Settings for an app in this environment, as `WXPAY_RECON__*` pairs (used both
+    /// in-process and for child processes, so both see exactly the same configuration).
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("WECHAT__USE_DEV_KEYS", "true".to_owned()),
+            ("WECHAT__DEV_KEYS_DIR", self.path("dev-keys").display().to_string()),
+            ("WECHAT__PAY_BASE_URL", self.sim.base_url()),
+            ("WECHAT__LOGIN_BASE_URL", self.sim.base_url()),
+            ("SERVER__PORT", "0".to_owned()),
+            ("QUEUE__POLL_INTERVAL_MS", "50".to_owned()),
+            ("QUEUE__HEARTBEAT_SECS", "1".to_owned()),
+            ("QUEUE__MISSED_HEARTBEATS", "2".to_owned()),
+            ("WORKER__SWEEP_INTERVAL_MS", "300".to_owned()),
+            ("WORKER__SWEEP_MIN_AGE_MS", "2000".to_owned()),
+            ("WORKER__BACKOFF_BASE_MS", "100".to_owned()),
+            ("WORKER__BACKOFF_CAP_MS", "1000".to_owned()),
+            ("LOG__FORMAT", "json".to_owned()),
+        ];
+        match self.backend {
+            Backend::Embedded => {
+                vars.push(("DATABASE__URL", format!("sqlite://{}", self.path("data.sqlite").display())));
+                vars.push(("QUEUE__URL", format!("sqlite://{}", self.path("queue.sqlite").display())));
+            }
+        }
+        vars.into_iter().map(|(k, v)| (format!("WXPAY_RECON__{k}"), v)).collect()
+    }
+
+    pub fn settings(&self) -> Settings {
+        use figment::providers::Format;
+        let mut figment = figment::Figment::from(figment::providers::Toml::string(wxpay_recon::config::DEFAULT_TOML));
+        for (key, value) in self.env_vars() {
+            let path = key.trim_start_matches("WXPAY_RECON__").to_lowercase().replace("__", ".");
+            let value: figment::value::Value =
+                value.parse().unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+            figment = figment.merge(figment::providers::Serialized::default(&path, value));
+        }
+        let settings: Settings = figment.extract().expect("test settings");
+        settings.validate().expect("valid test settings");
+        settings
+    }
+
+    pub async fn spawn_app(&self, roles: Roles) -> TestApp {
+        self.spawn_app_with(roles, |_| {}).await
+    }
+
+    pub async fn spawn_app_with(&self, roles: Roles, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings();
+        tweak(&mut settings);
+        let metrics = Metrics::new();
+        let app = Application::build(settings, self.clock.clone(), roles, metrics.clone()).await.expect("app builds");
+        let base = app.base_url();
+        let state = app.state.clone();
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run(stop.clone()));
+        TestApp { base, state, metrics, stop }
+    }
+
+    /// A mini-program client of `app`, logged in as a new user.
+    pub async fn client(&self, app: &TestApp) -> (MiniProgram, String) {
+        let mut client = MiniProgram::new(&app.base, &self.sim.base_url());
+        let login = client.login(None).await.expect("login");
+        let user_id = login["user"]["id"].as_i64().expect("user id");
+        let openid = app.state.db.user(user_id).await.expect("user").openid;
+        (client, openid)
+    }
+
+    /// A `TRANSACTION.SUCCESS` resource for an order, as WeChat would encrypt it.
+    pub fn transaction_json(&self, out_trade_no: &str, total: i64, openid: &str, transaction_id: &str) -> String {
+        json!({
+            "mchid": self.keys.mchid, "appid": self.keys.appid, "out_trade_no": out_trade_no,
+            "transaction_id": transaction_id, "trade_type": "JSAPI", "trade_state": "SUCCESS",
+            "trade_state_desc": "支付成功", "bank_type": "OTHERS", "attach": "",
+            "success_time": "2026-11-24T10:34:56+08:00", "payer": {"openid": openid},
+            "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"}
+        })
+        .to_string()
+    }
+
+    /// A signed, encrypted notification (headers, body) for `resource_json`.
+    pub fn notification(&self, id: &str, resource_json: &str) -> (Vec<(&'static str, String)>, String) {
+        let plain = PlainNotification::transaction_success(id.to_owned(), resource_json.to_owned(), self.clock.now());
+        let body = envelope_body(&self.sim_keys, &plain, "Fmwp04ry88f3");
+        let headers =
+            signed_headers(&self.sim_keys, &body, self.clock.now().timestamp(), "s7iEF4nIgzBQiKesvPiPEV25HyedzQGO");
+        (headers, body)
+    }
+
+    /// Starts the real binary with this environment's settings; waits for it to listen.
+    pub async fn spawn_process(&self, args: &[&str]) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
+        command.args(args).envs(self.env_vars()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn wxpay-recon");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
+                .await
+                .expect("process did not start listening in time")
+                .expect("read stdout")
+                .expect("process exited before listening");
+            if let Some(url) = line.strip_prefix("wxpay-recon listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { child, base }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub metrics: Metrics,
+    stop: CancellationToken,
+}
+
+impl TestApp {
+    /// POSTs a notification exactly as given; returns (status, body).
+    pub async fn post_notify(&self, headers: &[(&str, String)], body: impl Into<reqwest::Body>) -> (u16, Value) {
+        post_notify(&self.base, headers, body).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn post_notify(base: &str, headers: &[(&str, String)], body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/api/pay/notify"))
+        .header("Content-Type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.expect("notify request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A child `wxpay-recon` process.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Process {
+    pub fn sigkill(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+    }
+
+    pub async fn wait(&mut self) {
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Waits until `check` is true or `timeout` passes (then panics with `what`).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One scalar from the app database.
+pub async fn scalar(state: &AppState, sql: &'static str) -> i64 {
+    let (value,): (i64,) = sqlx::query_as(sql).fetch_one(state.db.reader()).await.expect(sql);
+    value
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy fixture");
+    }
+}

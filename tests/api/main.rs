@@ -1,0 +1,9 @@
+//! Integration tests: the real app, the real simulator over HTTP, real databases, real
+//! processes. One binary; each test has its own directory, database and queue.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod crash;
+mod e2e;
+mod helpers;
+mod notify;

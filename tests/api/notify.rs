@@ -1,0 +1,166 @@
+//! The notify endpoint under attack and under duplication: every bad notification is
+//! refused or flagged, nothing is applied, everything is counted and recorded.
+
+use std::time::Duration;
+
+use base64::Engine;
+use futures::future::join_all;
+use wxpay_recon::sim::notifier::signed_headers;
+
+use crate::helpers::*;
+
+fn header<'a>(headers: &'a mut [(&'static str, String)], name: &str) -> &'a mut String {
+    &mut headers.iter_mut().find(|(n, _)| *n == name).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_notifications_are_rejected_or_flagged_and_never_applied() {
+    let env = TestEnv::new(Backend::Embedded).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, openid) = env.client(&app).await;
+    let order = client.create_order("mug", 1).await.unwrap();
+    let no = order.out_trade_no.as_str();
+    let good = env.transaction_json(no, order.amount_fen, &openid, "4200001234202611240000000001");
+    let now = env.clock.now().timestamp();
+
+    // 1. Forged: signed with a key that is not WeChat's.
+    let (mut headers, body) = env.notification("n-forged", &good);
+    let forged = wxpay_recon::wechat::sign::RsaSigner::new(env.keys.merchant_key.clone());
+    *header(&mut headers, "Wechatpay-Signature") = forged
+        .sign(&wxpay_recon::wechat::sign::response_message(
+            &now.to_string(),
+            "s7iEF4nIgzBQiKesvPiPEV25HyedzQGO",
+            body.as_bytes(),
+        ))
+        .unwrap();
+    *header(&mut headers, "Wechatpay-Timestamp") = now.to_string();
+    assert_eq!(app.post_notify(&headers, body).await.0, 401);
+
+    // 2. A serial we have no key for.
+    let (mut headers, body) = env.notification("n-serial", &good);
+    *header(&mut headers, "Wechatpay-Serial") = "PUB_KEY_ID_0000000000000000000000000000000099".into();
+    assert_eq!(app.post_notify(&headers, body).await.0, 401);
+
+    // 3. Correctly signed, but ten minutes old.
+    let (_, body) = env.notification("n-stale", &good);
+    let stale = signed_headers(&env.sim_keys, &body, now - 600, "NONCE0000000000000000000000STALE");
+    assert_eq!(app.post_notify(&stale, body).await.0, 401);
+
+    // 4. WeChat's signature probe.
+    let (mut headers, body) = env.notification("n-probe", &good);
+    *header(&mut headers, "Wechatpay-Signature") =
+        format!("WECHATPAY/SIGNTEST/{}", base64::engine::general_purpose::STANDARD.encode([1u8; 256]));
+    let (status, answer) = app.post_notify(&headers, body).await;
+    assert_eq!((status, answer["code"].as_str()), (401, Some("FAIL")));
+
+    // 5. Ciphertext tampered, then re-signed (a valid signature over a bad resource).
+    let (_, body) = env.notification("n-tamper", &good);
+    let mut envelope: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ct = envelope["resource"]["ciphertext"].as_str().unwrap().to_owned();
+    let flipped = match ct.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &ct[1..]),
+    };
+    envelope["resource"]["ciphertext"] = flipped.into();
+    let tampered = envelope.to_string();
+    let headers = signed_headers(&env.sim_keys, &tampered, now, "NONCE000000000000000000000TAMPER");
+    assert_eq!(app.post_notify(&headers, tampered).await.0, 401);
+
+    // 6. Wrong associated data.
+    let (_, body) = env.notification("n-aad", &good);
+    let wrong_aad = body.replace("\"associated_data\":\"transaction\"", "\"associated_data\":\"refund\"");
+    assert_ne!(wrong_aad, body);
+    let headers = signed_headers(&env.sim_keys, &wrong_aad, now, "NONCE00000000000000000000000AAAD");
+    assert_eq!(app.post_notify(&headers, wrong_aad).await.0, 401);
+
+    // 7. Truncated in transit (headers for the whole body).
+    let (headers, body) = env.notification("n-truncated", &good);
+    assert_eq!(app.post_notify(&headers, body[..body.len() - 20].to_owned()).await.0, 401);
+
+    // 8. Authentic but the amount disagrees with our order: stored, then flagged.
+    let wrong_amount = env.transaction_json(no, order.amount_fen + 1, &openid, "4200001234202611240000000002");
+    let (headers, body) = env.notification("n-amount", &wrong_amount);
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+
+    // 9. Authentic, for an order we never created.
+    let unknown = env.transaction_json("UNKNOWN0000000000000000001", 100, &openid, "4200001234202611240000000003");
+    let (headers, body) = env.notification("n-unknown", &unknown);
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+
+    eventually("both authentic notifications processed", Duration::from_secs(20), || async {
+        scalar(&app.state, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await == 2
+    })
+    .await;
+    assert_eq!(client.order(no).await.unwrap()["status"], "NOTPAY", "nothing was applied");
+    assert_eq!(
+        scalar(&app.state, "SELECT COUNT(*) FROM order_events WHERE applied = 1 AND to_status = 'SUCCESS'").await,
+        0
+    );
+    let mut kinds: Vec<String> = app.state.db.anomalies(None).await.unwrap().into_iter().map(|a| a.0).collect();
+    kinds.sort();
+    assert_eq!(kinds, vec!["amount_mismatch".to_owned(), "unknown_order".to_owned()]);
+    let counted = |reason: &str| app.metrics.notify_rejected.with_label_values(&[reason]).get();
+    assert_eq!(
+        (
+            counted("bad_signature"),
+            counted("unknown_serial"),
+            counted("stale_timestamp"),
+            counted("signature_probe"),
+            counted("decrypt_failed")
+        ),
+        (2, 1, 1, 1, 2)
+    );
+    assert_eq!(app.metrics.anomalies.with_label_values(&["amount_mismatch"]).get(), 1);
+    let recorded = app.state.db.rejection_counts().await.unwrap();
+    assert_eq!(
+        recorded.iter().map(|(_, n)| n).sum::<i64>(),
+        7,
+        "every rejection is kept for explanation: {recorded:?}"
+    );
+
+    // The genuine notification still applies: the refusals were not a broken setup.
+    let (headers, body) = env.notification("n-good", &good);
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+    client.wait_for_status(no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops() {
+    let env = TestEnv::new(Backend::Embedded).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, openid) = env.client(&app).await;
+    let order = client.create_order("coffee", 1).await.unwrap();
+    let resource = env.transaction_json(&order.out_trade_no, order.amount_fen, &openid, "4200001234202611240000000042");
+    let (headers, body) = env.notification("dup-1", &resource);
+
+    let statuses = join_all((0..5).map(|_| app.post_notify(&headers, body.clone()))).await;
+    assert!(statuses.iter().all(|(s, _)| *s == 204), "{statuses:?}");
+    client.wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let (rows, deliveries) = {
+        let (rows, deliveries): (i64, i64) = sqlx::query_as("SELECT COUNT(*), SUM(deliveries) FROM notifications")
+            .fetch_one(app.state.db.reader())
+            .await
+            .unwrap();
+        (rows, deliveries)
+    };
+    assert_eq!((rows, deliveries), (1, 5), "one inbox entry with five deliveries");
+    assert_eq!(app.metrics.notify_accepted.with_label_values(&["new"]).get(), 1);
+    assert_eq!(app.metrics.notify_accepted.with_label_values(&["duplicate"]).get(), 4);
+
+    // A late copy after processing, and the same payment under another notification id.
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+    let (headers2, body2) = env.notification("dup-2", &resource);
+    assert_eq!(app.post_notify(&headers2, body2).await.0, 204);
+    eventually("second notification processed", Duration::from_secs(20), || async {
+        scalar(&app.state, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await == 2
+    })
+    .await;
+    let row = app.state.db.order_by_no(&order.out_trade_no).await.unwrap().unwrap();
+    let events = app.state.db.order_events(row.id).await.unwrap();
+    let applied: Vec<_> = events.iter().filter(|e| e.applied == 1 && e.to_status == "SUCCESS").collect();
+    assert_eq!(applied.len(), 1, "applied exactly once: {events:?}");
+    assert_eq!(applied[0].evidence.as_deref(), Some("dup-1"));
+    let no_op = events.iter().find(|e| e.applied == 0).expect("the second notification is a recorded no-op");
+    assert_eq!((no_op.source.as_str(), no_op.evidence.as_deref()), ("notify", Some("dup-2")));
+    assert_eq!(scalar(&app.state, "SELECT deliveries FROM notifications WHERE notification_id = 'dup-1'").await, 6);
+}
