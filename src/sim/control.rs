@@ -20,6 +20,7 @@ pub fn router() -> Router<SimContext> {
     Router::new()
         .route("/sim/login-codes", post(issue_code))
         .route("/sim/pay", post(pay))
+        .route("/sim/pay-batch", post(pay_batch))
         .route("/sim/orders/{out_trade_no}", get(order))
         .route("/sim/notifications", get(notifications))
         .route("/sim/stats", get(stats))
@@ -51,34 +52,82 @@ struct PayRequest {
 
 /// The user pays: the order becomes SUCCESS and WeChat starts notifying.
 async fn pay(State(sim): State<SimContext>, Json(request): Json<PayRequest>) -> Response {
-    let now = sim.clock.now();
-    let (notification, notify_url) = {
-        let mut state = sim.state.lock().await;
-        state.next_transaction += 1;
-        let serial = state.next_transaction;
-        let Some(order) = state.orders.get_mut(&request.out_trade_no) else {
-            return (StatusCode::NOT_FOUND, Json(json!({"error": "unknown order"}))).into_response();
-        };
-        if order.trade_state != "NOTPAY" {
-            return (StatusCode::CONFLICT, Json(json!({"error": format!("order is {}", order.trade_state)})))
-                .into_response();
+    match settle(&sim, &request.out_trade_no).await {
+        Ok((notification, notify_url)) => {
+            let transaction_id = transaction_id_of(&notification);
+            notifier::send(sim.clone(), notification, request.out_trade_no, notify_url, 1).await;
+            Json(json!({ "transaction_id": transaction_id })).into_response()
         }
-        if order.time_expire.is_some_and(|t| t <= now) {
-            return (StatusCode::CONFLICT, Json(json!({"error": "order expired"}))).into_response();
+        Err((status, message)) => (status, Json(json!({ "error": message }))).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PayBatchRequest {
+    out_trade_nos: Vec<String>,
+    /// Deliveries of each notification (WeChat duplicates; 3 means two extra copies).
+    #[serde(default = "one")]
+    copies: usize,
+    /// Deliver in a seeded random order rather than payment order.
+    #[serde(default)]
+    shuffle: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Many users pay at once; their notifications (and duplicates) go out concurrently.
+async fn pay_batch(State(sim): State<SimContext>, Json(request): Json<PayBatchRequest>) -> Response {
+    let mut settled = Vec::with_capacity(request.out_trade_nos.len());
+    let mut refused = Vec::new();
+    for no in &request.out_trade_nos {
+        match settle(&sim, no).await {
+            Ok((notification, url)) => settled.push((notification, no.clone(), url)),
+            Err((_, message)) => refused.push(json!({ "out_trade_no": no, "error": message })),
         }
-        let prefix: u16 = sim.random::<u16>() % 1000;
-        order.trade_state = "SUCCESS".into();
-        order.transaction_id = Some(format!("4200001{prefix:03}{}{serial:010}", now.format("%Y%m%d")));
-        order.success_time = Some(now);
-        let resource = serde_json::to_string(&transaction_of(order)).unwrap_or_default();
-        let id = uuid::Uuid::from_u128(sim.random()).to_string();
-        (PlainNotification::transaction_success(id, resource, now), order.request.notify_url.clone())
-    };
-    let transaction_id = serde_json::from_str::<serde_json::Value>(&notification.resource_json)
+    }
+    let paid = settled.len();
+    let mut deliveries: Vec<_> =
+        settled.into_iter().flat_map(|d| std::iter::repeat_n(d, request.copies.max(1))).collect();
+    if request.shuffle {
+        let mut rng = sim.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rand::seq::SliceRandom::shuffle(deliveries.as_mut_slice(), &mut *rng);
+    }
+    for (notification, no, url) in deliveries {
+        notifier::send(sim.clone(), notification, no, url, 1).await;
+    }
+    Json(json!({ "paid": paid, "refused": refused })).into_response()
+}
+
+fn transaction_id_of(notification: &PlainNotification) -> Option<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&notification.resource_json)
         .ok()
-        .and_then(|v| v.get("transaction_id").cloned());
-    notifier::send(sim.clone(), notification, request.out_trade_no, notify_url).await;
-    Json(json!({ "transaction_id": transaction_id })).into_response()
+        .and_then(|v| v.get("transaction_id").cloned())
+}
+
+/// Marks an order paid and builds its `TRANSACTION.SUCCESS` notification.
+async fn settle(sim: &SimContext, out_trade_no: &str) -> Result<(PlainNotification, String), (StatusCode, String)> {
+    let now = sim.clock.now();
+    let mut state = sim.state.lock().await;
+    state.next_transaction += 1;
+    let serial = state.next_transaction;
+    let Some(order) = state.orders.get_mut(out_trade_no) else {
+        return Err((StatusCode::NOT_FOUND, "unknown order".into()));
+    };
+    if order.trade_state != "NOTPAY" {
+        return Err((StatusCode::CONFLICT, format!("order is {}", order.trade_state)));
+    }
+    if order.time_expire.is_some_and(|t| t <= now) {
+        return Err((StatusCode::CONFLICT, "order expired".into()));
+    }
+    let prefix: u16 = sim.random::<u16>() % 1000;
+    order.trade_state = "SUCCESS".into();
+    order.transaction_id = Some(format!("4200001{prefix:03}{}{serial:010}", now.format("%Y%m%d")));
+    order.success_time = Some(now);
+    let resource = serde_json::to_string(&transaction_of(order)).unwrap_or_default();
+    let id = uuid::Uuid::from_u128(sim.random()).to_string();
+    Ok((PlainNotification::transaction_success(id, resource, now), order.request.notify_url.clone()))
 }
 
 async fn order(State(sim): State<SimContext>, Path(out_trade_no): Path<String>) -> Response {

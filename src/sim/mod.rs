@@ -56,6 +56,7 @@ pub struct Inner {
     pub rng: std::sync::Mutex<StdRng>,
     pub http: reqwest::Client,
     pub sign_errors: AtomicU64,
+    pub delivery_slots: tokio::sync::Semaphore,
     pub stop: CancellationToken,
 }
 
@@ -80,6 +81,7 @@ impl SimContext {
             rng: std::sync::Mutex::new(StdRng::seed_from_u64(config.seed)),
             http,
             sign_errors: AtomicU64::new(0),
+            delivery_slots: tokio::sync::Semaphore::new(notifier::MAX_IN_FLIGHT),
             stop: CancellationToken::new(),
         }))
     }

@@ -16,6 +16,9 @@ use super::auth::platform_signature;
 use super::keys::SimKeys;
 use super::state::NotificationRecord;
 
+/// Concurrent delivery attempts the simulator makes at most.
+pub const MAX_IN_FLIGHT: usize = 256;
+
 /// WeChat's documented retry intervals after a failed delivery (15 retries, ~24 h 4 min).
 pub const RETRY_SCHEDULE_SECS: [u64; 15] =
     [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
@@ -85,8 +88,21 @@ fn alnum(sim: &SimContext, len: usize) -> String {
     (0..len).map(|_| char::from(ALPHABET[sim.random::<u32>() as usize % ALPHABET.len()])).collect()
 }
 
-/// Registers the notification and delivers it in the background.
-pub async fn send(sim: SimContext, notification: PlainNotification, out_trade_no: String, notify_url: String) {
+/// Registers the notification and delivers it in the background (`copies` independent
+/// deliveries of the same notification, as WeChat's duplicates are).
+pub async fn send(
+    sim: SimContext,
+    notification: PlainNotification,
+    out_trade_no: String,
+    notify_url: String,
+    copies: usize,
+) {
+    for _ in 0..copies.max(1) {
+        send_one(sim.clone(), notification.clone(), out_trade_no.clone(), notify_url.clone()).await;
+    }
+}
+
+async fn send_one(sim: SimContext, notification: PlainNotification, out_trade_no: String, notify_url: String) {
     let body = envelope_body(&sim.keys, &notification, &alnum(&sim, 12));
     let index = {
         let mut state = sim.state.lock().await;
@@ -131,7 +147,9 @@ async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String
 }
 
 /// One delivery attempt with freshly signed headers; returns the HTTP status (0: no answer).
+/// At most `MAX_IN_FLIGHT` attempts run at once, like a sender with a connection pool.
 pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str) -> u16 {
+    let Ok(_slot) = sim.delivery_slots.acquire().await else { return 0 };
     let nonce = alnum(sim, 32);
     let mut request = sim
         .http

@@ -17,9 +17,36 @@ async fn count(db: &Db, sql: &'static str) -> i64 {
     n
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_batch_loses_nothing_and_applies_once() {
-    let env = TestEnv::new(Backend::Embedded).await;
+/// Jobs the queue shows as taken by a worker and not finished.
+async fn held_jobs(env: &TestEnv) -> i64 {
+    match env.backend {
+        Backend::Embedded => {
+            let queue = sqlx::SqlitePool::connect(&env.settings().queue.url).await.unwrap();
+            let (held,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM Jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
+            )
+            .fetch_one(&queue)
+            .await
+            .unwrap();
+            held
+        }
+        Backend::Cluster => {
+            let client = redis::Client::open(env.redis.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}.*:inflight:*", env.prefix)).query_async(&mut conn).await.unwrap();
+            let mut held = 0;
+            for key in keys {
+                let n: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.unwrap();
+                held += n;
+            }
+            held
+        }
+    }
+}
+
+async fn worker_killed_mid_batch_loses_nothing_and_applies_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let mut api = env.spawn_process(&["serve", "--api-only"]).await;
     let mut client = MiniProgram::new(&api.base, &env.sim.base_url());
     client.login(None).await.unwrap();
@@ -63,13 +90,7 @@ async fn worker_killed_mid_batch_loses_nothing_and_applies_once() {
 
     let processed_at_kill = count(&db, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await;
     assert!(processed_at_kill < ORDERS as i64, "killed mid-run ({processed_at_kill} of {ORDERS} done)");
-    let queue = sqlx::SqlitePool::connect(&settings.queue.url).await.unwrap();
-    let (held,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM Jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL")
-            .fetch_one(&queue)
-            .await
-            .unwrap();
-    assert!(held > 0, "the killed worker was holding jobs");
+    assert!(held_jobs(&env).await > 0, "the killed worker was holding jobs");
 
     let _worker = env.spawn_process(&["serve", "--worker-only"]).await;
     eventually("every notification applied after restart", Duration::from_secs(120), || async {
@@ -90,3 +111,5 @@ async fn worker_killed_mid_batch_loses_nothing_and_applies_once() {
     assert_eq!(count(&db, "SELECT COUNT(*) FROM dead_jobs").await, 0);
     api.sigkill();
 }
+
+crate::both_profiles!(worker_killed_mid_batch_loses_nothing_and_applies_once);

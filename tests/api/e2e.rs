@@ -7,9 +7,8 @@ use wxpay_recon::demo::{ClientError, MiniProgram, verify_pay_sign};
 
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_order_pay_notify_reaches_success() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn login_order_pay_notify_reaches_success(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let mut client = MiniProgram::new(&app.base, &env.sim.base_url());
 
@@ -47,9 +46,8 @@ async fn login_order_pay_notify_reaches_success() {
     assert!(sealed.starts_with("v1:"), "session_key is sealed at rest");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulator_rejects_a_request_with_a_bad_authorization() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn simulator_rejects_a_request_with_a_bad_authorization(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let url = format!("{}/v3/pay/transactions/out-trade-no/NO123456?mchid={}", env.sim.base_url(), env.keys.mchid);
     let ts = env.clock.now().timestamp();
     // Signed with the wrong key (the platform's, not the merchant's).
@@ -101,9 +99,8 @@ async fn simulator_rejects_a_request_with_a_bad_authorization() {
     assert!(response.headers().contains_key("wechatpay-signature"), "responses are signed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_refuses_bad_input_with_reasons() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn api_refuses_bad_input_with_reasons(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, _) = env.client(&app).await;
 
@@ -145,9 +142,8 @@ async fn api_refuses_bad_input_with_reasons() {
     assert_eq!(client.order(&order.out_trade_no).await.unwrap()["status"], "NOTPAY");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_codes_are_single_use_and_profiles_update() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn login_codes_are_single_use_and_profiles_update(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let client = MiniProgram::new(&app.base, &env.sim.base_url());
     let code = client.sim_code(Some("oTestUser000000000000000001")).await.unwrap();
@@ -175,3 +171,10 @@ async fn login_codes_are_single_use_and_profiles_update() {
     assert_eq!(me["nickname"], "小王");
     assert_eq!(app.metrics.logins.with_label_values(&["bad_code"]).get(), 2);
 }
+
+crate::both_profiles!(
+    login_order_pay_notify_reaches_success,
+    simulator_rejects_a_request_with_a_bad_authorization,
+    api_refuses_bad_input_with_reasons,
+    login_codes_are_single_use_and_profiles_update
+);

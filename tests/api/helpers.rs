@@ -25,7 +25,83 @@ pub const ALL_ROLES: Roles = Roles { api: true, worker: true };
 /// Which profile a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite data + SQLite queue in the test's directory.
     Embedded,
+    /// A fresh PostgreSQL database + a Redis key prefix of the test's own.
+    Cluster,
+}
+
+/// Runs each named `async fn name(backend: Backend)` as two tests, one per profile.
+#[macro_export]
+macro_rules! both_profiles {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Embedded).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Cluster).await
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server tests create their databases on (`scripts/test.sh` makes sure it runs).
+pub fn admin_database_url() -> String {
+    std::env::var("WXPAY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("WXPAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database of the test's own, dropped (best effort) when the test ends.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        let admin = admin_database_url();
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {admin} is required for the cluster-profile tests (run scripts/test.sh): {e}")
+        });
+        let name = format!("wxpay_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("create database");
+        pool.close().await;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        Self { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 pub fn install_crypto() {
@@ -40,6 +116,10 @@ pub struct TestEnv {
     pub sim_keys: SimKeys,
     pub sim: SimServer,
     pub backend: Backend,
+    pub pg: Option<PgDatabase>,
+    /// Redis URL and key prefix of this test (cluster profile).
+    pub redis: String,
+    pub prefix: String,
 }
 
 impl TestEnv {
@@ -61,7 +141,12 @@ impl TestEnv {
         let clock = Clock::system();
         let config = SimConfig { keys: sim_keys.clone(), clock: clock.clone(), time_scale, seed: 7 };
         let sim = SimServer::spawn(config, "127.0.0.1:0".parse().expect("addr")).await.expect("sim");
-        Self { dir, clock, keys, sim_keys, sim, backend }
+        let pg = match backend {
+            Backend::Cluster => Some(PgDatabase::create().await),
+            Backend::Embedded => None,
+        };
+        let prefix = format!("wxpay-test-{}", uuid::Uuid::new_v4().simple());
+        Self { dir, clock, keys, sim_keys, sim, backend, pg, redis: redis_url(), prefix }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -85,9 +170,14 @@ impl TestEnv {
             ("WORKER__BACKOFF_BASE_MS", "100".to_owned()),
             ("WORKER__BACKOFF_CAP_MS", "1000".to_owned()),
             ("LOG__FORMAT", "json".to_owned()),
+            ("QUEUE__PREFIX", self.prefix.clone()),
         ];
-        match self.backend {
-            Backend::Embedded => {
+        match (self.backend, &self.pg) {
+            (Backend::Cluster, Some(pg)) => {
+                vars.push(("DATABASE__URL", pg.url.clone()));
+                vars.push(("QUEUE__URL", self.redis.clone()));
+            }
+            _ => {
                 vars.push(("DATABASE__URL", format!("sqlite://{}", self.path("data.sqlite").display())));
                 vars.push(("QUEUE__URL", format!("sqlite://{}", self.path("queue.sqlite").display())));
             }

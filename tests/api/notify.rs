@@ -13,9 +13,8 @@ fn header<'a>(headers: &'a mut [(&'static str, String)], name: &str) -> &'a mut 
     &mut headers.iter_mut().find(|(n, _)| *n == name).unwrap().1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_notifications_are_rejected_or_flagged_and_never_applied() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn bad_notifications_are_rejected_or_flagged_and_never_applied(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, openid) = env.client(&app).await;
     let order = client.create_order("mug", 1).await.unwrap();
@@ -124,9 +123,8 @@ async fn bad_notifications_are_rejected_or_flagged_and_never_applied() {
     client.wait_for_status(no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops() {
-    let env = TestEnv::new(Backend::Embedded).await;
+async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, openid) = env.client(&app).await;
     let order = client.create_order("coffee", 1).await.unwrap();
@@ -137,10 +135,11 @@ async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops() {
     assert!(statuses.iter().all(|(s, _)| *s == 204), "{statuses:?}");
     client.wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
     let (rows, deliveries) = {
-        let (rows, deliveries): (i64, i64) = sqlx::query_as("SELECT COUNT(*), SUM(deliveries) FROM notifications")
-            .fetch_one(app.state.db.reader())
-            .await
-            .unwrap();
+        let (rows, deliveries): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), CAST(SUM(deliveries) AS BIGINT) FROM notifications")
+                .fetch_one(app.state.db.reader())
+                .await
+                .unwrap();
         (rows, deliveries)
     };
     assert_eq!((rows, deliveries), (1, 5), "one inbox entry with five deliveries");
@@ -164,3 +163,8 @@ async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops() {
     assert_eq!((no_op.source.as_str(), no_op.evidence.as_deref()), ("notify", Some("dup-2")));
     assert_eq!(scalar(&app.state, "SELECT deliveries FROM notifications WHERE notification_id = 'dup-1'").await, 6);
 }
+
+crate::both_profiles!(
+    bad_notifications_are_rejected_or_flagged_and_never_applied,
+    five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops
+);
