@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::queue::{JobQueue, QueueError};
 use crate::services::apply::Applier;
+use crate::services::enqueuer::Enqueuer;
 use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
@@ -108,12 +109,13 @@ impl Application {
         );
         let writers = if db.dialect() == crate::storage::Dialect::Sqlite { 1 } else { settings.notify.writers };
         let writer = InboxWriter::spawn(db.clone(), settings.notify.max_batch, writers, metrics.clone());
+        let enqueuer = Enqueuer::spawn(queue.clone(), settings.notify.max_batch * 64, metrics.clone());
         let ingest = NotifyIngest::new(
             Arc::clone(&creds),
             clock.clone(),
             settings.notify.timestamp_tolerance_secs,
             writer,
-            queue.clone(),
+            enqueuer,
             db.clone(),
             metrics.clone(),
         );

@@ -88,11 +88,13 @@ CREATE TABLE notifications (
     deliveries          BIGINT  NOT NULL DEFAULT 1,
     received_at_ms      BIGINT  NOT NULL,
     last_delivery_at_ms BIGINT  NOT NULL,
+    enqueued_at_ms      BIGINT  NOT NULL,       -- last time an apply job was queued (sweeper claims)
     processed_at_ms     BIGINT ,
     outcome             TEXT,
     outcome_detail      TEXT
 );
 CREATE INDEX notifications_unprocessed ON notifications (received_at_ms) WHERE processed_at_ms IS NULL;
+CREATE INDEX notifications_unqueued ON notifications (enqueued_at_ms) WHERE processed_at_ms IS NULL;
 CREATE INDEX notifications_out_trade_no ON notifications (out_trade_no);
 
 -- Notifications we answered with a failure, so every rejection is explainable later.

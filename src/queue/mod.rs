@@ -142,6 +142,34 @@ impl JobQueue {
         }
     }
 
+    /// Pushes many jobs at once (one transaction on SQLite, one pipeline on Redis).
+    pub async fn push_many(&self, envelopes: Vec<Envelope>) -> Result<(), QueueError> {
+        for queue in QueueName::ALL {
+            let batch: Vec<Envelope> = envelopes.iter().filter(|e| e.job.queue() == queue).cloned().collect();
+            if batch.is_empty() {
+                continue;
+            }
+            match self {
+                JobQueue::Sqlite { .. } => {
+                    let mut storage =
+                        self.sqlite_storage(queue).ok_or_else(|| QueueError::Setup("not a sqlite queue".into()))?;
+                    let tasks: Vec<_> =
+                        batch.into_iter().map(|e| TaskBuilder::new(e).max_attempts(1).build()).collect();
+                    storage
+                        .push_all(futures::stream::iter(tasks))
+                        .await
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                }
+                JobQueue::Redis { .. } => {
+                    let mut storage =
+                        self.redis_storage(queue).ok_or_else(|| QueueError::Setup("not a redis queue".into()))?;
+                    storage.push_bulk(batch).await.map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A round trip to the backend, for `/readyz`.
     pub async fn ping(&self) -> Result<(), QueueError> {
         match self {

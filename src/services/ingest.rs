@@ -1,6 +1,7 @@
 //! Notification ingest: verify the platform signature over the raw bytes and the timestamp
 //! window, decrypt the resource, store it durably in the inbox, and only then acknowledge.
-//! The apply job is enqueued after the commit; if that fails the sweeper enqueues it later.
+//! The apply job is enqueued after the commit, off the request path; if that fails the sweeper
+//! enqueues it later.
 //! Every rejection is counted, logged (no secrets) and recorded for later explanation.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::queue::{Envelope, Job, JobQueue};
+use crate::queue::{Envelope, Job};
 use crate::storage::Db;
 use crate::storage::inbox::{NewInboxRow, Rejection};
 use crate::telemetry::metrics::Metrics;
@@ -17,6 +18,7 @@ use crate::wechat::Credentials;
 use crate::wechat::verify::SignedHeaders;
 use crate::wechat::wire::notify::Envelope as NotifyEnvelope;
 
+use super::enqueuer::Enqueuer;
 use super::inbox_writer::{InboxWriter, WriteError};
 
 /// Bodies of rejected notifications kept for explanation are cut at this size.
@@ -48,7 +50,7 @@ pub struct NotifyIngest {
     clock: Clock,
     tolerance_secs: i64,
     writer: InboxWriter,
-    queue: JobQueue,
+    enqueuer: Enqueuer,
     db: Db,
     metrics: Metrics,
 }
@@ -59,11 +61,11 @@ impl NotifyIngest {
         clock: Clock,
         tolerance_secs: i64,
         writer: InboxWriter,
-        queue: JobQueue,
+        enqueuer: Enqueuer,
         db: Db,
         metrics: Metrics,
     ) -> Self {
-        Self { creds, clock, tolerance_secs, writer, queue, db, metrics }
+        Self { creds, clock, tolerance_secs, writer, enqueuer, db, metrics }
     }
 
     pub async fn ingest(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
@@ -132,12 +134,7 @@ impl NotifyIngest {
             WriteError::Stopped => IngestError::Unavailable("inbox writer stopped".into()),
         })?;
         if stored.first_delivery && !stored.processed {
-            let job = Envelope::first(Job::ApplyNotification { inbox_id: stored.id });
-            if let Err(err) = self.queue.push(job, None).await {
-                // Already durable: the sweeper re-enqueues unprocessed rows, so this is lag, not loss.
-                self.metrics.notify_enqueue_failures.inc();
-                tracing::warn!(notify.id = %envelope.id, error = %err, "apply job not enqueued; the sweeper will pick it up");
-            }
+            self.enqueuer.enqueue(Envelope::first(Job::ApplyNotification { inbox_id: stored.id }));
         }
         tracing::debug!(notify.id = %envelope.id, notify.event_type = %envelope.event_type, first = stored.first_delivery, "notification stored");
         Ok(if stored.first_delivery { Stored::New } else { Stored::Duplicate })

@@ -51,7 +51,7 @@ pub struct InboxRow {
     pub outcome: Option<String>,
 }
 
-const NEW_COLUMNS: usize = 15;
+const NEW_COLUMNS: usize = 16;
 
 /// A rejected notification, kept so the rejection can be explained later.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ impl Db {
         let mut sql = String::from(
             "INSERT INTO notifications (notification_id, event_type, resource_type, summary, create_time, serial,
                  wechat_timestamp, wechat_nonce, signature, raw_body, resource_json, out_trade_no, deliveries,
-                 received_at_ms, last_delivery_at_ms) VALUES ",
+                 received_at_ms, last_delivery_at_ms, enqueued_at_ms) VALUES ",
         );
         for i in 0..unique.len() {
             if i > 0 {
@@ -133,6 +133,7 @@ impl Db {
                 .bind(&row.resource_json)
                 .bind(row.out_trade_no.as_deref())
                 .bind(*count)
+                .bind(row.received_at_ms)
                 .bind(row.received_at_ms)
                 .bind(row.received_at_ms);
         }
@@ -194,17 +195,27 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Entries still unprocessed after `older_than_ms`, oldest first (the sweeper's work).
-    pub async fn stale_inbox_ids(&self, older_than_ms: i64, limit: i64) -> Result<Vec<i64>, StorageError> {
-        let rows: Vec<(i64,)> = sqlx::query_as(
-            "SELECT id FROM notifications WHERE processed_at_ms IS NULL AND received_at_ms <= $1
-             ORDER BY received_at_ms LIMIT $2",
-        )
-        .bind(older_than_ms)
-        .bind(limit)
-        .fetch_all(self.reader())
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+    /// Claims up to `limit` unprocessed entries whose apply job was last queued before
+    /// `cutoff_ms`, marking them queued now: each stuck entry is re-enqueued at most once per
+    /// sweep age, however long the backlog. Concurrent sweepers take disjoint rows.
+    pub async fn claim_stale_inbox(&self, cutoff_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<i64>, StorageError> {
+        let sql = format!(
+            "UPDATE notifications SET enqueued_at_ms = $2
+             WHERE id IN (SELECT id FROM notifications
+                          WHERE processed_at_ms IS NULL AND enqueued_at_ms <= $1
+                          ORDER BY enqueued_at_ms LIMIT $3{})
+             RETURNING id",
+            self.dialect().skip_locked()
+        );
+        let rows: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(cutoff_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(self.writer())
+            .await?;
+        let mut ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// (unprocessed count, received_at of the oldest unprocessed) for the lag gauges.

@@ -16,6 +16,18 @@ pub struct RetryPolicy {
     pub cap: Duration,
 }
 
+/// How an attempt failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// This job failed in a way that may pass later (a 5xx, a timeout).
+    Transient,
+    /// WeChat asked us to slow down.
+    RateLimited,
+    /// Our own database or queue is unreachable: not the job's fault, so it is delayed but
+    /// never dead-lettered (the outage is alerted on by itself).
+    Infrastructure,
+}
+
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -45,11 +57,12 @@ impl RetryPolicy {
     /// `unit` is a uniform draw in [0, 1): full jitter picks the delay uniformly below the
     /// ceiling, which spreads retries of many jobs that failed together. Rate-limited retries
     /// wait at least `base`.
-    pub fn decide(&self, attempt: u32, rate_limited: bool, unit: f64) -> Decision {
-        if attempt >= self.max_attempts {
+    pub fn decide(&self, attempt: u32, failure: Failure, unit: f64) -> Decision {
+        let rate_limited = failure == Failure::RateLimited;
+        if attempt >= self.max_attempts && failure != Failure::Infrastructure {
             return Decision::Dead;
         }
-        let ceiling = self.ceiling(attempt, rate_limited);
+        let ceiling = self.ceiling(attempt.min(self.max_attempts), rate_limited);
         let mut delay = ceiling.mul_f64(unit.clamp(0.0, 1.0));
         if rate_limited {
             delay = delay.max(self.base.min(self.cap));
@@ -78,15 +91,22 @@ mod tests {
     #[test]
     fn full_jitter_stays_below_the_ceiling() {
         let p = policy();
-        assert_eq!(p.decide(3, false, 0.0), Decision::RetryAfter(Duration::ZERO));
-        assert_eq!(p.decide(3, false, 0.5), Decision::RetryAfter(Duration::from_secs(2)));
-        assert_eq!(p.decide(1, true, 0.0), Decision::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(p.decide(3, Failure::Transient, 0.0), Decision::RetryAfter(Duration::ZERO));
+        assert_eq!(p.decide(3, Failure::Transient, 0.5), Decision::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(p.decide(1, Failure::RateLimited, 0.0), Decision::RetryAfter(Duration::from_secs(1)));
     }
 
     #[test]
     fn last_attempt_is_dead() {
         let p = policy();
-        assert!(matches!(p.decide(4, false, 0.3), Decision::RetryAfter(_)));
-        assert_eq!(p.decide(5, false, 0.3), Decision::Dead);
+        assert!(matches!(p.decide(4, Failure::Transient, 0.3), Decision::RetryAfter(_)));
+        assert_eq!(p.decide(5, Failure::Transient, 0.3), Decision::Dead);
+        assert_eq!(p.decide(5, Failure::RateLimited, 0.3), Decision::Dead);
+    }
+
+    #[test]
+    fn infrastructure_outages_delay_but_never_kill() {
+        let p = policy();
+        assert_eq!(p.decide(50, Failure::Infrastructure, 0.5), Decision::RetryAfter(Duration::from_secs(5)));
     }
 }

@@ -46,16 +46,13 @@ pub async fn sweep_once(
     if !ctx.db.try_lease(LEASE, holder, now, ttl_ms).await? {
         return Ok(0);
     }
-    let ids = ctx.db.stale_inbox_ids(now - min_age_ms, SWEEP_LIMIT).await?;
-    let mut pushed = 0;
-    for id in ids {
-        match ctx.queue.push(Envelope::first(Job::ApplyNotification { inbox_id: id }), None).await {
-            Ok(()) => pushed += 1,
-            Err(err) => {
-                tracing::warn!(error = %err, "sweeper cannot enqueue yet (queue down?)");
-                break;
-            }
-        }
+    let ids = ctx.db.claim_stale_inbox(now - min_age_ms, now, SWEEP_LIMIT).await?;
+    let jobs: Vec<Envelope> = ids.iter().map(|&id| Envelope::first(Job::ApplyNotification { inbox_id: id })).collect();
+    let pushed = jobs.len();
+    if let Err(err) = ctx.queue.push_many(jobs).await {
+        // The claim stands: these rows are tried again after another sweep age.
+        tracing::warn!(error = %err, count = pushed, "sweeper cannot enqueue yet (queue down?)");
+        return Ok(0);
     }
     if pushed > 0 {
         ctx.metrics.inbox_swept.inc_by(pushed as u64);

@@ -7,3 +7,4 @@ mod crash;
 mod e2e;
 mod helpers;
 mod notify;
+mod storage;

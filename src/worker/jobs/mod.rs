@@ -13,28 +13,37 @@ use crate::storage::StorageError;
 use crate::wechat::WechatError;
 
 use super::context::JobContext;
-use super::retry::Decision;
+use super::retry::{Decision, Failure};
 
-/// A failed attempt, classified for the retry policy.
+/// A failed attempt, classified for the retry policy: `None` means retrying cannot help.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct JobError {
     pub message: String,
-    pub retryable: bool,
-    pub rate_limited: bool,
+    pub failure: Option<Failure>,
 }
 
 impl From<StorageError> for JobError {
     fn from(err: StorageError) -> Self {
-        let retryable =
-            matches!(err, StorageError::Unavailable(_) | StorageError::Conflict(_) | StorageError::Other(_));
-        Self { message: err.to_string(), retryable, rate_limited: false }
+        let failure = match err {
+            StorageError::Unavailable(_) => Some(Failure::Infrastructure),
+            StorageError::Conflict(_) | StorageError::Other(_) => Some(Failure::Transient),
+            StorageError::NotFound | StorageError::Corrupt(_) => None,
+        };
+        Self { message: err.to_string(), failure }
     }
 }
 
 impl From<WechatError> for JobError {
     fn from(err: WechatError) -> Self {
-        Self { retryable: err.retryable(), rate_limited: err.rate_limited(), message: err.to_string() }
+        let failure = if err.rate_limited() {
+            Some(Failure::RateLimited)
+        } else if err.retryable() {
+            Some(Failure::Transient)
+        } else {
+            None
+        };
+        Self { failure, message: err.to_string() }
     }
 }
 
@@ -54,10 +63,9 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
             ctx.metrics.jobs_finished.with_label_values(&[kind, "succeeded"]).inc();
             return Ok(());
         };
-        let decision = if err.retryable {
-            ctx.retry.decide(envelope.attempt, err.rate_limited, rand::rng().random::<f64>())
-        } else {
-            Decision::Dead
+        let decision = match err.failure {
+            Some(failure) => ctx.retry.decide(envelope.attempt, failure, rand::rng().random::<f64>()),
+            None => Decision::Dead,
         };
         match decision {
             Decision::RetryAfter(delay) => {
@@ -69,8 +77,12 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
                         Ok(())
                     }
                     Err(push_err) => {
-                        let message = format!("{err}; and the retry could not be enqueued: {push_err}");
-                        bury(ctx, &envelope, &message).await
+                        // The queue itself is down: this execution is not acknowledged, so the
+                        // backend (or the inbox sweeper) runs it again once the queue is back.
+                        tracing::error!(error = %err, queue_error = %push_err, "job failed and its retry cannot be enqueued");
+                        let error: BoxDynError =
+                            Box::new(JobError { message: err.message, failure: Some(Failure::Infrastructure) });
+                        Err(error)
                     }
                 }
             }
@@ -91,5 +103,5 @@ async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<()
         .insert_dead_job(kind, &payload, i64::from(envelope.attempt), message, ctx.clock.now_ms())
         .await
         .map_err(|e| -> BoxDynError { Box::new(e) })?;
-    Err(AbortError::new(JobError { message: message.to_owned(), retryable: false, rate_limited: false }).into())
+    Err(AbortError::new(JobError { message: message.to_owned(), failure: None }).into())
 }

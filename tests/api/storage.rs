@@ -1,0 +1,208 @@
+//! The storage conformance suite: the same assertions against SQLite and PostgreSQL, so the
+//! one set of SQL statements behaves identically on both backends.
+
+use std::collections::HashSet;
+
+use wxpay_recon::config::CatalogItem;
+use wxpay_recon::domain::{EventSource, OrderStatus};
+use wxpay_recon::storage::Db;
+use wxpay_recon::storage::inbox::NewInboxRow;
+use wxpay_recon::storage::orders::{NewOrder, TransitionOutcome, TransitionRequest};
+
+use crate::helpers::*;
+
+async fn db(env: &TestEnv) -> Db {
+    let db = Db::connect(&env.settings().database).await.unwrap();
+    db.migrate().await.unwrap();
+    db.migrate().await.unwrap(); // idempotent
+    db
+}
+
+async fn order(db: &Db, no: &str) -> i64 {
+    db.seed_products(&[CatalogItem { id: "p".into(), name: "P".into(), price_fen: 100 }], 0).await.unwrap();
+    let user = db.upsert_user(&format!("openid-{no}"), None, "v1:x", 0).await.unwrap();
+    db.insert_order(&NewOrder {
+        out_trade_no: no,
+        user_id: user.id,
+        payer_openid: &user.openid,
+        product_id: "p",
+        quantity: 1,
+        amount_fen: 100,
+        description: "P",
+        time_expire_ms: 10_000,
+        first_check_at_ms: 1_000,
+        now_ms: 0,
+    })
+    .await
+    .unwrap()
+    .id
+}
+
+fn row(id: &str, at: i64) -> NewInboxRow {
+    NewInboxRow {
+        notification_id: id.into(),
+        event_type: "TRANSACTION.SUCCESS".into(),
+        resource_type: "encrypt-resource".into(),
+        summary: "s".into(),
+        create_time: "t".into(),
+        serial: "S".into(),
+        wechat_timestamp: "1".into(),
+        wechat_nonce: "n".into(),
+        signature: "sig".into(),
+        raw_body: "{}".into(),
+        resource_json: "{}".into(),
+        out_trade_no: Some("NO".into()),
+        received_at_ms: at,
+    }
+}
+
+async fn inbox_batches_fold_duplicates_and_report_first_delivery(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let out = db.upsert_inbox_batch(&[row("a", 1), row("b", 1), row("a", 1)]).await.unwrap();
+    assert_eq!(out.iter().map(|u| u.first_delivery).collect::<Vec<_>>(), vec![true, true, false]);
+    assert_eq!(out[0].id, out[2].id);
+    assert_ne!(out[0].id, out[1].id);
+    let again = db.upsert_inbox_batch(&[row("b", 2), row("c", 2)]).await.unwrap();
+    assert_eq!((again[0].first_delivery, again[0].id), (false, out[1].id));
+    assert!(again[1].first_delivery);
+    let a = db.inbox_entry(out[0].id).await.unwrap().unwrap();
+    let b = db.inbox_entry(out[1].id).await.unwrap().unwrap();
+    assert_eq!((a.deliveries, b.deliveries), (2, 2));
+
+    let mut tx = db.begin().await.unwrap();
+    assert!(db.mark_inbox_processed(&mut tx, a.id, "applied", None, 5).await.unwrap());
+    assert!(!db.mark_inbox_processed(&mut tx, a.id, "applied", None, 6).await.unwrap(), "only once");
+    tx.commit().await.unwrap();
+    let after = db.upsert_inbox_batch(&[row("a", 3)]).await.unwrap();
+    assert!(after[0].processed && !after[0].first_delivery);
+    assert_eq!(db.inbox_backlog().await.unwrap(), (2, Some(1)));
+}
+
+async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let id = order(&db, "ORDER000001").await;
+    let mut attempt = |to: OrderStatus, source: EventSource| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let req = TransitionRequest {
+                out_trade_no: "ORDER000001",
+                to,
+                source,
+                evidence: Some("ev"),
+                transaction_id: Some("4200"),
+                paid_at_ms: Some(7),
+                note: None,
+                now_ms: 9,
+            };
+            let outcome = db.transition(&mut tx, &req).await.unwrap();
+            tx.commit().await.unwrap();
+            outcome
+        }
+    };
+    assert_eq!(
+        attempt(OrderStatus::Success, EventSource::Notify).await,
+        TransitionOutcome::Applied { order_id: id, from: OrderStatus::Notpay }
+    );
+    assert_eq!(
+        attempt(OrderStatus::Success, EventSource::Poll).await,
+        TransitionOutcome::NotApplied { order_id: id, current: OrderStatus::Success }
+    );
+    assert_eq!(
+        attempt(OrderStatus::Closed, EventSource::Poll).await,
+        TransitionOutcome::NotApplied { order_id: id, current: OrderStatus::Success }
+    );
+    assert_eq!(
+        attempt(OrderStatus::Refund, EventSource::Api).await,
+        TransitionOutcome::Applied { order_id: id, from: OrderStatus::Success }
+    );
+    let order = db.order_by_no("ORDER000001").await.unwrap().unwrap();
+    assert_eq!(
+        (order.status.as_str(), order.paid_at_ms, order.transaction_id.as_deref(), order.version),
+        ("REFUND", Some(7), Some("4200"), 2)
+    );
+    assert_eq!(order.next_check_at_ms, None, "a final order is no longer polled");
+    let events = db.order_events(id).await.unwrap();
+    let trail: Vec<(Option<&str>, &str, i64, &str)> =
+        events.iter().map(|e| (e.from_status.as_deref(), e.to_status.as_str(), e.applied, e.source.as_str())).collect();
+    assert_eq!(
+        trail,
+        vec![
+            (None, "NOTPAY", 1, "api"),
+            (Some("NOTPAY"), "SUCCESS", 1, "notify"),
+            (Some("SUCCESS"), "SUCCESS", 0, "poll"),
+            (Some("SUCCESS"), "CLOSED", 0, "poll"),
+            (Some("SUCCESS"), "REFUND", 1, "api"),
+        ]
+    );
+    let mut tx = db.begin().await.unwrap();
+    let missing = TransitionRequest {
+        out_trade_no: "NOPE00000001",
+        to: OrderStatus::Success,
+        source: EventSource::Notify,
+        evidence: None,
+        transaction_id: None,
+        paid_at_ms: None,
+        note: None,
+        now_ms: 1,
+    };
+    assert_eq!(db.transition(&mut tx, &missing).await.unwrap(), TransitionOutcome::NotFound);
+}
+
+async fn sweeper_claims_are_disjoint_and_once_per_age(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let rows: Vec<NewInboxRow> = (0..200).map(|i| row(&format!("n{i}"), 1_000)).collect();
+    db.upsert_inbox_batch(&rows).await.unwrap();
+    let (a, b) = tokio::join!(db.claim_stale_inbox(5_000, 10_000, 150), db.claim_stale_inbox(5_000, 10_000, 150));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let a_set: HashSet<i64> = a.iter().copied().collect();
+    assert!(b.iter().all(|id| !a_set.contains(id)), "two sweepers never claim the same row");
+    assert_eq!(a.len() + b.len(), 200);
+    assert!(db.claim_stale_inbox(5_000, 10_000, 500).await.unwrap().is_empty(), "claimed rows wait another age");
+    assert_eq!(db.claim_stale_inbox(10_000, 20_000, 500).await.unwrap().len(), 200, "and come back after it");
+}
+
+async fn leases_expire_and_release_only_their_own(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    assert!(db.try_lease("sweeper", "a", 0, 1_000).await.unwrap());
+    assert!(!db.try_lease("sweeper", "b", 500, 1_000).await.unwrap(), "held by a");
+    assert!(db.try_lease("sweeper", "a", 900, 1_000).await.unwrap(), "a renews");
+    assert!(!db.try_lease("sweeper", "b", 1_500, 1_000).await.unwrap(), "renewal extended it to 1900");
+    assert!(db.try_lease("sweeper", "b", 2_000, 1_000).await.unwrap(), "expired: b takes over");
+    db.release_lease("sweeper", "a").await.unwrap();
+    assert!(!db.try_lease("sweeper", "c", 2_100, 1_000).await.unwrap(), "a's release did not free b's lease");
+    db.release_lease("sweeper", "b").await.unwrap();
+    assert!(db.try_lease("sweeper", "c", 2_100, 1_000).await.unwrap());
+}
+
+async fn dead_jobs_sessions_and_users(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let id = db.insert_dead_job("apply_notification", "{}", 8, "boom", 1).await.unwrap();
+    db.insert_dead_job("apply_notification", "{}", 8, "boom", 2).await.unwrap();
+    assert_eq!(db.dead_job_counts().await.unwrap(), vec![("apply_notification".to_owned(), 2)]);
+    assert!(db.mark_dead_job_retried(id, 3).await.unwrap());
+    assert!(!db.mark_dead_job_retried(id, 4).await.unwrap(), "retried once");
+    assert_eq!(db.dead_jobs().await.unwrap().len(), 1);
+
+    let user = db.upsert_user("o1", Some("u1"), "v1:a", 1).await.unwrap();
+    let again = db.upsert_user("o1", None, "v1:b", 2).await.unwrap();
+    assert_eq!((again.id, again.unionid.as_deref()), (user.id, Some("u1")), "unionid kept when not re-sent");
+    assert_eq!(db.user_session_key(user.id).await.unwrap(), "v1:b");
+    db.insert_session("hash", user.id, 10, 20).await.unwrap();
+    assert_eq!(db.session_user("hash", 19).await.unwrap(), Some(user.id));
+    assert_eq!(db.session_user("hash", 20).await.unwrap(), None, "expired");
+    assert_eq!(db.session_user("other", 1).await.unwrap(), None);
+}
+
+crate::both_profiles!(
+    inbox_batches_fold_duplicates_and_report_first_delivery,
+    transitions_are_guarded_and_always_recorded,
+    sweeper_claims_are_disjoint_and_once_per_age,
+    leases_expire_and_release_only_their_own,
+    dead_jobs_sessions_and_users,
+);
