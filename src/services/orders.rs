@@ -166,17 +166,22 @@ impl OrderService {
             }
         };
         self.db.set_prepay(order.id, &prepay.prepay_id, self.clock.now_ms()).await?;
-        self.payment_params(&prepay.prepay_id)
+        self.payment_params(&prepay.prepay_id).await
     }
 
     /// Signs the four `paySign` lines with the merchant key.
-    pub fn payment_params(&self, prepay_id: &str) -> Result<PaymentParams, OrderError> {
+    pub async fn payment_params(&self, prepay_id: &str) -> Result<PaymentParams, OrderError> {
         let time_stamp = self.clock.now().timestamp();
         let nonce_str = sign::nonce(32);
         let package = format!("prepay_id={prepay_id}");
         let message = sign::pay_sign_message(&self.creds.appid, time_stamp, &nonce_str, &package);
-        let pay_sign =
-            self.creds.merchant.signer.sign(message.as_bytes()).map_err(|e| OrderError::Sign(e.to_string()))?;
+        let pay_sign = self
+            .creds
+            .merchant
+            .signer
+            .sign_blocking(message.into_bytes())
+            .await
+            .map_err(|e| OrderError::Sign(e.to_string()))?;
         Ok(PaymentParams {
             app_id: self.creds.appid.clone(),
             time_stamp: time_stamp.to_string(),

@@ -85,7 +85,8 @@ pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Ne
     };
     let timestamp = sim.clock.now().timestamp().to_string();
     let nonce = hex::encode(rand::random::<[u8; 16]>());
-    let signature = sim.sign_response(&timestamp, &nonce, &bytes);
+    let message = crate::wechat::sign::response_message(&timestamp, &nonce, &bytes);
+    let signature = sim.keys.platform.sign_blocking(message).await.unwrap_or_default();
     let headers = &mut parts.headers;
     for (name, value) in [
         ("wechatpay-timestamp", timestamp),

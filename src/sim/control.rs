@@ -12,15 +12,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::SimContext;
-use super::notifier::{self, PlainNotification};
+use super::notifier::{self, Outgoing, PlainNotification};
 use super::pay::transaction_of;
-use super::state::LoginCode;
+use super::state::{LoginCode, SimOrder};
+use crate::wechat::wire::pay::{JsapiPrepayRequest, Payer, PrepayAmount};
 
 pub fn router() -> Router<SimContext> {
     Router::new()
         .route("/sim/login-codes", post(issue_code))
         .route("/sim/pay", post(pay))
         .route("/sim/pay-batch", post(pay_batch))
+        .route("/sim/orders", post(seed_orders))
         .route("/sim/orders/{out_trade_no}", get(order))
         .route("/sim/notifications", get(notifications))
         .route("/sim/stats", get(stats))
@@ -77,26 +79,24 @@ fn one() -> usize {
     1
 }
 
-/// Many users pay at once; their notifications (and duplicates) go out concurrently.
+/// Many users pay at once; their notifications (and duplicates) go out concurrently, in a
+/// seeded random order when asked.
 async fn pay_batch(State(sim): State<SimContext>, Json(request): Json<PayBatchRequest>) -> Response {
-    let mut settled = Vec::with_capacity(request.out_trade_nos.len());
+    let mut outgoing = Vec::with_capacity(request.out_trade_nos.len());
     let mut refused = Vec::new();
     for no in &request.out_trade_nos {
         match settle(&sim, no).await {
-            Ok((notification, url)) => settled.push((notification, no.clone(), url)),
+            Ok((notification, notify_url)) => outgoing.push(Outgoing {
+                notification,
+                out_trade_no: no.clone(),
+                notify_url,
+                copies: request.copies.max(1),
+            }),
             Err((_, message)) => refused.push(json!({ "out_trade_no": no, "error": message })),
         }
     }
-    let paid = settled.len();
-    let mut deliveries: Vec<_> =
-        settled.into_iter().flat_map(|d| std::iter::repeat_n(d, request.copies.max(1))).collect();
-    if request.shuffle {
-        let mut rng = sim.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        rand::seq::SliceRandom::shuffle(deliveries.as_mut_slice(), &mut *rng);
-    }
-    for (notification, no, url) in deliveries {
-        notifier::send(sim.clone(), notification, no, url, 1).await;
-    }
+    let paid = outgoing.len();
+    notifier::send_all(sim.clone(), outgoing, request.shuffle).await;
     Json(json!({ "paid": paid, "refused": refused })).into_response()
 }
 
@@ -128,6 +128,48 @@ async fn settle(sim: &SimContext, out_trade_no: &str) -> Result<(PlainNotificati
     let resource = serde_json::to_string(&transaction_of(order)).unwrap_or_default();
     let id = uuid::Uuid::from_u128(sim.random()).to_string();
     Ok((PlainNotification::transaction_success(id, resource, now), order.request.notify_url.clone()))
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedOrder {
+    out_trade_no: String,
+    total: i64,
+    openid: String,
+    notify_url: String,
+    description: String,
+}
+
+/// Registers orders as if each had gone through JSAPI prepay (load tests seed thousands of
+/// orders this way instead of paying for three RSA signatures each).
+async fn seed_orders(State(sim): State<SimContext>, Json(orders): Json<Vec<SeedOrder>>) -> Json<serde_json::Value> {
+    let now = sim.clock.now();
+    let mut state = sim.state.lock().await;
+    for order in &orders {
+        let request = JsapiPrepayRequest {
+            appid: sim.keys.appid.clone(),
+            mchid: sim.keys.mchid.clone(),
+            description: order.description.clone(),
+            out_trade_no: order.out_trade_no.clone(),
+            time_expire: None,
+            attach: None,
+            notify_url: order.notify_url.clone(),
+            amount: PrepayAmount { total: order.total, currency: Some("CNY".into()) },
+            payer: Payer { openid: order.openid.clone() },
+        };
+        state.orders.insert(
+            order.out_trade_no.clone(),
+            SimOrder {
+                request,
+                prepay_id: format!("wx{:034x}", sim.random::<u128>()),
+                created_at: now,
+                time_expire: None,
+                trade_state: "NOTPAY".into(),
+                transaction_id: None,
+                success_time: None,
+            },
+        );
+    }
+    Json(json!({ "seeded": orders.len() }))
 }
 
 async fn order(State(sim): State<SimContext>, Path(out_trade_no): Path<String>) -> Response {

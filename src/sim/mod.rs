@@ -86,10 +86,6 @@ impl SimContext {
         }))
     }
 
-    fn sign_response(&self, timestamp: &str, nonce: &str, body: &[u8]) -> String {
-        auth::platform_signature(&self.keys.platform, timestamp, nonce, body)
-    }
-
     fn record_sign_error(&self) {
         self.sign_errors.fetch_add(1, Ordering::Relaxed);
     }

@@ -3,6 +3,7 @@
 //! platform key, and delivery retried on WeChat's schedule until a 200/204 (time divided by
 //! `time_scale`). The builders are public so tests can craft (and tamper with) notifications.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -70,13 +71,18 @@ pub fn envelope_body(keys: &SimKeys, n: &PlainNotification, nonce: &str) -> Stri
     serde_json::to_string(&envelope).unwrap_or_default()
 }
 
-/// The five `Wechatpay-*` headers for sending `body` at `timestamp`.
-pub fn signed_headers(keys: &SimKeys, body: &str, timestamp: i64, nonce: &str) -> Vec<(&'static str, String)> {
+/// The five `Wechatpay-*` headers for sending `body` at `timestamp` (signed here, on the
+/// calling thread: for tests crafting notifications).
+pub fn signed_headers(keys: &SimKeys, body: &str, timestamp: i64, nonce: &str) -> Headers {
     let ts = timestamp.to_string();
     let signature = platform_signature(&keys.platform, &ts, nonce, body.as_bytes());
+    header_list(keys, ts, nonce.to_owned(), signature)
+}
+
+fn header_list(keys: &SimKeys, timestamp: String, nonce: String, signature: String) -> Headers {
     vec![
-        ("Wechatpay-Timestamp", ts),
-        ("Wechatpay-Nonce", nonce.to_owned()),
+        ("Wechatpay-Timestamp", timestamp),
+        ("Wechatpay-Nonce", nonce),
         ("Wechatpay-Signature", signature),
         ("Wechatpay-Serial", keys.platform_serial.clone()),
         ("Wechatpay-Signature-Type", SCHEME.to_owned()),
@@ -88,8 +94,16 @@ fn alnum(sim: &SimContext, len: usize) -> String {
     (0..len).map(|_| char::from(ALPHABET[sim.random::<u32>() as usize % ALPHABET.len()])).collect()
 }
 
-/// Registers the notification and delivers it in the background (`copies` independent
-/// deliveries of the same notification, as WeChat's duplicates are).
+/// One notification to deliver, `copies` times (WeChat's duplicates carry the same body).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub notification: PlainNotification,
+    pub out_trade_no: String,
+    pub notify_url: String,
+    pub copies: usize,
+}
+
+/// Registers the notification and delivers it in the background.
 pub async fn send(
     sim: SimContext,
     notification: PlainNotification,
@@ -97,30 +111,75 @@ pub async fn send(
     notify_url: String,
     copies: usize,
 ) {
-    for _ in 0..copies.max(1) {
-        send_one(sim.clone(), notification.clone(), out_trade_no.clone(), notify_url.clone()).await;
+    send_all(sim, vec![Outgoing { notification, out_trade_no, notify_url, copies }], false).await;
+}
+
+/// Registers many notifications under one lock, then delivers each copy in the background, in
+/// the given order or (`shuffle`) in a seeded random order.
+pub async fn send_all(sim: SimContext, outgoing: Vec<Outgoing>, shuffle: bool) {
+    let mut deliveries = Vec::new();
+    {
+        let mut state = sim.state.lock().await;
+        for item in &outgoing {
+            let body: Arc<str> = envelope_body(&sim.keys, &item.notification, &alnum(&sim, 12)).into();
+            let headers = Arc::new(HeaderCache::default());
+            for _ in 0..item.copies.max(1) {
+                state.notifications.push(NotificationRecord {
+                    id: item.notification.id.clone(),
+                    out_trade_no: item.out_trade_no.clone(),
+                    event_type: item.notification.event_type.clone(),
+                    notify_url: item.notify_url.clone(),
+                    attempts: Vec::new(),
+                    delivered: false,
+                    gave_up: false,
+                });
+                let index = state.notifications.len() - 1;
+                deliveries.push((index, Arc::clone(&body), item.notify_url.clone(), Arc::clone(&headers)));
+            }
+        }
+    }
+    if shuffle {
+        let mut rng = sim.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rand::seq::SliceRandom::shuffle(deliveries.as_mut_slice(), &mut *rng);
+    }
+    for (index, body, url, headers) in deliveries {
+        tokio::spawn(deliver(sim.clone(), index, body, url, headers));
     }
 }
 
-async fn send_one(sim: SimContext, notification: PlainNotification, out_trade_no: String, notify_url: String) {
-    let body = envelope_body(&sim.keys, &notification, &alnum(&sim, 12));
-    let index = {
-        let mut state = sim.state.lock().await;
-        state.notifications.push(NotificationRecord {
-            id: notification.id.clone(),
-            out_trade_no,
-            event_type: notification.event_type.clone(),
-            notify_url: notify_url.clone(),
-            attempts: Vec::new(),
-            delivered: false,
-            gave_up: false,
-        });
-        state.notifications.len() - 1
-    };
-    tokio::spawn(deliver(sim, index, body, notify_url));
+/// Signed headers of one notification, reused by deliveries within the same second (copies
+/// sent together carry the same headers, and RSA signing is the simulator's main cost).
+#[derive(Debug, Default)]
+pub struct HeaderCache(tokio::sync::Mutex<Option<SignedAt>>);
+
+/// `Wechatpay-*` header names and values.
+pub type Headers = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+pub struct SignedAt {
+    second: i64,
+    headers: Headers,
 }
 
-async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String) {
+impl HeaderCache {
+    async fn headers(&self, sim: &SimContext, body: &str) -> Headers {
+        let now = sim.clock.now().timestamp();
+        let mut cached = self.0.lock().await;
+        if let Some(signed) = cached.as_ref()
+            && signed.second == now
+        {
+            return signed.headers.clone();
+        }
+        let (ts, nonce) = (now.to_string(), alnum(sim, 32));
+        let message = crate::wechat::sign::response_message(&ts, &nonce, body.as_bytes());
+        let signature = sim.keys.platform.sign_blocking(message).await.unwrap_or_default();
+        let headers = header_list(&sim.keys, ts, nonce, signature);
+        *cached = Some(SignedAt { second: now, headers: headers.clone() });
+        headers
+    }
+}
+
+async fn deliver(sim: SimContext, index: usize, body: Arc<str>, notify_url: String, headers: Arc<HeaderCache>) {
     for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
         if attempt > 0 {
             let delay = Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale);
@@ -129,7 +188,7 @@ async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        let status = post_once(&sim, &notify_url, &body).await;
+        let status = post_once(&sim, &notify_url, &body, &headers).await;
         let mut state = sim.state.lock().await;
         let Some(record) = state.notifications.get_mut(index) else {
             return;
@@ -146,11 +205,10 @@ async fn deliver(sim: SimContext, index: usize, body: String, notify_url: String
     }
 }
 
-/// One delivery attempt with freshly signed headers; returns the HTTP status (0: no answer).
+/// One delivery attempt with signed headers; returns the HTTP status (0: no answer).
 /// At most `MAX_IN_FLIGHT` attempts run at once, like a sender with a connection pool.
-pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str) -> u16 {
+pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str, headers: &HeaderCache) -> u16 {
     let Ok(_slot) = sim.delivery_slots.acquire().await else { return 0 };
-    let nonce = alnum(sim, 32);
     let mut request = sim
         .http
         .post(notify_url)
@@ -158,7 +216,7 @@ pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str) -> u16 {
         .header("Accept", "*/*")
         .header("User-Agent", "Mozilla/4.0")
         .body(body.to_owned());
-    for (name, value) in signed_headers(&sim.keys, body, sim.clock.now().timestamp(), &nonce) {
+    for (name, value) in headers.headers(sim, body).await {
         request = request.header(name, value);
     }
     match request.send().await {

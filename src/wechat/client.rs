@@ -125,7 +125,8 @@ impl PayClient {
         let authorization = self
             .creds
             .merchant
-            .authorization(method.as_str(), &canonical, body_text, timestamp, &nonce)
+            .authorization_blocking(method.as_str(), &canonical, body_text, timestamp, &nonce)
+            .await
             .map_err(|e| WechatError::Sign(e.to_string()))?;
         let mut request = self
             .http

@@ -50,7 +50,7 @@ pub fn response_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
 /// An RSA private key that signs with PKCS#1 v1.5 / SHA-256 and prints nothing when debugged.
 #[derive(Clone)]
 pub struct RsaSigner {
-    key: PrivateKey,
+    key: std::sync::Arc<PrivateKey>,
 }
 
 impl fmt::Debug for RsaSigner {
@@ -66,12 +66,21 @@ pub struct SignError(String);
 
 impl RsaSigner {
     pub fn new(key: PrivateKey) -> Self {
-        Self { key }
+        Self { key: std::sync::Arc::new(key) }
     }
 
     /// Base64 signature of `message`. Deterministic: the same message gives the same value.
     pub fn sign(&self, message: &[u8]) -> Result<String, SignError> {
         self.key.pkcs1v15_sign::<Sha256>(message).map(|sig| B64.encode(sig)).map_err(|e| SignError(e.to_string()))
+    }
+
+    /// [`Self::sign`] on the blocking pool: an RSA-2048 signature costs milliseconds of CPU,
+    /// which must not stall the async runtime that serves requests.
+    pub async fn sign_blocking(&self, message: Vec<u8>) -> Result<String, SignError> {
+        let signer = self.clone();
+        tokio::task::spawn_blocking(move || signer.sign(&message))
+            .await
+            .map_err(|e| SignError(format!("signing task failed: {e}")))?
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -99,11 +108,30 @@ impl MerchantSigner {
     ) -> Result<String, SignError> {
         let message = request_message(method, canonical_url, timestamp, nonce, body);
         let signature = self.signer.sign(message.as_bytes())?;
-        Ok(format!(
-            "{SCHEME} mchid=\"{}\",nonce_str=\"{nonce}\",timestamp=\"{timestamp}\",serial_no=\"{}\",signature=\"{signature}\"",
-            self.mchid, self.serial
-        ))
+        Ok(authorization_header(&self.mchid, &self.serial, nonce, timestamp, &signature))
     }
+}
+
+impl MerchantSigner {
+    /// [`Self::authorization`] with the signature computed on the blocking pool.
+    pub async fn authorization_blocking(
+        &self,
+        method: &str,
+        canonical_url: &str,
+        body: &str,
+        timestamp: i64,
+        nonce: &str,
+    ) -> Result<String, SignError> {
+        let message = request_message(method, canonical_url, timestamp, nonce, body);
+        let signature = self.signer.sign_blocking(message.into_bytes()).await?;
+        Ok(authorization_header(&self.mchid, &self.serial, nonce, timestamp, &signature))
+    }
+}
+
+fn authorization_header(mchid: &str, serial: &str, nonce: &str, timestamp: i64, signature: &str) -> String {
+    format!(
+        "{SCHEME} mchid=\"{mchid}\",nonce_str=\"{nonce}\",timestamp=\"{timestamp}\",serial_no=\"{serial}\",signature=\"{signature}\""
+    )
 }
 
 /// The five values of a merchant `Authorization` header, in any order.

@@ -29,6 +29,16 @@ fn worker_name(queue: QueueName, run: usize) -> String {
     format!("{host}-{}-{}-{run}", std::process::id(), queue.as_str())
 }
 
+/// A restarted worker waits before registering again: without it, a queue that is down makes
+/// the monitor restart workers in a tight loop.
+fn restart_delay(run: usize) -> Duration {
+    if run == 0 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(run.min(6)).unwrap_or(6);
+    (Duration::from_millis(200) * 2u32.pow(exp)).min(Duration::from_secs(10))
+}
+
 /// Runs the job workers and the sweeper until `stop` fires.
 pub async fn run(
     ctx: SharedContext,
@@ -56,8 +66,12 @@ pub async fn run(
                 };
                 let ctx = Arc::clone(&ctx);
                 monitor = monitor.register(move |run| {
+                    let delay = restart_delay(run);
                     WorkerBuilder::new(worker_name(name, run))
-                        .backend(storage.clone().poll_with_interval(poll))
+                        .backend(storage.clone().poll_with_interval(poll).before_start(move |_| async move {
+                            tokio::time::sleep(delay).await;
+                            Ok(())
+                        }))
                         .data(Arc::clone(&ctx))
                         .concurrency(concurrency)
                         .catch_panic()
@@ -70,8 +84,12 @@ pub async fn run(
                 };
                 let ctx = Arc::clone(&ctx);
                 monitor = monitor.register(move |run| {
+                    let delay = restart_delay(run);
                     WorkerBuilder::new(worker_name(name, run))
-                        .backend(storage.clone().poll_with_interval(poll))
+                        .backend(storage.clone().poll_with_interval(poll).before_start(move |_| async move {
+                            tokio::time::sleep(delay).await;
+                            Ok(())
+                        }))
                         .data(Arc::clone(&ctx))
                         .concurrency(concurrency)
                         .catch_panic()

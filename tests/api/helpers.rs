@@ -247,8 +247,17 @@ impl TestEnv {
 
     /// Starts the real binary with this environment's settings; waits for it to listen.
     pub async fn spawn_process(&self, args: &[&str]) -> Process {
+        self.spawn_process_with(args, &[]).await
+    }
+
+    /// Like [`Self::spawn_process`] with some settings overridden (`("DATABASE__URL", ...)`).
+    pub async fn spawn_process_with(&self, args: &[&str], overrides: &[(&str, String)]) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
-        command.args(args).envs(self.env_vars()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        command.args(args).envs(self.env_vars()).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
+        for (key, value) in overrides {
+            command.env(format!("WXPAY_RECON__{key}"), value);
+        }
         let mut child = command.spawn().expect("spawn wxpay-recon");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod chaos;
+mod cluster;
 mod crash;
 mod e2e;
 mod helpers;

@@ -83,7 +83,7 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
     let id = order(&db, "ORDER000001").await;
-    let mut attempt = |to: OrderStatus, source: EventSource| {
+    let attempt = |to: OrderStatus, source: EventSource| {
         let db = db.clone();
         async move {
             let mut tx = db.begin().await.unwrap();
