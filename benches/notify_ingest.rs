@@ -56,7 +56,10 @@ async fn run() {
     let keys = DevKeys::load(&keys_dir).unwrap();
     let sim_keys = SimKeys::from_dev_keys(&keys).unwrap();
 
-    println!("notify ingest benchmark: {n} notifications (+{} for the latency run), {CONCURRENCY} concurrent senders", RATE_PER_SEC * RATE_SECS);
+    println!(
+        "notify ingest benchmark: {n} notifications (+{} for the latency run), {CONCURRENCY} concurrent senders",
+        RATE_PER_SEC * RATE_SECS
+    );
     let started = Instant::now();
     let all = prepare(&sim_keys, &keys, n + RATE_PER_SEC * RATE_SECS).await;
     println!("  prepared (signed) in {:.1} s", started.elapsed().as_secs_f64());
@@ -65,7 +68,8 @@ async fn run() {
     let verify_rate = rsa_verify_rate(&sim_keys);
     println!("\nceiling: RSA-2048 verify, one core: {verify_rate:.0}/s");
 
-    let pg_admin = std::env::var("WXPAY_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg_admin = std::env::var("WXPAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis = std::env::var("WXPAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let pg_name = format!("wxpay_bench_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&pg_admin).await.expect("PostgreSQL for the cluster profile");
@@ -73,7 +77,11 @@ async fn run() {
     let pg_url = format!("{}/{pg_name}", pg_admin.rsplit_once('/').unwrap().0);
 
     let profiles = [
-        ("embedded (SQLite)", format!("sqlite://{}/data.sqlite", dir.path().display()), format!("sqlite://{}/queue.sqlite", dir.path().display())),
+        (
+            "embedded (SQLite)",
+            format!("sqlite://{}/data.sqlite", dir.path().display()),
+            format!("sqlite://{}/queue.sqlite", dir.path().display()),
+        ),
         ("cluster (PostgreSQL + Redis)", pg_url.clone(), redis),
     ];
     let mut rows = Vec::new();
@@ -82,7 +90,9 @@ async fn run() {
         let settings = settings(&keys_dir, &db_url, &queue_url);
         let commit_rate = single_row_commit_rate(&settings.database, CONCURRENCY, Duration::from_secs(3)).await;
         println!("  ceiling: single-row commits at concurrency {CONCURRENCY}: {commit_rate:.0}/s");
-        let app = Application::build(settings, Clock::system(), Roles { api: true, worker: false }, Metrics::new()).await.unwrap();
+        let app = Application::build(settings, Clock::system(), Roles { api: true, worker: false }, Metrics::new())
+            .await
+            .unwrap();
         let base = app.base_url();
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
@@ -101,7 +111,10 @@ async fn run() {
         let mut at_rate = open_loop(&client, &url, rate_set).await;
         at_rate.sort_unstable_by(f64::total_cmp);
         let (p50, p99) = (percentile(&at_rate, 0.50), percentile(&at_rate, 0.99));
-        println!("  at {RATE_PER_SEC}/s for {RATE_SECS} s: p50 {p50:.1} ms, p99 {p99:.1} ms ({} acknowledged)", at_rate.len());
+        println!(
+            "  at {RATE_PER_SEC}/s for {RATE_SECS} s: p50 {p50:.1} ms, p99 {p99:.1} ms ({} acknowledged)",
+            at_rate.len()
+        );
         println!(
             "  ratios: throughput / single-row commit rate = {:.2}; throughput / RSA verify rate (one core) = {:.2}",
             throughput / commit_rate,
@@ -111,7 +124,9 @@ async fn run() {
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    println!("\n| profile | acknowledged/s | single-row commits/s | ratio | RSA verify/s (1 core) | p50 @1000/s | p99 @1000/s |");
+    println!(
+        "\n| profile | acknowledged/s | single-row commits/s | ratio | RSA verify/s (1 core) | p50 @1000/s | p99 @1000/s |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, throughput, commit_rate, p50, p99) in rows {
         println!(
@@ -195,7 +210,10 @@ fn rsa_verify_rate(sim_keys: &SimKeys) -> f64 {
 /// One INSERT + COMMIT per transaction from `concurrency` tasks for `duration`.
 async fn single_row_commit_rate(settings: &DatabaseSettings, concurrency: usize, duration: Duration) -> f64 {
     let db = Db::connect(&DatabaseSettings { max_connections: 16, ..settings.clone() }).await.unwrap();
-    db.writer().execute("CREATE TABLE IF NOT EXISTS bench_commit (id TEXT PRIMARY KEY, body TEXT NOT NULL)").await.unwrap();
+    db.writer()
+        .execute("CREATE TABLE IF NOT EXISTS bench_commit (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        .await
+        .unwrap();
     let done = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..concurrency)
@@ -241,7 +259,8 @@ async fn post(client: &reqwest::Client, url: &str, p: &Prepared) -> (bool, f64) 
 /// `CONCURRENCY` senders back to back: the maximum acknowledged rate.
 async fn closed_loop(client: &reqwest::Client, url: &str, set: &[Prepared]) -> (usize, Duration, Vec<f64>) {
     let started = Instant::now();
-    let results: Vec<(bool, f64)> = futures::stream::iter(set).map(|p| post(client, url, p)).buffer_unordered(CONCURRENCY).collect().await;
+    let results: Vec<(bool, f64)> =
+        futures::stream::iter(set).map(|p| post(client, url, p)).buffer_unordered(CONCURRENCY).collect().await;
     let elapsed = started.elapsed();
     let acked = results.iter().filter(|(ok, _)| *ok).count();
     assert_eq!(acked, set.len(), "every notification must be acknowledged");

@@ -63,6 +63,9 @@ say "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
+say "dashboards and alert rules (promtool)"
+scripts/check-dashboards.sh
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

@@ -18,9 +18,11 @@ use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::orders::OrderService;
+use crate::services::sync::OrderSync;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
 use crate::vault::Vault;
+use crate::wechat::ratelimit::RateLimiter;
 use crate::wechat::{Credentials, LoginClient, PayClient, WechatError};
 use crate::worker::context::{JobContext, SharedContext};
 use crate::worker::retry::RetryPolicy;
@@ -82,8 +84,14 @@ impl Application {
         let queue = JobQueue::connect(&settings.queue).await?;
 
         let timeout = Duration::from_millis(settings.wechat.request_timeout_ms);
+        let limiter =
+            RateLimiter::new(settings.wechat.rate_limit_per_sec, metrics.clone()).map(|l| match queue.redis() {
+                Some((conn, prefix)) => l.shared_through(conn, prefix),
+                None => l,
+            });
         let pay =
-            PayClient::new(&settings.wechat.pay_base_url, timeout, Arc::clone(&creds), clock.clone(), metrics.clone())?;
+            PayClient::new(&settings.wechat.pay_base_url, timeout, Arc::clone(&creds), clock.clone(), metrics.clone())?
+                .with_rate_limiter(limiter);
         let login_client = LoginClient::new(
             &settings.wechat.login_base_url,
             timeout,
@@ -101,7 +109,7 @@ impl Application {
         );
         let orders = OrderService::new(
             db.clone(),
-            pay,
+            pay.clone(),
             clock.clone(),
             settings.orders.clone(),
             settings.wechat.notify_url.clone(),
@@ -121,15 +129,18 @@ impl Application {
         );
         let applier =
             Applier::new(db.clone(), creds.appid.clone(), creds.mchid.clone(), clock.clone(), metrics.clone());
+        let sync =
+            OrderSync::new(db.clone(), pay, applier.clone(), clock.clone(), settings.poll.clone(), metrics.clone());
         let jobs = Arc::new(JobContext {
             db: db.clone(),
             queue: queue.clone(),
+            sync: sync.clone(),
             applier,
             clock: clock.clone(),
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),
         });
-        let state = AppState { login, orders, ingest, db, queue, metrics, clock };
+        let state = AppState { login, orders, sync, ingest, db, queue, metrics, clock };
         Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
     }
 

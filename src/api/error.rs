@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::services::login::LoginFailure;
 use crate::services::orders::OrderError;
+use crate::services::sync::SyncError;
 use crate::storage::StorageError;
 use crate::wechat::login::LoginError;
 
@@ -110,6 +111,22 @@ impl From<OrderError> for ApiError {
             }
             OrderError::Storage(e) => e.into(),
             OrderError::Sign(_) => ApiError::Internal,
+        }
+    }
+}
+
+impl From<SyncError> for ApiError {
+    fn from(err: SyncError) -> Self {
+        match err {
+            SyncError::Storage(e) => e.into(),
+            SyncError::Wechat(e) if e.retryable() => {
+                tracing::warn!(error = %e, "WeChat unavailable");
+                ApiError::Unavailable("WeChat Pay is not reachable right now; try again".into())
+            }
+            SyncError::Wechat(e) => {
+                tracing::error!(error = %e, "WeChat refused the call");
+                ApiError::Upstream(format!("WeChat Pay refused ({})", e.code().unwrap_or("error")))
+            }
         }
     }
 }

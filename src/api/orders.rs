@@ -1,4 +1,5 @@
-//! `POST /api/orders`, `GET /api/orders/{no}`, `POST /api/orders/{no}/payment`.
+//! `POST /api/orders`, `GET /api/orders/{no}` (asks WeChat while unpaid, single-flight),
+//! `POST /api/orders/{no}/payment` (pay again), `POST /api/orders/{no}/close` (cancel).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::time::from_ms;
 use crate::services::orders::PaymentParams;
+use crate::services::sync::CloseOutcome;
 use crate::storage::orders::OrderRow;
 
 use super::error::ApiError;
@@ -19,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/orders", post(create))
         .route("/api/orders/{out_trade_no}", get(show))
         .route("/api/orders/{out_trade_no}/payment", post(payment))
+        .route("/api/orders/{out_trade_no}/close", post(close))
 }
 
 /// The client names a product and a quantity, never a price.
@@ -88,7 +91,24 @@ async fn show(
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(order.into()))
+    Ok(Json(state.sync.refresh(order).await?.into()))
+}
+
+/// The owner cancels an unpaid order: closed at WeChat first (so it can no longer be paid),
+/// then here. 409 if it is already final, including when the payer was faster.
+async fn close(
+    State(state): State<AppState>,
+    CurrentUser(user_id): CurrentUser,
+    Path(out_trade_no): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
+    let outcome = state.sync.close(&order).await?;
+    let current = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
+    match outcome {
+        CloseOutcome::Closed => Ok(Json(current.into())),
+        CloseOutcome::AlreadyPaid => Err(ApiError::Conflict(format!("order {out_trade_no} is already paid"))),
+        CloseOutcome::NotOpen(status) => Err(ApiError::Conflict(format!("order {out_trade_no} is {status}"))),
+    }
 }
 
 async fn payment(

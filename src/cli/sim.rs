@@ -39,6 +39,7 @@ pub async fn spawn(settings: &Settings, clock: Clock, port: u16) -> Result<SimSe
         clock,
         time_scale: settings.sim.time_scale,
         seed: settings.sim.seed,
+        chaos: settings.sim.chaos.clone(),
     };
     let addr: SocketAddr =
         format!("{}:{port}", settings.sim.host).parse().map_err(|e| CliError::new(format!("sim.host: {e}")))?;

@@ -106,6 +106,11 @@ impl Settings {
         positive("notify.max_batch", self.notify.max_batch)?;
         positive("notify.writers", self.notify.writers)?;
         positive("queue.concurrency", self.queue.concurrency)?;
+        positive("poll.batch", self.poll.batch)?;
+        positive("poll.sweep_interval_ms", usize::try_from(self.poll.sweep_interval_ms).unwrap_or(0))?;
+        if self.poll.schedule_secs.is_empty() || self.poll.schedule_secs.contains(&0) {
+            return Err(ConfigError::invalid("poll.schedule_secs", "needs at least one delay, each > 0"));
+        }
         positive("worker.max_attempts", usize::try_from(self.worker.max_attempts).unwrap_or(0))?;
         positive("database.max_connections", usize::try_from(self.database.max_connections).unwrap_or(0))?;
         if self.worker.backoff_base_ms == 0 || self.worker.backoff_cap_ms < self.worker.backoff_base_ms {

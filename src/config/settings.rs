@@ -17,6 +17,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub notify: NotifySettings,
     pub orders: OrderSettings,
+    pub poll: PollSettings,
     pub auth: AuthSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
@@ -84,6 +85,16 @@ pub struct OrderSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct PollSettings {
+    pub sweep_interval_ms: u64,
+    pub batch: usize,
+    pub schedule_secs: Vec<u64>,
+    pub claim_secs: u64,
+    pub client_sync_cache_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub token_ttl_secs: u64,
     pub data_key: Option<Secret<String>>,
@@ -109,6 +120,7 @@ pub struct WechatSettings {
     pub login_base_url: String,
     pub notify_url: String,
     pub request_timeout_ms: u64,
+    pub rate_limit_per_sec: u32,
     pub use_dev_keys: bool,
     pub dev_keys_dir: PathBuf,
     #[serde(default)]
@@ -147,6 +159,8 @@ pub struct SimSettings {
     pub port: u16,
     pub time_scale: f64,
     pub seed: u64,
+    #[serde(default)]
+    pub chaos: crate::sim::chaos::Chaos,
 }
 
 /// A product we sell: the price charged is always this one, whatever a client sends.
@@ -161,6 +175,16 @@ pub struct CatalogItem {
 impl QueueSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+impl PollSettings {
+    /// The delay before check number `checks_done + 1` (the first delay is the grace period,
+    /// applied at order creation).
+    pub fn delay_after(&self, checks_done: i64) -> Duration {
+        let index = usize::try_from(checks_done.max(1) - 1).unwrap_or(usize::MAX);
+        let secs = self.schedule_secs.get(index).or(self.schedule_secs.last()).copied().unwrap_or(60);
+        Duration::from_secs(secs)
     }
 }
 

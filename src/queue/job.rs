@@ -9,15 +9,19 @@ use serde::{Deserialize, Serialize};
 pub enum QueueName {
     /// Applying stored notifications: latency-sensitive, many small jobs.
     Apply,
+    /// Checking pending orders at WeChat: outbound calls, slower, rate-limited; kept apart so
+    /// a slow WeChat never delays applying notifications.
+    Poll,
 }
 
 impl QueueName {
-    pub const ALL: [QueueName; 1] = [QueueName::Apply];
+    pub const ALL: [QueueName; 2] = [QueueName::Apply, QueueName::Poll];
 
     /// Stable name: renaming it would strand queued jobs.
     pub fn as_str(self) -> &'static str {
         match self {
             QueueName::Apply => "apply",
+            QueueName::Poll => "poll",
         }
     }
 }
@@ -28,6 +32,8 @@ impl QueueName {
 pub enum Job {
     /// Apply the inbox entry `inbox_id` to its order (idempotent).
     ApplyNotification { inbox_id: i64 },
+    /// Ask WeChat about the unpaid order `out_trade_no` and act on the answer.
+    CheckOrder { out_trade_no: String },
 }
 
 impl Job {
@@ -35,12 +41,14 @@ impl Job {
     pub fn kind(&self) -> &'static str {
         match self {
             Job::ApplyNotification { .. } => "apply_notification",
+            Job::CheckOrder { .. } => "check_order",
         }
     }
 
     pub fn queue(&self) -> QueueName {
         match self {
             Job::ApplyNotification { .. } => QueueName::Apply,
+            Job::CheckOrder { .. } => QueueName::Poll,
         }
     }
 }

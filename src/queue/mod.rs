@@ -91,6 +91,14 @@ impl JobQueue {
         format!("{prefix}.{}", queue.as_str())
     }
 
+    /// The Redis connection and key prefix, on the cluster profile (shared rate limits use it).
+    pub fn redis(&self) -> Option<(ConnectionManager, &str)> {
+        match self {
+            JobQueue::Redis { conn, prefix, .. } => Some((conn.clone(), prefix)),
+            JobQueue::Sqlite { .. } => None,
+        }
+    }
+
     /// The SQLite storage of one queue (for workers).
     pub fn sqlite_storage(&self, queue: QueueName) -> Option<SqliteStorage<Envelope>> {
         match self {

@@ -44,6 +44,14 @@ impl ApplyOutcome {
     }
 }
 
+/// Where a piece of evidence came from: recorded on events and anomalies.
+#[derive(Debug, Clone, Copy)]
+struct Evidence<'a> {
+    source: EventSource,
+    /// Notification id, `query:<transaction_id>`, bill date...
+    reference: &'a str,
+}
+
 #[derive(Debug, Clone)]
 pub struct Applier {
     db: Db,
@@ -76,7 +84,7 @@ impl Applier {
         }
         let mut tx = self.db.begin().await?;
         let (outcome, detail) = match entry.event_type.as_str() {
-            "TRANSACTION.SUCCESS" => self.apply_payment(&mut tx, &entry).await?,
+            "TRANSACTION.SUCCESS" => self.apply_notified_payment(&mut tx, &entry).await?,
             other => (ApplyOutcome::Ignored, Some(format!("event type {other} is not applied by this version"))),
         };
         let label = match &outcome {
@@ -89,44 +97,78 @@ impl Applier {
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
         tx.commit().await?;
-        if outcome == ApplyOutcome::Applied {
-            self.metrics.order_transitions.with_label_values(&["SUCCESS", "notify"]).inc();
-        }
+        self.count_transition(&outcome, EventSource::Notify);
         tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
         Ok(outcome)
+    }
+
+    /// Applies a payment WeChat reported some other way than a notification (the answer to an
+    /// order query, a bill row): the same checks, the same guarded transition, in its own
+    /// transaction, with `source` and `evidence` recorded on the event.
+    pub async fn apply_reported_payment(
+        &self,
+        txn: &Transaction,
+        source: EventSource,
+        evidence: &str,
+    ) -> Result<ApplyOutcome, StorageError> {
+        let mut tx = self.db.begin().await?;
+        let (outcome, detail) = self.apply_payment(&mut tx, txn, &Evidence { source, reference: evidence }).await?;
+        tx.commit().await?;
+        self.count_transition(&outcome, source);
+        if let ApplyOutcome::Anomaly(kind) = outcome {
+            self.metrics.anomalies.with_label_values(&[kind]).inc();
+        }
+        tracing::info!(order.out_trade_no = %txn.out_trade_no, source = source.as_str(), outcome = outcome.label(), detail = detail.as_deref().unwrap_or(""), "reported payment applied");
+        Ok(outcome)
+    }
+
+    fn count_transition(&self, outcome: &ApplyOutcome, source: EventSource) {
+        if *outcome == ApplyOutcome::Applied {
+            self.metrics.order_transitions.with_label_values(&["SUCCESS", source.as_str()]).inc();
+        }
+    }
+
+    async fn apply_notified_payment(
+        &self,
+        tx: &mut Tx,
+        entry: &InboxRow,
+    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
+        let evidence = Evidence { source: EventSource::Notify, reference: &entry.notification_id };
+        match serde_json::from_str::<Transaction>(&entry.resource_json) {
+            Ok(txn) => self.apply_payment(tx, &txn, &evidence).await,
+            Err(err) => {
+                let detail = format!("resource is not a transaction: {err}");
+                self.anomaly(tx, "malformed_resource", &evidence, None, None, &detail, self.clock.now_ms()).await?;
+                Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)))
+            }
+        }
     }
 
     async fn apply_payment(
         &self,
         tx: &mut Tx,
-        entry: &InboxRow,
+        txn: &Transaction,
+        evidence: &Evidence<'_>,
     ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
         let now_ms = self.clock.now_ms();
-        let txn: Transaction = match serde_json::from_str(&entry.resource_json) {
-            Ok(txn) => txn,
-            Err(err) => {
-                let detail = format!("resource is not a transaction: {err}");
-                self.anomaly(tx, "malformed_resource", entry, None, None, &detail, now_ms).await?;
-                return Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)));
-            }
-        };
         let Some(order) = self.db.lock_order(tx, &txn.out_trade_no).await? else {
             let detail = "no order with this out_trade_no".to_owned();
-            self.anomaly(tx, "unknown_order", entry, None, Some(&txn.out_trade_no), &detail, now_ms).await?;
+            self.anomaly(tx, "unknown_order", evidence, None, Some(&txn.out_trade_no), &detail, now_ms).await?;
             return Ok((ApplyOutcome::Anomaly("unknown_order"), Some(detail)));
         };
-        if let Some((kind, ours, theirs)) = self.mismatch(&order, &txn) {
-            let detail = format!("{kind}: ours {ours}, notification {theirs}");
-            self.anomaly(tx, kind, entry, Some((&ours, &theirs)), Some(&order.out_trade_no), &detail, now_ms).await?;
-            self.no_op_event(tx, &order, &entry.notification_id, &detail, now_ms).await?;
+        if let Some((kind, ours, theirs)) = self.mismatch(&order, txn) {
+            let detail = format!("{kind}: ours {ours}, {} {theirs}", evidence.source.as_str());
+            self.anomaly(tx, kind, evidence, Some((&ours, &theirs)), Some(&order.out_trade_no), &detail, now_ms)
+                .await?;
+            self.no_op_event(tx, &order, evidence, &detail, now_ms).await?;
             return Ok((ApplyOutcome::Anomaly(kind), Some(detail)));
         }
         let paid_at_ms = txn.success_time.as_deref().and_then(parse_rfc3339).map(|t| t.timestamp_millis());
         let request = TransitionRequest {
             out_trade_no: &order.out_trade_no,
             to: OrderStatus::Success,
-            source: EventSource::Notify,
-            evidence: Some(&entry.notification_id),
+            source: evidence.source,
+            evidence: Some(evidence.reference),
             transaction_id: txn.transaction_id.as_deref(),
             paid_at_ms: paid_at_ms.or(Some(now_ms)),
             note: None,
@@ -142,9 +184,17 @@ impl Applier {
                     OrderStatus::Closed => {
                         // Paid after we closed it: money moved for a closed order. Never
                         // silently re-opened; an operator decides (refund or honour).
-                        let detail = "SUCCESS notification for an order closed here".to_owned();
-                        self.anomaly(tx, "paid_after_close", entry, None, Some(&order.out_trade_no), &detail, now_ms)
-                            .await?;
+                        let detail = format!("paid at WeChat ({}) but closed here", evidence.source.as_str());
+                        self.anomaly(
+                            tx,
+                            "paid_after_close",
+                            evidence,
+                            None,
+                            Some(&order.out_trade_no),
+                            &detail,
+                            now_ms,
+                        )
+                        .await?;
                         Ok((ApplyOutcome::Anomaly("paid_after_close"), Some(detail)))
                     }
                     _ => {
@@ -155,7 +205,7 @@ impl Applier {
                         self.anomaly(
                             tx,
                             "transaction_mismatch",
-                            entry,
+                            evidence,
                             None,
                             Some(&order.out_trade_no),
                             &detail,
@@ -171,8 +221,8 @@ impl Applier {
 
     /// The first field of the notification that contradicts our order.
     fn mismatch(&self, order: &OrderRow, txn: &Transaction) -> Option<(&'static str, String, String)> {
-        if txn.trade_state != "SUCCESS" {
-            return Some(("unexpected_state", "TRANSACTION.SUCCESS".into(), txn.trade_state.clone()));
+        if !matches!(txn.trade_state.as_str(), "SUCCESS" | "REFUND") {
+            return Some(("unexpected_state", "SUCCESS".into(), txn.trade_state.clone()));
         }
         if txn.appid != self.appid {
             return Some(("appid_mismatch", self.appid.clone(), txn.appid.clone()));
@@ -196,21 +246,28 @@ impl Applier {
         &self,
         tx: &mut Tx,
         kind: &'static str,
-        entry: &InboxRow,
+        evidence: &Evidence<'_>,
         values: Option<(&str, &str)>,
         out_trade_no: Option<&str>,
         detail: &str,
         now_ms: i64,
     ) -> Result<(), StorageError> {
-        tracing::warn!(anomaly.kind = kind, notify.id = %entry.notification_id, order.out_trade_no = out_trade_no.unwrap_or(""), detail, "notification not applied");
+        tracing::warn!(
+            anomaly.kind = kind,
+            source = evidence.source.as_str(),
+            evidence = evidence.reference,
+            order.out_trade_no = out_trade_no.unwrap_or(""),
+            detail,
+            "evidence not applied"
+        );
         self.db
             .insert_anomaly(
                 tx,
                 &Anomaly {
                     kind,
-                    source: EventSource::Notify.as_str(),
+                    source: evidence.source.as_str(),
                     out_trade_no,
-                    evidence: Some(&entry.notification_id),
+                    evidence: Some(evidence.reference),
                     ours: values.map(|v| v.0),
                     theirs: values.map(|v| v.1),
                     now_ms,
@@ -224,7 +281,7 @@ impl Applier {
         &self,
         tx: &mut Tx,
         order: &OrderRow,
-        notification_id: &str,
+        evidence: &Evidence<'_>,
         note: &str,
         now_ms: i64,
     ) -> Result<(), StorageError> {
@@ -233,8 +290,8 @@ impl Applier {
             from: Some(order.status()?),
             to: OrderStatus::Success,
             applied: false,
-            source: EventSource::Notify,
-            evidence: Some(notification_id),
+            source: evidence.source,
+            evidence: Some(evidence.reference),
             note: Some(note),
             now_ms,
         }

@@ -7,3 +7,4 @@ pub mod inbox_writer;
 pub mod ingest;
 pub mod login;
 pub mod orders;
+pub mod sync;

@@ -80,13 +80,18 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
 pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let (mut parts, body) = response.into_parts();
+    let corrupt = parts.extensions.get::<super::chaos::CorruptSignature>().is_some();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let timestamp = sim.clock.now().timestamp().to_string();
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let message = crate::wechat::sign::response_message(&timestamp, &nonce, &bytes);
-    let signature = sim.keys.platform.sign_blocking(message).await.unwrap_or_default();
+    let mut signature = sim.keys.platform.sign_blocking(message).await.unwrap_or_default();
+    if corrupt {
+        // Same length and alphabet, different bytes: only verification can tell.
+        signature = signature.chars().rev().collect();
+    }
     let headers = &mut parts.headers;
     for (name, value) in [
         ("wechatpay-timestamp", timestamp),

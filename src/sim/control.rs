@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::SimContext;
+use super::chaos::Chaos;
 use super::notifier::{self, Outgoing, PlainNotification};
 use super::pay::transaction_of;
 use super::state::{LoginCode, SimOrder};
@@ -26,6 +27,37 @@ pub fn router() -> Router<SimContext> {
         .route("/sim/orders/{out_trade_no}", get(order))
         .route("/sim/notifications", get(notifications))
         .route("/sim/stats", get(stats))
+        .route("/sim/chaos", get(get_chaos).put(put_chaos))
+        .route("/sim/calls", get(calls))
+}
+
+async fn get_chaos(State(sim): State<SimContext>) -> Json<Chaos> {
+    Json(sim.chaos.read().await.clone())
+}
+
+/// Replaces the chaos settings; a `seed` restarts the seeded generator so a run replays.
+async fn put_chaos(State(sim): State<SimContext>, Json(chaos): Json<Chaos>) -> Response {
+    if let Err(message) = chaos.validate() {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+    }
+    if let Some(seed) = chaos.seed {
+        sim.reseed(seed);
+    }
+    *sim.chaos.write().await = chaos.clone();
+    Json(chaos).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CallsQuery {
+    out_trade_no: Option<String>,
+}
+
+/// The `/v3` calls received, optionally for one order.
+async fn calls(State(sim): State<SimContext>, Query(q): Query<CallsQuery>) -> Json<serde_json::Value> {
+    let state = sim.state.lock().await;
+    let calls: Vec<_> =
+        state.calls.iter().filter(|c| q.out_trade_no.is_none() || c.out_trade_no == q.out_trade_no).collect();
+    Json(json!(calls))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -194,5 +226,7 @@ async fn stats(State(sim): State<SimContext>) -> Json<serde_json::Value> {
         "notifications_delivered": delivered,
         "delivery_attempts": attempts,
         "sign_errors": sim.sign_errors.load(Ordering::Relaxed),
+        "notifications_dropped": state.notifications.iter().filter(|n| n.dropped).count(),
+        "calls": state.calls.len(),
     }))
 }

@@ -7,6 +7,7 @@
 //! storage.
 
 mod auth;
+pub mod chaos;
 mod control;
 pub mod keys;
 mod login;
@@ -41,6 +42,8 @@ pub struct SimConfig {
     /// WeChat's notification retry delays are divided by this.
     pub time_scale: f64,
     pub seed: u64,
+    /// Faults injected from the start (changeable at run time through `PUT /sim/chaos`).
+    pub chaos: chaos::Chaos,
 }
 
 /// Shared simulator state; cheap to clone.
@@ -53,6 +56,7 @@ pub struct Inner {
     pub clock: Clock,
     pub time_scale: f64,
     pub state: Mutex<SimState>,
+    pub chaos: tokio::sync::RwLock<chaos::Chaos>,
     pub rng: std::sync::Mutex<StdRng>,
     pub http: reqwest::Client,
     pub sign_errors: AtomicU64,
@@ -78,6 +82,7 @@ impl SimContext {
             clock: config.clock,
             time_scale: config.time_scale,
             state: Mutex::new(SimState::default()),
+            chaos: tokio::sync::RwLock::new(config.chaos),
             rng: std::sync::Mutex::new(StdRng::seed_from_u64(config.seed)),
             http,
             sign_errors: AtomicU64::new(0),
@@ -91,6 +96,12 @@ impl SimContext {
     }
 
     /// A random value from the seeded generator (so a run can be replayed).
+    /// Restarts the seeded generator (a test replays a run by setting the same seed).
+    pub fn reseed(&self, seed: u64) {
+        let mut rng = self.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *rng = StdRng::seed_from_u64(seed);
+    }
+
     pub fn random<T>(&self) -> T
     where
         rand::distr::StandardUniform: rand::distr::Distribution<T>,
@@ -105,6 +116,7 @@ pub fn router(ctx: SimContext) -> Router {
         .route("/v3/pay/transactions/jsapi", post(pay::jsapi))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}", get(pay::query))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", post(pay::close))
+        .layer(from_fn_with_state(ctx.clone(), chaos::inject))
         .layer(from_fn_with_state(ctx.clone(), auth::verify_request))
         .layer(from_fn_with_state(ctx.clone(), auth::sign_response));
     Router::new()

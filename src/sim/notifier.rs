@@ -117,13 +117,16 @@ pub async fn send(
 /// Registers many notifications under one lock, then delivers each copy in the background, in
 /// the given order or (`shuffle`) in a seeded random order.
 pub async fn send_all(sim: SimContext, outgoing: Vec<Outgoing>, shuffle: bool) {
+    let chaos = sim.chaos.read().await.clone();
     let mut deliveries = Vec::new();
     {
         let mut state = sim.state.lock().await;
         for item in &outgoing {
+            let dropped = chaos.drop_rate > 0.0 && sim.random::<f64>() < chaos.drop_rate;
+            let extra = usize::from(chaos.duplicate_rate > 0.0 && sim.random::<f64>() < chaos.duplicate_rate);
             let body: Arc<str> = envelope_body(&sim.keys, &item.notification, &alnum(&sim, 12)).into();
             let headers = Arc::new(HeaderCache::default());
-            for _ in 0..item.copies.max(1) {
+            for _ in 0..item.copies.max(1) + extra {
                 state.notifications.push(NotificationRecord {
                     id: item.notification.id.clone(),
                     out_trade_no: item.out_trade_no.clone(),
@@ -132,19 +135,41 @@ pub async fn send_all(sim: SimContext, outgoing: Vec<Outgoing>, shuffle: bool) {
                     attempts: Vec::new(),
                     delivered: false,
                     gave_up: false,
+                    dropped,
                 });
+                if dropped {
+                    continue;
+                }
                 let index = state.notifications.len() - 1;
-                deliveries.push((index, Arc::clone(&body), item.notify_url.clone(), Arc::clone(&headers)));
+                let delay = if chaos.max_delay_ms > 0 { sim.random::<u64>() % chaos.max_delay_ms } else { 0 };
+                let delivery = Delivery {
+                    index,
+                    body: Arc::clone(&body),
+                    url: item.notify_url.clone(),
+                    headers: Arc::clone(&headers),
+                    delay: Duration::from_millis(delay),
+                };
+                deliveries.push(delivery);
             }
         }
     }
-    if shuffle {
+    if shuffle || chaos.reorder {
         let mut rng = sim.rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         rand::seq::SliceRandom::shuffle(deliveries.as_mut_slice(), &mut *rng);
     }
-    for (index, body, url, headers) in deliveries {
-        tokio::spawn(deliver(sim.clone(), index, body, url, headers));
+    for delivery in deliveries {
+        tokio::spawn(deliver(sim.clone(), delivery));
     }
+}
+
+/// One copy of a notification on its way.
+struct Delivery {
+    index: usize,
+    body: Arc<str>,
+    url: String,
+    headers: Arc<HeaderCache>,
+    /// Chaos: wait this long before the first attempt.
+    delay: Duration,
 }
 
 /// Signed headers of one notification, reused by deliveries within the same second (copies
@@ -179,10 +204,14 @@ impl HeaderCache {
     }
 }
 
-async fn deliver(sim: SimContext, index: usize, body: Arc<str>, notify_url: String, headers: Arc<HeaderCache>) {
+async fn deliver(sim: SimContext, delivery: Delivery) {
+    let Delivery { index, body, url: notify_url, headers, delay } = delivery;
     for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
-        if attempt > 0 {
-            let delay = Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale);
+        if attempt > 0 || !delay.is_zero() {
+            let delay = match attempt {
+                0 => delay,
+                _ => Duration::from_secs(RETRY_SCHEDULE_SECS[attempt - 1]).div_f64(sim.time_scale),
+            };
             tokio::select! {
                 () = sim.stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

@@ -7,6 +7,8 @@ use serde::Serialize;
 
 use crate::wechat::wire::pay::JsapiPrepayRequest;
 
+use super::chaos::CallRecord;
+
 /// A `wx.login` code handed to a (simulated) mini-program.
 #[derive(Debug, Clone)]
 pub struct LoginCode {
@@ -38,6 +40,8 @@ pub struct NotificationRecord {
     pub attempts: Vec<u16>,
     pub delivered: bool,
     pub gave_up: bool,
+    /// Chaos dropped it: never sent.
+    pub dropped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -46,4 +50,6 @@ pub struct SimState {
     pub orders: HashMap<String, SimOrder>,
     pub notifications: Vec<NotificationRecord>,
     pub next_transaction: u64,
+    /// Every `/v3` call, in arrival order.
+    pub calls: Vec<CallRecord>,
 }

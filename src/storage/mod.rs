@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod jobs;
 pub mod leases;
 pub mod orders;
+pub mod polling;
 pub mod products;
 pub mod sessions;
 pub mod users;

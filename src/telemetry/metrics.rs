@@ -39,6 +39,11 @@ pub struct Metrics {
     pub orders_created: IntCounter,
     pub order_transitions: IntCounterVec,
     pub orders_by_status: IntGaugeVec,
+    pub orders_oldest_pending_age: IntGauge,
+    pub poll_claimed: IntCounter,
+    pub poll_checks: IntCounterVec,
+    pub rate_limit_waits: IntCounterVec,
+    pub rate_limit_wait_seconds: prometheus::Counter,
     pub anomalies: IntCounterVec,
     pub logins: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -142,6 +147,25 @@ impl Metrics {
                 &["to", "source"],
             ),
             orders_by_status: gauge_vec("orders", "Orders by current status.", &["status"]),
+            orders_oldest_pending_age: gauge(
+                "orders_oldest_pending_age_seconds",
+                "Age of the oldest order still NOTPAY (0 when none); past time_expire the poller should have closed it.",
+            ),
+            poll_claimed: counter("poll_claimed_total", "Unpaid orders the poll sweep queued for a check at WeChat."),
+            poll_checks: counter_vec(
+                "poll_checks_total",
+                "Checks of unpaid orders at WeChat, by outcome (success, closed, payerror, pending, already_final, error).",
+                &["outcome"],
+            ),
+            rate_limit_waits: counter_vec(
+                "wechat_rate_limit_waits_total",
+                "Calls to WeChat that waited for the rate limit, by scope (local: this process; shared: all replicas).",
+                &["scope"],
+            ),
+            rate_limit_wait_seconds: float_counter(
+                "wechat_rate_limit_wait_seconds_total",
+                "Time calls to WeChat spent waiting for the rate limit.",
+            ),
             anomalies: counter_vec(
                 "anomalies_total",
                 "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).",
@@ -153,7 +177,22 @@ impl Metrics {
         };
         m.register_all();
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.touch_known_series();
         m
+    }
+
+    /// Series whose label values are known up front exist (at 0) from the first scrape.
+    fn touch_known_series(&self) {
+        let outcomes: &[&[&str]] =
+            &[&["success"], &["closed"], &["payerror"], &["pending"], &["already_final"], &["error"]];
+        self.touch(&self.poll_checks, outcomes);
+        self.touch(&self.rate_limit_waits, &[&["local"], &["shared"]]);
+        for kind in ["apply_notification", "check_order"] {
+            let _ = self.jobs_started.with_label_values(&[kind]);
+            for outcome in ["succeeded", "retried", "dead"] {
+                let _ = self.jobs_finished.with_label_values(&[kind, outcome]);
+            }
+        }
     }
 
     fn register_all(&self) {
@@ -179,6 +218,11 @@ impl Metrics {
             Box::new(self.orders_created.clone()),
             Box::new(self.order_transitions.clone()),
             Box::new(self.orders_by_status.clone()),
+            Box::new(self.orders_oldest_pending_age.clone()),
+            Box::new(self.poll_claimed.clone()),
+            Box::new(self.poll_checks.clone()),
+            Box::new(self.rate_limit_waits.clone()),
+            Box::new(self.rate_limit_wait_seconds.clone()),
             Box::new(self.anomalies.clone()),
             Box::new(self.logins.clone()),
             Box::new(self.build_info.clone()),
@@ -216,6 +260,10 @@ fn name(n: &str, help: &str) -> Opts {
 
 fn counter(n: &str, help: &str) -> IntCounter {
     IntCounter::with_opts(name(n, help)).unwrap_or_else(|_| unreachable_metric(n))
+}
+
+fn float_counter(n: &str, help: &str) -> prometheus::Counter {
+    prometheus::Counter::with_opts(name(n, help)).unwrap_or_else(|_| unreachable_metric(n))
 }
 
 fn counter_vec(n: &str, help: &str, labels: &[&str]) -> IntCounterVec {

@@ -14,6 +14,7 @@ use crate::telemetry::metrics::Metrics;
 
 use super::error::WechatError;
 use super::keys::Credentials;
+use super::ratelimit::RateLimiter;
 use super::sign;
 use super::verify::SignedHeaders;
 use super::wire::error::ErrorBody;
@@ -32,6 +33,7 @@ pub struct PayClient {
     creds: Arc<Credentials>,
     clock: Clock,
     metrics: Metrics,
+    limiter: Option<RateLimiter>,
 }
 
 /// A verified 2xx answer: status and raw body.
@@ -54,7 +56,14 @@ impl PayClient {
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| WechatError::Network { endpoint: "client", message: e.without_url().to_string() })?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), creds, clock, metrics })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), creds, clock, metrics, limiter: None })
+    }
+
+    /// Every call waits for `limiter` first (one budget for the process, or the deployment).
+    #[must_use]
+    pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -95,6 +104,9 @@ impl PayClient {
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Verified, WechatError> {
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
         let started = Instant::now();
         let result = self.send_inner(endpoint, method, path_and_query, body).await;
         let outcome = match &result {

@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod jobs;
+pub mod poller;
 pub mod retry;
 pub mod sweeper;
 
@@ -52,6 +53,13 @@ pub async fn run(
         holder,
         settings.worker.sweep_interval(),
         Duration::from_millis(settings.worker.sweep_min_age_ms),
+        Duration::from_millis(settings.worker.lease_ttl_ms),
+        stop.clone(),
+    ));
+    let poller = tokio::spawn(poller::run(
+        Arc::clone(&ctx),
+        worker_name(QueueName::Poll, 0),
+        settings.poll.clone(),
         Duration::from_millis(settings.worker.lease_ttl_ms),
         stop.clone(),
     ));
@@ -110,5 +118,6 @@ pub async fn run(
         })
         .await;
     let _ = sweeper.await;
+    let _ = poller.await;
     result
 }

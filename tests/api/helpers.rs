@@ -139,7 +139,8 @@ impl TestEnv {
         let keys = DevKeys::load(&keys_dir).expect("fixture keys");
         let sim_keys = SimKeys::from_dev_keys(&keys).expect("sim keys");
         let clock = Clock::system();
-        let config = SimConfig { keys: sim_keys.clone(), clock: clock.clone(), time_scale, seed: 7 };
+        let config =
+            SimConfig { keys: sim_keys.clone(), clock: clock.clone(), time_scale, seed: 7, chaos: Default::default() };
         let sim = SimServer::spawn(config, "127.0.0.1:0".parse().expect("addr")).await.expect("sim");
         let pg = match backend {
             Backend::Cluster => Some(PgDatabase::create().await),

@@ -9,4 +9,5 @@ mod crash;
 mod e2e;
 mod helpers;
 mod notify;
+mod observability;
 mod storage;

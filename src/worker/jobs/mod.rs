@@ -1,6 +1,7 @@
 //! One file per job kind; `run` dispatches an envelope to it and applies the retry policy.
 
 mod apply_notification;
+mod check_order;
 
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use rand::Rng;
 use tracing::Instrument;
 
 use crate::queue::{Envelope, Job};
+use crate::services::sync::SyncError;
 use crate::storage::StorageError;
 use crate::wechat::WechatError;
 
@@ -47,6 +49,15 @@ impl From<WechatError> for JobError {
     }
 }
 
+impl From<SyncError> for JobError {
+    fn from(err: SyncError) -> Self {
+        match err {
+            SyncError::Wechat(e) => e.into(),
+            SyncError::Storage(e) => e.into(),
+        }
+    }
+}
+
 /// Runs one execution of a job and decides what happens after a failure: re-enqueue with
 /// backoff (our policy, identical on both queue backends) or the dead-letter table.
 pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError> {
@@ -57,6 +68,7 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
         let started = Instant::now();
         let result = match &envelope.job {
             Job::ApplyNotification { inbox_id } => apply_notification::run(ctx, *inbox_id).await,
+            Job::CheckOrder { out_trade_no } => check_order::run(ctx, out_trade_no).await,
         };
         ctx.metrics.job_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         let Err(err) = result else {

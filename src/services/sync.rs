@@ -1,0 +1,284 @@
+//! Asking WeChat about an unpaid order and acting on the answer: the second path to a final
+//! status, for when notifications are lost or late. Used three ways:
+//!
+//! - the poller's check job (`check`): query; a payment is applied with source `poll`; a
+//!   NOTPAY order past `time_expire` is closed at WeChat and then here; otherwise the next
+//!   check is scheduled on the backoff schedule;
+//! - the owner's status request (`refresh`): the same query, single-flight per order with a
+//!   short cache so a mini-program polling its own order cannot hammer WeChat;
+//! - the owner's cancel (`close`).
+//!
+//! Failures of the WeChat call are returned to the caller, who owns retrying (the job's policy,
+//! or the client trying again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::config::PollSettings;
+use crate::domain::{EventSource, OrderStatus};
+use crate::storage::orders::{OrderRow, TransitionOutcome, TransitionRequest};
+use crate::storage::{Db, StorageError};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::wire::pay::Transaction;
+use crate::wechat::{PayClient, WechatError};
+
+use super::apply::{Applier, ApplyOutcome};
+
+/// Single-flight entries kept at most; beyond it, stale ones are dropped.
+const MAX_FLIGHTS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Wechat(#[from] WechatError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a check found and did; `label()` feeds `wxpay_poll_checks_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// WeChat says paid; applied (or already known).
+    Paid(ApplyOutcome),
+    /// Closed (at WeChat, here, or both).
+    Closed,
+    /// WeChat reports a failed payment.
+    PayError,
+    /// Still unpaid; checked again at the given instant (ms).
+    Pending { next_check_at_ms: Option<i64> },
+    /// Already final here: nothing asked.
+    AlreadyFinal(OrderStatus),
+}
+
+impl CheckOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CheckOutcome::Paid(_) => "success",
+            CheckOutcome::Closed => "closed",
+            CheckOutcome::PayError => "payerror",
+            CheckOutcome::Pending { .. } => "pending",
+            CheckOutcome::AlreadyFinal(_) => "already_final",
+        }
+    }
+}
+
+/// What the owner's close request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    Closed,
+    /// The payer was faster: the order is paid (and now recorded as such).
+    AlreadyPaid,
+    /// The order was already final; nothing was asked.
+    NotOpen(OrderStatus),
+}
+
+/// One order's client-sync slot: held during the call to WeChat, remembers when it was made.
+type Flight = Arc<tokio::sync::Mutex<Option<Instant>>>;
+
+#[derive(Debug, Clone)]
+pub struct OrderSync {
+    db: Db,
+    pay: PayClient,
+    applier: Applier,
+    clock: Clock,
+    settings: PollSettings,
+    metrics: Metrics,
+    flights: Arc<StdMutex<HashMap<String, Flight>>>,
+}
+
+impl OrderSync {
+    pub fn new(
+        db: Db,
+        pay: PayClient,
+        applier: Applier,
+        clock: Clock,
+        settings: PollSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self { db, pay, applier, clock, settings, metrics, flights: Arc::default() }
+    }
+
+    /// The poller's check of one order.
+    pub async fn check(&self, out_trade_no: &str) -> Result<CheckOutcome, SyncError> {
+        let result = self.check_inner(out_trade_no).await;
+        let label = result.as_ref().map_or("error", CheckOutcome::label);
+        self.metrics.poll_checks.with_label_values(&[label]).inc();
+        result
+    }
+
+    async fn check_inner(&self, out_trade_no: &str) -> Result<CheckOutcome, SyncError> {
+        let Some(order) = self.db.order_by_no(out_trade_no).await? else {
+            return Err(StorageError::NotFound.into());
+        };
+        let status = order.status()?;
+        if status != OrderStatus::Notpay {
+            return Ok(CheckOutcome::AlreadyFinal(status));
+        }
+        let txn = match self.pay.query_order(out_trade_no).await {
+            Ok(txn) => Some(txn),
+            Err(err) if err.code() == Some("ORDER_NOT_EXIST") => None,
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(outcome) = self.settle_from(&order, txn.as_ref(), "poll").await? {
+            return Ok(outcome);
+        }
+        let now_ms = self.clock.now_ms();
+        if now_ms >= order.time_expire_ms {
+            return self.close_expired(&order).await;
+        }
+        let delay = i64::try_from(self.settings.delay_after(order.check_attempts + 1).as_millis()).unwrap_or(i64::MAX);
+        // Never later than expiry: that is when the order must be closed.
+        let next = now_ms.saturating_add(delay).min(order.time_expire_ms);
+        self.db.reschedule_check(order.id, next, now_ms).await?;
+        Ok(CheckOutcome::Pending { next_check_at_ms: Some(next) })
+    }
+
+    /// Acts on a final WeChat state; `None` when the order is still open at WeChat (or unknown
+    /// to it, which happens when prepay never reached it).
+    async fn settle_from(
+        &self,
+        order: &OrderRow,
+        txn: Option<&Transaction>,
+        how: &str,
+    ) -> Result<Option<CheckOutcome>, SyncError> {
+        let Some(txn) = txn else { return Ok(None) };
+        let evidence = format!("{how}:{}", txn.transaction_id.as_deref().unwrap_or(&txn.trade_state));
+        let outcome = match txn.trade_state.as_str() {
+            "SUCCESS" | "REFUND" => {
+                CheckOutcome::Paid(self.applier.apply_reported_payment(txn, EventSource::Poll, &evidence).await?)
+            }
+            "CLOSED" | "REVOKED" => {
+                self.transition(order, OrderStatus::Closed, EventSource::Poll, &evidence, "closed at WeChat").await?;
+                CheckOutcome::Closed
+            }
+            "PAYERROR" => {
+                self.transition(order, OrderStatus::Payerror, EventSource::Poll, &evidence, &txn.trade_state_desc)
+                    .await?;
+                CheckOutcome::PayError
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(outcome))
+    }
+
+    /// Past `time_expire` and still unpaid: close at WeChat first (so the payer can no longer
+    /// pay), then here. If the payer paid in between, WeChat refuses the close and the payment
+    /// is applied instead.
+    async fn close_expired(&self, order: &OrderRow) -> Result<CheckOutcome, SyncError> {
+        match self.close_at_wechat(order, EventSource::Poll, "expired").await? {
+            CloseOutcome::Closed | CloseOutcome::NotOpen(_) => Ok(CheckOutcome::Closed),
+            CloseOutcome::AlreadyPaid => Ok(CheckOutcome::Paid(ApplyOutcome::Applied)),
+        }
+    }
+
+    /// The owner cancels an unpaid order.
+    pub async fn close(&self, order: &OrderRow) -> Result<CloseOutcome, SyncError> {
+        let status = order.status()?;
+        if status != OrderStatus::Notpay {
+            return Ok(CloseOutcome::NotOpen(status));
+        }
+        self.close_at_wechat(order, EventSource::Api, "cancelled by the payer").await
+    }
+
+    async fn close_at_wechat(
+        &self,
+        order: &OrderRow,
+        source: EventSource,
+        why: &str,
+    ) -> Result<CloseOutcome, SyncError> {
+        let evidence = match self.pay.close_order(&order.out_trade_no).await {
+            Ok(()) => "close:204",
+            // WeChat never saw it (prepay failed): nothing to close there.
+            Err(err) if err.code() == Some("ORDER_NOT_EXIST") => "close:ORDER_NOT_EXIST",
+            Err(err) if err.code() == Some("ORDERPAID") => {
+                let txn = self.pay.query_order(&order.out_trade_no).await?;
+                let how = format!("query-after-close-{}", source.as_str());
+                return match self.settle_from(order, Some(&txn), &how).await? {
+                    Some(CheckOutcome::Paid(_)) => Ok(CloseOutcome::AlreadyPaid),
+                    _ => Err(WechatError::Decode {
+                        endpoint: "close_order",
+                        message: format!("ORDERPAID but the order queries as {}", txn.trade_state),
+                    }
+                    .into()),
+                };
+            }
+            Err(err) => return Err(err.into()),
+        };
+        match self.transition(order, OrderStatus::Closed, source, evidence, why).await? {
+            TransitionOutcome::NotApplied { current, .. } if current != OrderStatus::Closed => {
+                Ok(CloseOutcome::NotOpen(current))
+            }
+            _ => Ok(CloseOutcome::Closed),
+        }
+    }
+
+    async fn transition(
+        &self,
+        order: &OrderRow,
+        to: OrderStatus,
+        source: EventSource,
+        evidence: &str,
+        note: &str,
+    ) -> Result<TransitionOutcome, StorageError> {
+        let now_ms = self.clock.now_ms();
+        let mut tx = self.db.begin().await?;
+        let request = TransitionRequest {
+            out_trade_no: &order.out_trade_no,
+            to,
+            source,
+            evidence: Some(evidence),
+            transaction_id: None,
+            paid_at_ms: None,
+            note: Some(note),
+            now_ms,
+        };
+        let outcome = self.db.transition(&mut tx, &request).await?;
+        tx.commit().await?;
+        if matches!(outcome, TransitionOutcome::Applied { .. }) {
+            self.metrics.order_transitions.with_label_values(&[to.as_str(), source.as_str()]).inc();
+            tracing::info!(order.out_trade_no = %order.out_trade_no, to = to.as_str(), source = source.as_str(), evidence, "order status changed");
+        }
+        Ok(outcome)
+    }
+
+    /// The owner asks for the order's status: for an unpaid order, ask WeChat first, at most
+    /// once per order per `client_sync_cache_ms` however many requests arrive together (they
+    /// wait for the one call). A failed call leaves the stored status, which is still honest.
+    pub async fn refresh(&self, order: OrderRow) -> Result<OrderRow, StorageError> {
+        if order.status != OrderStatus::Notpay.as_str() {
+            return Ok(order);
+        }
+        let flight = self.flight(&order.out_trade_no);
+        let mut last = flight.lock().await;
+        let fresh = Duration::from_millis(self.settings.client_sync_cache_ms);
+        if last.is_none_or(|at| at.elapsed() >= fresh) {
+            match self.pay.query_order(&order.out_trade_no).await {
+                Ok(txn) => {
+                    if let Err(err) = self.settle_from(&order, Some(&txn), "client-sync").await {
+                        tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "client sync could not apply");
+                    }
+                }
+                Err(err) => {
+                    tracing::info!(order.out_trade_no = %order.out_trade_no, error = %err, "client sync: WeChat not reachable");
+                }
+            }
+            *last = Some(Instant::now());
+        }
+        drop(last);
+        Ok(self.db.order_by_no(&order.out_trade_no).await?.unwrap_or(order))
+    }
+
+    fn flight(&self, out_trade_no: &str) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if flights.len() >= MAX_FLIGHTS {
+            let fresh = Duration::from_millis(self.settings.client_sync_cache_ms);
+            // Entries nobody holds whose cache has lapsed carry no information any more.
+            flights.retain(|_, f| {
+                Arc::strong_count(f) > 1 || f.try_lock().map_or(true, |at| at.is_some_and(|t| t.elapsed() < fresh))
+            });
+        }
+        Arc::clone(flights.entry(out_trade_no.to_owned()).or_default())
+    }
+}
