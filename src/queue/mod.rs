@@ -132,7 +132,7 @@ impl JobQueue {
         let queue = envelope.job.queue();
         let mut builder = TaskBuilder::new(envelope);
         if let Some(delay) = delay {
-            builder = builder.run_after(delay);
+            builder = builder.run_at_timestamp(run_at_secs(delay));
         }
         match self {
             JobQueue::Sqlite { .. } => {
@@ -196,4 +196,12 @@ impl JobQueue {
             }
         }
     }
+}
+
+/// The Unix second a job delayed by `delay` may run at. Both backends keep whole seconds and
+/// run a job once its second has begun, so the instant is rounded *up*: a backoff is never
+/// shorter than the policy asked (apalis' own `run_after` rounds down, up to a second early).
+fn run_at_secs(delay: Duration) -> u64 {
+    let at = (std::time::SystemTime::now() + delay).duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    at.as_secs() + u64::from(at.subsec_nanos() > 0)
 }

@@ -171,6 +171,9 @@ impl TestEnv {
             ("WORKER__BACKOFF_BASE_MS", "100".to_owned()),
             ("WORKER__BACKOFF_CAP_MS", "1000".to_owned()),
             ("LOG__FORMAT", "json".to_owned()),
+            // Status requests ask WeChat once per order per minute: tests of the notify path stay
+            // about notifications (tests of client sync set their own).
+            ("POLL__CLIENT_SYNC_CACHE_MS", "60000".to_owned()),
             ("QUEUE__PREFIX", self.prefix.clone()),
         ];
         match (self.backend, &self.pg) {

@@ -10,4 +10,5 @@ mod e2e;
 mod helpers;
 mod notify;
 mod observability;
+mod polling;
 mod storage;

@@ -199,7 +199,71 @@ async fn dead_jobs_sessions_and_users(backend: Backend) {
     assert_eq!(db.session_user("other", 1).await.unwrap(), None);
 }
 
+/// 100,000 pending orders, none due: a sweep reads the due index and no order row. Then 1,000
+/// become due: the claim takes exactly those, once.
+async fn a_poll_sweep_costs_what_is_due(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    order(&db, "SEEDORDER0").await;
+    let now: i64 = 1_000_000_000;
+    // next_check far in the future for all, except every 100th which is due at `now - 1`.
+    let seed = match backend {
+        Backend::Cluster => {
+            "INSERT INTO orders (out_trade_no, user_id, payer_openid, product_id, quantity, amount_fen, description,
+                 status, time_expire_ms, next_check_at_ms, created_at_ms, updated_at_ms)
+             SELECT 'BULK' || n, 1, 'o', 'p', 1, 100, 'P', 'NOTPAY', 9000000000000, 5000000000000 + n, 0, 0
+             FROM generate_series(1, 100000) AS n"
+        }
+        Backend::Embedded => {
+            "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < 100000)
+             INSERT INTO orders (out_trade_no, user_id, payer_openid, product_id, quantity, amount_fen, description,
+                 status, time_expire_ms, next_check_at_ms, created_at_ms, updated_at_ms)
+             SELECT 'BULK' || n, 1, 'o', 'p', 1, 100, 'P', 'NOTPAY', 9000000000000, 5000000000000 + n, 0, 0 FROM seq"
+        }
+    };
+    sqlx::query(seed).execute(db.writer()).await.unwrap();
+    sqlx::query("UPDATE orders SET next_check_at_ms = NULL WHERE out_trade_no = 'SEEDORDER0'")
+        .execute(db.writer())
+        .await
+        .unwrap();
+    if backend == Backend::Cluster {
+        sqlx::query("ANALYZE orders").execute(db.writer()).await.unwrap();
+    }
+
+    let plan = db.explain_due_selection(now, 500).await.unwrap();
+    assert!(plan.contains("orders_due"), "the due index is used:\n{plan}");
+    match backend {
+        Backend::Cluster => {
+            assert!(!plan.contains("Seq Scan"), "{plan}");
+            assert!(plan.contains("actual rows=0"), "nothing due, no row read:\n{plan}");
+        }
+        Backend::Embedded => assert!(!plan.contains("SCAN orders"), "{plan}"),
+    }
+    assert!(db.claim_due_orders(now, now + 60_000, 500).await.unwrap().is_empty());
+
+    sqlx::query("UPDATE orders SET next_check_at_ms = $1 WHERE out_trade_no LIKE 'BULK%' AND CAST(SUBSTR(out_trade_no, 5) AS BIGINT) % 100 = 0")
+        .bind(now - 1)
+        .execute(db.writer())
+        .await
+        .unwrap();
+    assert_eq!(db.due_order_count(now).await.unwrap(), 1000);
+    if backend == Backend::Cluster {
+        let plan = db.explain_due_selection(now, 5000).await.unwrap();
+        assert!(
+            plan.contains("orders_due") && plan.contains("actual rows=1000"),
+            "reads exactly the due rows:\n{plan}"
+        );
+    }
+    let claimed = db.claim_due_orders(now, now + 60_000, 5000).await.unwrap();
+    let claimed: HashSet<String> = claimed.into_iter().collect();
+    let expected: HashSet<String> = (1..=1000).map(|i| format!("BULK{}", i * 100)).collect();
+    assert_eq!(claimed, expected);
+    assert!(db.claim_due_orders(now, now + 60_000, 5000).await.unwrap().is_empty(), "claimed once");
+    assert_eq!(db.due_order_count(now + 60_000).await.unwrap(), 1000, "due again when the claim lapses");
+}
+
 crate::both_profiles!(
+    a_poll_sweep_costs_what_is_due,
     inbox_batches_fold_duplicates_and_report_first_delivery,
     transitions_are_guarded_and_always_recorded,
     sweeper_claims_are_disjoint_and_once_per_age,
