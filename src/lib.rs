@@ -12,6 +12,7 @@
 //! - `worker`: apalis workers, job kinds, retry policy, sweeper.
 //! - `storage`: the database (SQLite or PostgreSQL) behind one type.
 //! - `queue`: the job queue (SQLite or Redis) behind one type.
+//! - `bill`: WeChat's trade bill file format (streaming reader and writer).
 //! - `sim`: the WeChat Pay + login simulator.
 //! - `demo`: a scripted mini-program client (demo, tests, benchmarks).
 //! - `telemetry`, `clock`, `shutdown`, `vault`: cross-cutting pieces.
@@ -20,6 +21,7 @@
 //! {`domain`, `storage`, `wechat`, `queue`}; `sim` uses only `wechat`'s wire and crypto.
 
 pub mod api;
+pub mod bill;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -18,6 +18,7 @@ use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::orders::OrderService;
+use crate::services::reconcile::Reconciler;
 use crate::services::sync::OrderSync;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
@@ -129,18 +130,33 @@ impl Application {
         );
         let applier =
             Applier::new(db.clone(), creds.appid.clone(), creds.mchid.clone(), clock.clone(), metrics.clone());
-        let sync =
-            OrderSync::new(db.clone(), pay, applier.clone(), clock.clone(), settings.poll.clone(), metrics.clone());
+        let sync = OrderSync::new(
+            db.clone(),
+            pay.clone(),
+            applier.clone(),
+            clock.clone(),
+            settings.poll.clone(),
+            metrics.clone(),
+        );
+        let reconciler = Reconciler::new(
+            db.clone(),
+            pay,
+            applier.clone(),
+            clock.clone(),
+            settings.reconcile.clone(),
+            metrics.clone(),
+        );
         let jobs = Arc::new(JobContext {
             db: db.clone(),
             queue: queue.clone(),
             sync: sync.clone(),
+            reconciler: reconciler.clone(),
             applier,
             clock: clock.clone(),
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),
         });
-        let state = AppState { login, orders, sync, ingest, db, queue, metrics, clock };
+        let state = AppState { login, orders, sync, reconciler, ingest, db, queue, metrics, clock };
         Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
     }
 

@@ -141,3 +141,37 @@ CREATE TABLE leases (
     holder        TEXT    NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+
+-- One reconciliation of a WeChat day (Asia/Shanghai) against its trade bill. Re-running a date
+-- replaces its row and its discrepancies in one transaction.
+CREATE TABLE bill_runs (
+    bill_date       TEXT    PRIMARY KEY,        -- YYYY-MM-DD, Asia/Shanghai
+    status          TEXT    NOT NULL CHECK (status IN ('clean', 'discrepancies', 'no_bill', 'not_ready', 'failed')),
+    bill_rows       BIGINT  NOT NULL DEFAULT 0,
+    orders_compared BIGINT  NOT NULL DEFAULT 0,
+    discrepancies   BIGINT  NOT NULL DEFAULT 0,
+    unexplained     BIGINT  NOT NULL DEFAULT 0,
+    healed          BIGINT  NOT NULL DEFAULT 0,
+    bill_sha1       TEXT,
+    error           TEXT,
+    attempts        BIGINT  NOT NULL DEFAULT 1,
+    started_at_ms   BIGINT  NOT NULL,
+    finished_at_ms  BIGINT  NOT NULL,
+    next_attempt_at_ms BIGINT                   -- not_ready / failed: when the scheduler tries again
+);
+
+-- Every difference between a day's bill and our books, with what was done about it.
+CREATE TABLE discrepancies (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    bill_date      TEXT    NOT NULL,
+    class          TEXT    NOT NULL,
+    out_trade_no   TEXT,
+    transaction_id TEXT,
+    ours           TEXT,
+    theirs         TEXT,
+    bill_line      BIGINT,
+    resolution     TEXT    NOT NULL CHECK (resolution IN ('healed', 'unexplained')),
+    detail         TEXT    NOT NULL,
+    created_at_ms  BIGINT  NOT NULL
+);
+CREATE INDEX discrepancies_date ON discrepancies (bill_date);

@@ -67,8 +67,25 @@ async fn refresh_backlog(state: &AppState) {
         let age = oldest.map_or(0, |t| (state.clock.now_ms() - t).max(0) / 1000);
         m.inbox_oldest_unprocessed_age.set(age);
     }
+    if let Ok((_, oldest)) = state.db.pending_orders().await {
+        let age = oldest.map_or(0, |t| (state.clock.now_ms() - t).max(0) / 1000);
+        m.orders_oldest_pending_age.set(age);
+    }
+    let window = state.reconciler.settings().catch_up_days;
+    let since = crate::domain::time::wechat_date(state.clock.now())
+        .checked_sub_days(chrono::Days::new(u64::from(window)))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    if let Ok((last, unexplained)) = state.db.reconcile_health(&since).await {
+        m.reconcile_last_success.set(last.map_or(0, |ms| ms / 1000));
+        m.reconcile_unexplained.set(unexplained);
+    }
     if let Ok(dead) = state.db.dead_job_counts().await {
         m.jobs_dead.reset();
+        // Known kinds stay exported at 0, so "dead jobs > 0" alerts see a series at all times.
+        for kind in ["apply_notification", "check_order"] {
+            m.jobs_dead.with_label_values(&[kind]).set(0);
+        }
         for (kind, n) in dead {
             m.jobs_dead.with_label_values(&[&kind]).set(n);
         }

@@ -5,6 +5,7 @@ use crate::queue::JobQueue;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::orders::OrderService;
+use crate::services::reconcile::Reconciler;
 use crate::services::sync::OrderSync;
 use crate::storage::Db;
 use crate::telemetry::metrics::Metrics;
@@ -14,6 +15,7 @@ pub struct AppState {
     pub login: LoginService,
     pub orders: OrderService,
     pub sync: OrderSync,
+    pub reconciler: Reconciler,
     pub ingest: NotifyIngest,
     pub db: Db,
     pub queue: JobQueue,

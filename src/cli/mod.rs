@@ -4,6 +4,7 @@
 mod demo;
 mod migrate;
 mod ops;
+mod reconcile;
 mod serve;
 mod sim;
 
@@ -40,6 +41,11 @@ enum Command {
     /// Orders: show one with its full history.
     #[command(subcommand)]
     Order(ops::OrderCommand),
+    /// Reconcile WeChat's trade bill of a day (or a range) with our orders, in the foreground.
+    Reconcile(reconcile::Args),
+    /// Trade bill files: check one offline.
+    #[command(subcommand)]
+    Bill(reconcile::BillCommand),
 }
 
 /// A failure to report on one line; configuration errors exit with 2, others with 1.
@@ -80,5 +86,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Migrate => migrate::run(Settings::load_for(file, Purpose::Ops)?).await,
         Command::Jobs(cmd) => ops::jobs(Settings::load_for(file, Purpose::Ops)?, cmd).await,
         Command::Order(cmd) => ops::order(Settings::load_for(file, Purpose::Ops)?, cmd).await,
+        Command::Reconcile(args) => reconcile::run(Settings::load_for(file, Purpose::Serve)?, args).await,
+        Command::Bill(cmd) => reconcile::bill(cmd),
     }
 }

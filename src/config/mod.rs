@@ -107,6 +107,9 @@ impl Settings {
         positive("notify.writers", self.notify.writers)?;
         positive("queue.concurrency", self.queue.concurrency)?;
         positive("poll.batch", self.poll.batch)?;
+        if self.reconcile.run_at_time().is_none() {
+            return Err(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
+        }
         positive("poll.sweep_interval_ms", usize::try_from(self.poll.sweep_interval_ms).unwrap_or(0))?;
         if self.poll.schedule_secs.is_empty() || self.poll.schedule_secs.contains(&0) {
             return Err(ConfigError::invalid("poll.schedule_secs", "needs at least one delay, each > 0"));

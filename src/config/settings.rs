@@ -18,6 +18,7 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub orders: OrderSettings,
     pub poll: PollSettings,
+    pub reconcile: ReconcileSettings,
     pub auth: AuthSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
@@ -91,6 +92,26 @@ pub struct PollSettings {
     pub schedule_secs: Vec<u64>,
     pub claim_secs: u64,
     pub client_sync_cache_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    pub enabled: bool,
+    pub run_at: String,
+    pub catch_up_days: u32,
+    pub retry_interval_secs: u64,
+    pub tick_interval_ms: u64,
+    pub work_dir: PathBuf,
+    pub max_bill_bytes: u64,
+    pub reports_dir: PathBuf,
+}
+
+impl ReconcileSettings {
+    /// `run_at` as a wall-clock time (validated at start-up).
+    pub fn run_at_time(&self) -> Option<chrono::NaiveTime> {
+        chrono::NaiveTime::parse_from_str(&self.run_at, "%H:%M").ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

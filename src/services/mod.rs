@@ -7,4 +7,5 @@ pub mod inbox_writer;
 pub mod ingest;
 pub mod login;
 pub mod orders;
+pub mod reconcile;
 pub mod sync;

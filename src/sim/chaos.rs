@@ -5,6 +5,7 @@
 //! a failing run replays. Set from `[sim.chaos]` at start and `PUT /sim/chaos` at run time;
 //! every `/v3` call is recorded (`GET /sim/calls`) so tests can assert on what we sent.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -42,7 +43,8 @@ pub struct Chaos {
     /// Share of `/v3` calls (0..=1) answered with one of `fault_modes` (picked uniformly).
     pub fault_rate: f64,
     pub fault_modes: Vec<FaultMode>,
-    /// Endpoints faults apply to (`jsapi`, `query`, `close`); empty means all.
+    /// Endpoints faults apply to (`jsapi`, `query`, `close`, `tradebill`, `billdownload`);
+    /// empty means all.
     pub fault_endpoints: Vec<String>,
     /// How long a `hang` fault holds the connection.
     pub hang_ms: u64,
@@ -56,6 +58,43 @@ pub struct Chaos {
     pub reorder: bool,
     /// Reseeds the simulator's generator when set through the control endpoint.
     pub seed: Option<u64>,
+    /// What is wrong with the trade bills served from now on.
+    pub bill: BillChaos,
+}
+
+/// Trade-bill faults: each knob plants one class of discrepancy between the bill and the
+/// orders WeChat really holds, so the reconciler can be shown to find (and only find) it.
+/// The summary is computed after the row knobs, so a changed row does not also show up as a
+/// summary mismatch; only `summary_delta_fen` makes the summary disagree with the rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BillChaos {
+    /// `out_trade_no`s whose rows are left out (a payment WeChat "forgot").
+    pub omit_rows: Vec<String>,
+    /// Added to the row's settlement and order amounts, in fen (an amount mismatch).
+    pub amount_delta_fen: HashMap<String, i64>,
+    /// `out_trade_no`s whose rows appear twice.
+    pub duplicate_rows: Vec<String>,
+    /// Replaces the row's `trade_state` (e.g. `REVOKED`).
+    pub status_override: HashMap<String, String>,
+    /// Added to the summary's settlement total only (a file that contradicts itself).
+    pub summary_delta_fen: i64,
+    /// Damage to the file or its advertised hash.
+    pub corrupt: Option<BillCorruption>,
+}
+
+/// Ways a bill download can be damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillCorruption {
+    /// The advertised `hash_value` does not match the file.
+    Hash,
+    /// The download stops halfway (the gzip stream, when gzip was asked for).
+    Truncate,
+    /// One amount on the first row reads `abc`.
+    MalformedRow,
+    /// The first row lacks its last column.
+    ColumnCount,
 }
 
 impl Chaos {
@@ -90,6 +129,12 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
     const BY_NO: &str = "/v3/pay/transactions/out-trade-no/";
     if path == "/v3/pay/transactions/jsapi" {
         return ("jsapi", None);
+    }
+    if path == "/v3/bill/tradebill" {
+        return ("tradebill", None);
+    }
+    if path == "/v3/billdownload/file" {
+        return ("billdownload", None);
     }
     if let Some(rest) = path.strip_prefix(BY_NO) {
         return match rest.strip_suffix("/close") {

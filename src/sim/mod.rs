@@ -7,6 +7,7 @@
 //! storage.
 
 mod auth;
+mod bills;
 pub mod chaos;
 mod control;
 pub mod keys;
@@ -116,11 +117,19 @@ pub fn router(ctx: SimContext) -> Router {
         .route("/v3/pay/transactions/jsapi", post(pay::jsapi))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}", get(pay::query))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", post(pay::close))
+        .route("/v3/bill/tradebill", get(bills::trade_bill))
         .layer(from_fn_with_state(ctx.clone(), chaos::inject))
         .layer(from_fn_with_state(ctx.clone(), auth::verify_request))
         .layer(from_fn_with_state(ctx.clone(), auth::sign_response));
+    // The bill file is a raw stream with no signature headers (protocol §5.9): verified like any
+    // `/v3` call, but not signed; its SHA-1 from the tradebill answer stands in for a signature.
+    let bill_download = Router::new()
+        .route("/v3/billdownload/file", get(bills::download))
+        .layer(from_fn_with_state(ctx.clone(), chaos::inject))
+        .layer(from_fn_with_state(ctx.clone(), auth::verify_request));
     Router::new()
         .merge(v3)
+        .merge(bill_download)
         .route("/sns/jscode2session", get(login::code2session))
         .merge(control::router())
         .with_state(ctx)

@@ -52,4 +52,6 @@ pub struct SimState {
     pub next_transaction: u64,
     /// Every `/v3` call, in arrival order.
     pub calls: Vec<CallRecord>,
+    /// Bill files behind their download tokens (dropped once expired).
+    pub bill_downloads: HashMap<String, super::bills::IssuedBill>,
 }

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod orders;
 pub mod polling;
 pub mod products;
+pub mod reconcile;
 pub mod sessions;
 pub mod users;
 

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub poll_checks: IntCounterVec,
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: prometheus::Counter,
+    pub reconcile_runs: IntCounterVec,
+    pub reconcile_rows: IntCounter,
+    pub reconcile_discrepancies: IntCounterVec,
+    pub reconcile_healed: IntCounter,
+    pub reconcile_last_success: IntGauge,
+    pub reconcile_unexplained: IntGauge,
     pub anomalies: IntCounterVec,
     pub logins: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -166,6 +172,29 @@ impl Metrics {
                 "wechat_rate_limit_wait_seconds_total",
                 "Time calls to WeChat spent waiting for the rate limit.",
             ),
+            reconcile_runs: counter_vec(
+                "reconcile_runs_total",
+                "Reconciliation runs of a day's bill, by outcome (clean, discrepancies, no_bill, not_ready, failed).",
+                &["outcome"],
+            ),
+            reconcile_rows: counter("reconcile_bill_rows_total", "Bill rows compared with our orders."),
+            reconcile_discrepancies: counter_vec(
+                "reconcile_discrepancies_total",
+                "Differences between WeChat's bill and our books, by class and resolution (healed, unexplained).",
+                &["class", "resolution"],
+            ),
+            reconcile_healed: counter(
+                "reconcile_healed_total",
+                "Payments missed here and applied from the bill (source bill).",
+            ),
+            reconcile_last_success: gauge(
+                "reconcile_last_success_timestamp_seconds",
+                "When a reconciliation last finished (clean, with discrepancies, or no bill); 0 if never.",
+            ),
+            reconcile_unexplained: gauge(
+                "reconcile_unexplained_discrepancies",
+                "Unexplained discrepancies in the runs of the last reconcile.catch_up_days days.",
+            ),
             anomalies: counter_vec(
                 "anomalies_total",
                 "Evidence that was not applied because it contradicts our order (amount, appid, mchid, payer, unknown order, paid after close).",
@@ -187,6 +216,12 @@ impl Metrics {
             &[&["success"], &["closed"], &["payerror"], &["pending"], &["already_final"], &["error"]];
         self.touch(&self.poll_checks, outcomes);
         self.touch(&self.rate_limit_waits, &[&["local"], &["shared"]]);
+        self.touch(&self.reconcile_runs, &[&["clean"], &["discrepancies"], &["no_bill"], &["not_ready"], &["failed"]]);
+        for class in crate::services::reconcile::compare::class::ALL {
+            for resolution in ["healed", "unexplained"] {
+                let _ = self.reconcile_discrepancies.with_label_values(&[class, resolution]);
+            }
+        }
         for kind in ["apply_notification", "check_order"] {
             let _ = self.jobs_started.with_label_values(&[kind]);
             for outcome in ["succeeded", "retried", "dead"] {
@@ -223,6 +258,12 @@ impl Metrics {
             Box::new(self.poll_checks.clone()),
             Box::new(self.rate_limit_waits.clone()),
             Box::new(self.rate_limit_wait_seconds.clone()),
+            Box::new(self.reconcile_runs.clone()),
+            Box::new(self.reconcile_rows.clone()),
+            Box::new(self.reconcile_discrepancies.clone()),
+            Box::new(self.reconcile_healed.clone()),
+            Box::new(self.reconcile_last_success.clone()),
+            Box::new(self.reconcile_unexplained.clone()),
             Box::new(self.anomalies.clone()),
             Box::new(self.logins.clone()),
             Box::new(self.build_info.clone()),

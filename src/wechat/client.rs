@@ -17,6 +17,7 @@ use super::keys::Credentials;
 use super::ratelimit::RateLimiter;
 use super::sign;
 use super::verify::SignedHeaders;
+use super::wire::bill::BillInfo;
 use super::wire::error::ErrorBody;
 use super::wire::pay::{CloseRequest, JsapiPrepayRequest, PrepayResponse, Transaction};
 
@@ -95,6 +96,99 @@ impl PayClient {
         } else {
             Err(WechatError::Decode { endpoint: "close_order", message: format!("status {}", answer.status) })
         }
+    }
+
+    /// `GET /v3/bill/tradebill`: where the ALL bill of `bill_date` (`YYYY-MM-DD`, a Shanghai
+    /// day) can be downloaded, gzipped, and its SHA-1.
+    pub async fn trade_bill(&self, bill_date: &str) -> Result<BillInfo, WechatError> {
+        let path = format!("/v3/bill/tradebill?bill_date={bill_date}&bill_type=ALL&tar_type=GZIP");
+        let answer = self.send("trade_bill", Method::GET, &path, None).await?;
+        decode("trade_bill", &answer.body)
+    }
+
+    /// Streams the file at `download_url` into `out`, refusing more than `max_bytes`. The URL
+    /// must be on the configured WeChat host (it comes from a response, but we never send our
+    /// signature elsewhere). The body is not signed; the caller checks the hash.
+    pub async fn download_bill(
+        &self,
+        download_url: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        max_bytes: u64,
+    ) -> Result<u64, WechatError> {
+        const ENDPOINT: &str = "bill_download";
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
+        let started = Instant::now();
+        let result = self.download_inner(download_url, out, max_bytes).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.outcome(),
+        };
+        self.metrics.wechat_calls.with_label_values(&[ENDPOINT, outcome]).inc();
+        self.metrics.wechat_call_duration.with_label_values(&[ENDPOINT]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn download_inner(
+        &self,
+        download_url: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        max_bytes: u64,
+    ) -> Result<u64, WechatError> {
+        use tokio::io::AsyncWriteExt;
+        const ENDPOINT: &str = "bill_download";
+        let url = reqwest::Url::parse(download_url)
+            .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: format!("bad download_url: {e}") })?;
+        let base = reqwest::Url::parse(&self.base_url)
+            .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: format!("bad base url: {e}") })?;
+        if url.origin() != base.origin() {
+            return Err(WechatError::Decode {
+                endpoint: ENDPOINT,
+                message: format!("download_url is not on {}", base.origin().ascii_serialization()),
+            });
+        }
+        let canonical = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let authorization = self
+            .creds
+            .merchant
+            .authorization_blocking("GET", &canonical, "", self.clock.now().timestamp(), &sign::nonce(32))
+            .await
+            .map_err(|e| WechatError::Sign(e.to_string()))?;
+        let mut response = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, authorization)
+            .header(ACCEPT, "*/*")
+            .header(USER_AGENT, AGENT)
+            .send()
+            .await
+            .map_err(|e| transport_error(ENDPOINT, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|e| transport_error(ENDPOINT, &e))?;
+            return Err(api_error(ENDPOINT, status, &bytes));
+        }
+        let mut written: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(ENDPOINT, &e))? {
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(WechatError::Decode {
+                    endpoint: ENDPOINT,
+                    message: format!("bill larger than the {max_bytes}-byte limit"),
+                });
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| WechatError::Network { endpoint: ENDPOINT, message: format!("writing the bill: {e}") })?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| WechatError::Network { endpoint: ENDPOINT, message: format!("writing the bill: {e}") })?;
+        Ok(written)
     }
 
     async fn send(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::queue::JobQueue;
 use crate::services::apply::Applier;
+use crate::services::reconcile::Reconciler;
 use crate::services::sync::OrderSync;
 use crate::storage::Db;
 use crate::telemetry::metrics::Metrics;
@@ -17,6 +18,7 @@ pub struct JobContext {
     pub queue: JobQueue,
     pub applier: Applier,
     pub sync: OrderSync,
+    pub reconciler: Reconciler,
     pub clock: Clock,
     pub metrics: Metrics,
     pub retry: RetryPolicy,

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod jobs;
 pub mod poller;
+pub mod reconcile_scheduler;
 pub mod retry;
 pub mod sweeper;
 
@@ -63,6 +64,15 @@ pub async fn run(
         Duration::from_millis(settings.worker.lease_ttl_ms),
         stop.clone(),
     ));
+    let scheduler = settings.reconcile.enabled.then(|| {
+        tokio::spawn(reconcile_scheduler::run(
+            Arc::clone(&ctx),
+            ctx.reconciler.clone(),
+            worker_name(QueueName::Apply, 1_000_000),
+            Duration::from_millis(settings.worker.lease_ttl_ms),
+            stop.clone(),
+        ))
+    });
     let poll = settings.queue.poll_interval();
     let concurrency = settings.queue.concurrency;
     let mut monitor = Monitor::new();
@@ -119,5 +129,8 @@ pub async fn run(
         .await;
     let _ = sweeper.await;
     let _ = poller.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     result
 }

@@ -174,6 +174,10 @@ impl TestEnv {
             // Status requests ask WeChat once per order per minute: tests of the notify path stay
             // about notifications (tests of client sync set their own).
             ("POLL__CLIENT_SYNC_CACHE_MS", "60000".to_owned()),
+            // The daily reconciliation runs only in the tests about it.
+            ("RECONCILE__ENABLED", "false".to_owned()),
+            ("RECONCILE__WORK_DIR", self.path("bill-tmp").display().to_string()),
+            ("RECONCILE__REPORTS_DIR", self.path("reports").display().to_string()),
             ("QUEUE__PREFIX", self.prefix.clone()),
         ];
         match (self.backend, &self.pg) {

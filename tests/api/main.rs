@@ -11,4 +11,5 @@ mod helpers;
 mod notify;
 mod observability;
 mod polling;
+mod reconcile;
 mod storage;

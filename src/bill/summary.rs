@@ -1,0 +1,144 @@
+//! The bill's last line: the row count and the column totals WeChat states for the day.
+//!
+//! Reconciliation compares this stated summary with the one recomputed from the rows (a file
+//! whose own totals disagree is corrupt, whatever our orders say) and with our books.
+
+use serde::{Deserialize, Serialize};
+
+use super::amount::{AmountError, parse_count, parse_fee_e5, parse_yuan, render_fee_e5, render_yuan};
+use super::row::BillRow;
+
+/// The summary header line.
+pub const SUMMARY_HEADER: [&str; SUMMARY_COLUMNS] =
+    ["总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额", "申请退款总金额"];
+
+/// Values on the summary line.
+pub const SUMMARY_COLUMNS: usize = 7;
+
+/// Count of detail rows and sums of the amount columns 13, 17, 18, 23, 25 and 26.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillSummary {
+    pub count: u64,
+    pub settlement_total_fen: i64,
+    pub refund_total_fen: i64,
+    pub recharge_coupon_refund_fen: i64,
+    /// In units of 0.00001 yuan, like [`BillRow::fee_e5`].
+    pub fee_e5: i64,
+    pub order_total_fen: i64,
+    pub refund_request_fen: i64,
+}
+
+/// Why a summary line could not be read; the reader adds the line number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SummaryError {
+    #[error("summary line: expected {SUMMARY_COLUMNS} values, found {0}")]
+    ColumnCount(usize),
+    #[error("summary value {column} ({name}): {source}")]
+    Amount { column: usize, name: &'static str, source: AmountError },
+}
+
+impl BillSummary {
+    /// Adds one row. Sums saturate: a hostile file must not wrap around to a plausible total,
+    /// and a saturated total cannot match anything real.
+    pub fn add(&mut self, row: &BillRow) {
+        self.count = self.count.saturating_add(1);
+        self.settlement_total_fen = self.settlement_total_fen.saturating_add(row.settlement_total_fen);
+        self.refund_total_fen = self.refund_total_fen.saturating_add(row.refund_fen);
+        self.recharge_coupon_refund_fen =
+            self.recharge_coupon_refund_fen.saturating_add(row.recharge_coupon_refund_fen);
+        self.fee_e5 = self.fee_e5.saturating_add(row.fee_e5);
+        self.order_total_fen = self.order_total_fen.saturating_add(row.order_total_fen);
+        self.refund_request_fen = self.refund_request_fen.saturating_add(row.refund_request_fen);
+    }
+
+    /// The summary WeChat should have printed for these rows.
+    pub fn from_rows<'a>(rows: impl IntoIterator<Item = &'a BillRow>) -> Self {
+        rows.into_iter().fold(Self::default(), |mut summary, row| {
+            summary.add(row);
+            summary
+        })
+    }
+
+    /// Reads the summary values (backticks removed), in either style WeChat prints
+    /// (`12,0.06,…,0.00000,…` or `45.0,0.47,…,0.08,…`).
+    pub fn from_values(values: &[&str]) -> Result<Self, SummaryError> {
+        let v: &[&str; SUMMARY_COLUMNS] = values.try_into().map_err(|_| SummaryError::ColumnCount(values.len()))?;
+        let amount = |index: usize, parse: fn(&str) -> Result<i64, AmountError>| {
+            parse(v[index]).map_err(|source| SummaryError::Amount {
+                column: index + 1,
+                name: SUMMARY_HEADER[index],
+                source,
+            })
+        };
+        Ok(BillSummary {
+            count: parse_count(v[0]).map_err(|source| SummaryError::Amount {
+                column: 1,
+                name: SUMMARY_HEADER[0],
+                source,
+            })?,
+            settlement_total_fen: amount(1, parse_yuan)?,
+            refund_total_fen: amount(2, parse_yuan)?,
+            recharge_coupon_refund_fen: amount(3, parse_yuan)?,
+            fee_e5: amount(4, parse_fee_e5)?,
+            order_total_fen: amount(5, parse_yuan)?,
+            refund_request_fen: amount(6, parse_yuan)?,
+        })
+    }
+
+    /// The values in the official style: integer count, 2-dp yuan, 5-dp fee total.
+    pub fn to_values(&self) -> [String; SUMMARY_COLUMNS] {
+        [
+            self.count.to_string(),
+            render_yuan(self.settlement_total_fen),
+            render_yuan(self.refund_total_fen),
+            render_yuan(self.recharge_coupon_refund_fen),
+            render_fee_e5(self.fee_e5),
+            render_yuan(self.order_total_fen),
+            render_yuan(self.refund_request_fen),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_number_styles_are_read() {
+        let official = BillSummary::from_values(&["12", "0.06", "0.06", "0.00", "0.00000", "0.06", "0.06"]);
+        assert_eq!(
+            official,
+            Ok(BillSummary {
+                count: 12,
+                settlement_total_fen: 6,
+                refund_total_fen: 6,
+                recharge_coupon_refund_fen: 0,
+                fee_e5: 0,
+                order_total_fen: 6,
+                refund_request_fen: 6,
+            })
+        );
+        let fixture = BillSummary::from_values(&["45.0", "0.47", "0.14", "0.0", "0.08", "0.47", "0.14"]).expect("sdk");
+        assert_eq!((fixture.count, fixture.settlement_total_fen, fixture.fee_e5), (45, 47, 8000));
+        assert_eq!(fixture.recharge_coupon_refund_fen, 0);
+    }
+
+    #[test]
+    fn summary_errors_name_the_value() {
+        assert_eq!(BillSummary::from_values(&["1"]), Err(SummaryError::ColumnCount(1)));
+        let err = BillSummary::from_values(&["1", "x", "0", "0", "0", "0", "0"]).expect_err("bad");
+        assert!(err.to_string().contains("应结订单总金额"), "{err}");
+    }
+
+    #[test]
+    fn sums_rows() {
+        let pay = BillRow { settlement_total_fen: 100, order_total_fen: 100, fee_e5: 1000, ..BillRow::default() };
+        let refund = BillRow { refund_fen: 40, refund_request_fen: 40, ..BillRow::default() };
+        let summary = BillSummary::from_rows([&pay, &pay, &refund]);
+        assert_eq!(summary.count, 3);
+        assert_eq!(summary.settlement_total_fen, 200);
+        assert_eq!(summary.refund_total_fen, 40);
+        assert_eq!(summary.fee_e5, 2000);
+        assert_eq!(summary.to_values()[4], "0.02000");
+    }
+}

@@ -1,0 +1,136 @@
+//! Getting a day's bill safely: apply for it, stream the download to a temporary file (size
+//! limited, restarted from zero if the connection breaks, deleted on drop whatever happens),
+//! and check its SHA-1 over the uncompressed bytes before anything reads it.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek};
+use std::path::Path;
+
+use flate2::read::GzDecoder;
+use sha1::{Digest, Sha1};
+use tempfile::NamedTempFile;
+
+use crate::wechat::{PayClient, WechatError};
+
+use super::ReconcileError;
+
+/// Downloads tried before the run fails (each starts over: the URL stays valid minutes).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+/// Temporary files are named so a restart can clear those a killed run left.
+pub const TEMP_PREFIX: &str = "wxpay-bill-";
+
+/// What WeChat has for a day.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A verified bill in a temporary file (gzip or plain).
+    Bill { file: NamedTempFile, sha1: String, bytes: u64 },
+    /// NO_STATEMENT_EXIST: no trade that day.
+    Empty,
+    /// STATEMENT_CREATING: ask again later.
+    NotReady,
+}
+
+pub async fn fetch(
+    pay: &PayClient,
+    bill_date: &str,
+    work_dir: &Path,
+    max_bytes: u64,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Fetched, ReconcileError> {
+    let info = match pay.trade_bill(bill_date).await {
+        Ok(info) => info,
+        Err(err) if err.code() == Some("NO_STATEMENT_EXIST") => return Ok(Fetched::Empty),
+        Err(err) if err.code() == Some("STATEMENT_CREATING") => return Ok(Fetched::NotReady),
+        Err(err) => return Err(err.into()),
+    };
+    if !info.hash_type.eq_ignore_ascii_case("SHA1") {
+        return Err(ReconcileError::Bill(format!("unsupported hash_type {}", info.hash_type)));
+    }
+    std::fs::create_dir_all(work_dir).map_err(|e| io(work_dir, &e))?;
+    let temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".bill")
+        .tempfile_in(work_dir)
+        .map_err(|e| io(work_dir, &e))?;
+    let mut last_error = None;
+    let mut bytes = 0;
+    for attempt in 1..=DOWNLOAD_ATTEMPTS {
+        let std_file = temp.reopen().map_err(|e| io(temp.path(), &e))?;
+        std_file.set_len(0).map_err(|e| io(temp.path(), &e))?;
+        let mut out = tokio::fs::File::from_std(std_file);
+        match pay.download_bill(&info.download_url, &mut out, max_bytes).await {
+            Ok(n) => {
+                bytes = n;
+                last_error = None;
+                break;
+            }
+            Err(err) if err.retryable() && attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(bill.date = bill_date, attempt, error = %err, "bill download broke; starting over");
+                last_error = Some(err);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    if let Some(err) = last_error {
+        return Err(err.into());
+    }
+    on_bytes(bytes);
+    let path = temp.path().to_owned();
+    let actual = tokio::task::spawn_blocking(move || sha1_of_plain(&path))
+        .await
+        .map_err(|e| ReconcileError::Io(e.to_string()))??;
+    if !actual.eq_ignore_ascii_case(&info.hash_value) {
+        return Err(ReconcileError::HashMismatch { expected: info.hash_value, actual });
+    }
+    Ok(Fetched::Bill { file: temp, sha1: actual, bytes })
+}
+
+fn io(path: &Path, err: &std::io::Error) -> ReconcileError {
+    ReconcileError::Io(format!("{}: {err}", path.display()))
+}
+
+/// The bill's bytes, uncompressed on the fly when they are gzip.
+pub fn open_plain(path: &Path) -> Result<Box<dyn BufRead + Send>, ReconcileError> {
+    let mut file = File::open(path).map_err(|e| io(path, &e))?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(|e| io(path, &e))?;
+    file.rewind().map_err(|e| io(path, &e))?;
+    const BUF: usize = 256 * 1024;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(BufReader::with_capacity(BUF, GzDecoder::new(BufReader::with_capacity(BUF, file)))))
+    } else {
+        Ok(Box::new(BufReader::with_capacity(BUF, file)))
+    }
+}
+
+/// SHA-1 (lower hex) of the uncompressed bill; a truncated gzip stream is an error here.
+pub fn sha1_of_plain(path: &Path) -> Result<String, ReconcileError> {
+    let mut reader = open_plain(path)?;
+    let mut hasher = Sha1::new();
+    loop {
+        let chunk = reader.fill_buf().map_err(|e| ReconcileError::Bill(format!("cannot read the bill: {e}")))?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(chunk);
+        let n = chunk.len();
+        reader.consume(n);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Deletes temporary bills a killed run left behind.
+pub fn clear_stale(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl From<WechatError> for ReconcileError {
+    fn from(err: WechatError) -> Self {
+        ReconcileError::Wechat(err)
+    }
+}

@@ -1,0 +1,360 @@
+//! Daily reconciliation: WeChat's trade bill is the ground truth of what money moved. For one
+//! WeChat day (Asia/Shanghai) we fetch the bill (`fetch`: verified before it is read), stream it
+//! row by row through the comparison with our payments of that day (`compare`), heal payments
+//! we missed (applied with source `bill` through the same checks as a notification), and store
+//! every difference (`bill_runs`, `discrepancies`) plus a CSV and JSON report (`report`).
+//! Re-running a date replaces its results; healing is idempotent.
+
+pub mod compare;
+pub mod fetch;
+pub mod report;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{Days, NaiveDate};
+
+use crate::bill::{BillItem, BillReader, BillRow};
+use crate::clock::Clock;
+use crate::config::ReconcileSettings;
+use crate::domain::EventSource;
+use crate::domain::time::{from_ms, parse_rfc3339, to_ms, to_wechat_rfc3339, wechat_date, wechat_day_start};
+use crate::storage::reconcile::{BillRun, Discrepancy};
+use crate::storage::{Db, StorageError};
+use crate::telemetry::metrics::Metrics;
+use crate::wechat::wire::pay::{Payer, Transaction, TransactionAmount};
+use crate::wechat::{PayClient, WechatError};
+
+use super::apply::{Applier, ApplyOutcome};
+use compare::{Comparator, Comparison, Unmatched, class};
+use fetch::Fetched;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0} is not a day that can be reconciled yet (bills exist for past Shanghai days)")]
+    NotYet(String),
+    #[error(transparent)]
+    Wechat(WechatError),
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("bill hash mismatch: WeChat announced {expected}, the file hashes to {actual}; nothing applied")]
+    HashMismatch { expected: String, actual: String },
+    #[error("bill rejected: {0}; nothing applied")]
+    Bill(String),
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+/// Where the run is, for a progress bar.
+pub trait Progress: Send + Sync {
+    fn downloaded(&self, _bytes: u64) {}
+    fn rows(&self, _rows: u64) {}
+}
+
+/// No progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+impl Progress for Quiet {}
+
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    db: Db,
+    pay: PayClient,
+    applier: Applier,
+    clock: Clock,
+    settings: ReconcileSettings,
+    metrics: Metrics,
+}
+
+/// Rows between progress reports.
+const PROGRESS_EVERY: u64 = 10_000;
+
+impl Reconciler {
+    pub fn new(
+        db: Db,
+        pay: PayClient,
+        applier: Applier,
+        clock: Clock,
+        settings: ReconcileSettings,
+        metrics: Metrics,
+    ) -> Self {
+        Self { db, pay, applier, clock, settings, metrics }
+    }
+
+    pub fn settings(&self) -> &ReconcileSettings {
+        &self.settings
+    }
+
+    /// Reconciles `date` and records the run, whatever its outcome. A bill that is not ready
+    /// is recorded `not_ready` with the time of the next attempt; an error is recorded
+    /// `failed` (and returned).
+    pub async fn run(&self, date: NaiveDate, progress: Arc<dyn Progress>) -> Result<BillRun, ReconcileError> {
+        let started_at_ms = self.clock.now_ms();
+        let bill_date = date.format("%Y-%m-%d").to_string();
+        let today = wechat_date(self.clock.now());
+        if date >= today {
+            return Err(ReconcileError::NotYet(bill_date));
+        }
+        let span = tracing::info_span!("reconcile", bill.date = %bill_date);
+        let _entered = span.enter();
+        let result = self.run_inner(date, &bill_date, Arc::clone(&progress)).await;
+        let finished_at_ms = self.clock.now_ms();
+        let retry_ms = i64::try_from(self.settings.retry_interval_secs).unwrap_or(1800).saturating_mul(1000);
+        let (run, found) = match result {
+            Ok(Outcome::Compared { comparison, sha1 }) => {
+                let found = comparison.discrepancies;
+                let healed = found.iter().filter(|d| d.resolution == "healed").count() as i64;
+                let unexplained = found.len() as i64 - healed;
+                let status = match (&sha1, found.is_empty()) {
+                    (_, false) => "discrepancies",
+                    (None, true) => "no_bill",
+                    (Some(_), true) => "clean",
+                };
+                let run = BillRun {
+                    bill_date: bill_date.clone(),
+                    status: status.into(),
+                    bill_rows: i64::try_from(comparison.rows).unwrap_or(i64::MAX),
+                    orders_compared: i64::try_from(comparison.orders_compared).unwrap_or(i64::MAX),
+                    discrepancies: found.len() as i64,
+                    unexplained,
+                    healed,
+                    bill_sha1: sha1,
+                    error: None,
+                    attempts: 1,
+                    started_at_ms,
+                    finished_at_ms,
+                    next_attempt_at_ms: None,
+                };
+                (run, found)
+            }
+            Ok(Outcome::NotReady) => {
+                (self.unfinished(&bill_date, "not_ready", None, started_at_ms, finished_at_ms + retry_ms), Vec::new())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reconciliation failed");
+                self.metrics.reconcile_runs.with_label_values(&["failed"]).inc();
+                let run = self.unfinished(
+                    &bill_date,
+                    "failed",
+                    Some(err.to_string()),
+                    started_at_ms,
+                    finished_at_ms + retry_ms,
+                );
+                if let Err(save) = self.db.save_bill_run(&run, &[]).await {
+                    tracing::error!(error = %save, "cannot record the failed run");
+                }
+                return Err(err);
+            }
+        };
+        self.db.save_bill_run(&run, &found).await?;
+        let saved = self.db.bill_run(&bill_date).await?.unwrap_or(run);
+        self.metrics.reconcile_runs.with_label_values(&[saved.status.as_str()]).inc();
+        if saved.status != "not_ready" {
+            self.metrics.reconcile_rows.inc_by(u64::try_from(saved.bill_rows).unwrap_or(0));
+            for d in &found {
+                self.metrics
+                    .reconcile_discrepancies
+                    .with_label_values(&[d.class.as_str(), d.resolution.as_str()])
+                    .inc();
+            }
+            if let Err(err) = report::write(&self.settings.reports_dir, &saved, &found) {
+                tracing::error!(error = %err, "cannot write the reconciliation report");
+            }
+        }
+        tracing::info!(status = %saved.status, rows = saved.bill_rows, discrepancies = saved.discrepancies, healed = saved.healed, unexplained = saved.unexplained, "reconciliation finished");
+        Ok(saved)
+    }
+
+    fn unfinished(&self, date: &str, status: &str, error: Option<String>, started: i64, next: i64) -> BillRun {
+        BillRun {
+            bill_date: date.to_owned(),
+            status: status.into(),
+            bill_rows: 0,
+            orders_compared: 0,
+            discrepancies: 0,
+            unexplained: 0,
+            healed: 0,
+            bill_sha1: None,
+            error,
+            attempts: 1,
+            started_at_ms: started,
+            finished_at_ms: self.clock.now_ms(),
+            next_attempt_at_ms: Some(next),
+        }
+    }
+
+    async fn run_inner(
+        &self,
+        date: NaiveDate,
+        bill_date: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Outcome, ReconcileError> {
+        let on_bytes = {
+            let progress = Arc::clone(&progress);
+            move |n: u64| progress.downloaded(n)
+        };
+        let fetched =
+            fetch::fetch(&self.pay, bill_date, &self.settings.work_dir, self.settings.max_bill_bytes, &on_bytes)
+                .await?;
+        let evidence = format!("bill:{bill_date}");
+        let healed_before: HashSet<String> = self.db.healed_by_bill(&evidence).await?.into_iter().collect();
+        let mut comparator = Comparator::new(healed_before);
+        let from_ms = to_ms(wechat_day_start(date));
+        let to_ms_ = to_ms(wechat_day_start(date.checked_add_days(Days::new(1)).unwrap_or(date)));
+        self.db.for_each_paid_order(from_ms, to_ms_, |order| comparator.add_ours(order)).await?;
+        let (comparator, sha1) = match fetched {
+            Fetched::NotReady => return Ok(Outcome::NotReady),
+            Fetched::Empty => (comparator, None),
+            Fetched::Bill { file, sha1, .. } => {
+                let path: PathBuf = file.path().to_owned();
+                let progress = Arc::clone(&progress);
+                let comparator = tokio::task::spawn_blocking(move || compare_file(&path, comparator, &*progress))
+                    .await
+                    .map_err(|e| ReconcileError::Io(e.to_string()))??;
+                drop(file); // deleted here, before anything is applied
+                (comparator, Some(sha1))
+            }
+        };
+        let mut comparison = comparator.finish();
+        let unmatched = std::mem::take(&mut comparison.unmatched);
+        for item in unmatched {
+            let d = self.resolve_unmatched(&item, &evidence, from_ms, to_ms_).await?;
+            if d.resolution == "healed" {
+                // Healed now: one of our payments of the day from here on, as a re-run sees it.
+                comparison.orders_compared += 1;
+            }
+            comparison.discrepancies.push(d);
+        }
+        Ok(Outcome::Compared { comparison, sha1 })
+    }
+
+    /// A payment in the bill that is not among our payments of the day: heal it if the order
+    /// is waiting for it, or say why it cannot be.
+    async fn resolve_unmatched(
+        &self,
+        item: &Unmatched,
+        evidence: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Discrepancy, ReconcileError> {
+        let row = &item.row;
+        let mut d = Discrepancy {
+            class: class::MISSING_HERE.into(),
+            out_trade_no: Some(row.out_trade_no.clone()),
+            transaction_id: Some(row.transaction_id.clone()),
+            ours: None,
+            theirs: Some(format!("SUCCESS {}", row.order_total_fen)),
+            bill_line: i64::try_from(item.line).ok(),
+            resolution: "unexplained".into(),
+            detail: String::new(),
+        };
+        let Some(order) = self.db.order_by_no(&row.out_trade_no).await? else {
+            d.class = class::UNKNOWN_ORDER.into();
+            d.detail = "paid at WeChat for an order we never created".into();
+            return Ok(d);
+        };
+        d.ours = Some(format!("{} {}", order.status, order.amount_fen));
+        match order.status.as_str() {
+            "NOTPAY" => {
+                let txn = transaction_of(row);
+                match self.applier.apply_reported_payment(&txn, EventSource::Bill, evidence).await? {
+                    ApplyOutcome::Applied => {
+                        self.metrics.reconcile_healed.inc();
+                        d.resolution = "healed".into();
+                        d.detail = "paid at WeChat, missed here; healed from this bill".into();
+                    }
+                    other => {
+                        d.class = class::AMOUNT_MISMATCH.into();
+                        d.detail = format!("payment not applied ({}): see anomalies", other.label());
+                    }
+                }
+            }
+            "CLOSED" => {
+                d.class = class::PAID_AFTER_CLOSE.into();
+                d.detail = "paid at WeChat for an order closed here: refund or honour it".into();
+            }
+            _ => {
+                let paid = order.paid_at_ms.unwrap_or(0);
+                if paid < from_ms || paid >= to_ms {
+                    d.class = class::DATE_MISMATCH.into();
+                    d.detail = format!("paid here at {}", to_wechat_rfc3339(from_ms_checked(paid)));
+                } else {
+                    d.class = class::STATUS_MISMATCH.into();
+                    d.detail = format!("order is {} here", order.status);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Whether `date` has a finished run (clean, with discrepancies, or no bill).
+    pub async fn is_done(&self, date: NaiveDate) -> Result<Option<BillRun>, StorageError> {
+        self.db.bill_run(&date.format("%Y-%m-%d").to_string()).await
+    }
+}
+
+fn from_ms_checked(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    from_ms(ms)
+}
+
+enum Outcome {
+    Compared { comparison: Comparison, sha1: Option<String> },
+    NotReady,
+}
+
+/// Reads the verified bill row by row into the comparator (blocking: runs off the runtime).
+fn compare_file(
+    path: &std::path::Path,
+    mut comparator: Comparator,
+    progress: &dyn Progress,
+) -> Result<Comparator, ReconcileError> {
+    let mut reader = BillReader::new(fetch::open_plain(path)?);
+    let mut rows = 0u64;
+    while let Some(item) = reader.next() {
+        let line = reader.line();
+        match item.map_err(|e| ReconcileError::Bill(e.to_string()))? {
+            BillItem::Row(row) => {
+                rows += 1;
+                comparator.row(line, row);
+                if rows.is_multiple_of(PROGRESS_EVERY) {
+                    progress.rows(rows);
+                }
+            }
+            BillItem::Summary(summary) => comparator.summary(line, &summary),
+        }
+    }
+    progress.rows(rows);
+    if !comparator.summary_seen() {
+        return Err(ReconcileError::Bill("the bill ends without its summary (truncated?)".into()));
+    }
+    Ok(comparator)
+}
+
+/// The transaction a bill row reports, in the shape the applier checks.
+fn transaction_of(row: &BillRow) -> Transaction {
+    let success_time = chrono::NaiveDateTime::parse_from_str(&row.trade_time, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .and_then(|t| t.and_local_timezone(chrono_tz::Asia::Shanghai).single())
+        .map(|t| t.to_rfc3339())
+        .and_then(|s| parse_rfc3339(&s).map(to_wechat_rfc3339));
+    Transaction {
+        appid: row.appid.clone(),
+        mchid: row.mchid.clone(),
+        out_trade_no: row.out_trade_no.clone(),
+        transaction_id: Some(row.transaction_id.clone()),
+        trade_type: Some(row.trade_type.clone()),
+        trade_state: "SUCCESS".into(),
+        trade_state_desc: String::new(),
+        bank_type: Some(row.bank_type.clone()),
+        attach: Some(row.attach.clone()),
+        success_time,
+        payer: Some(Payer { openid: row.openid.clone() }),
+        amount: Some(TransactionAmount {
+            total: Some(row.order_total_fen),
+            payer_total: Some(row.settlement_total_fen),
+            currency: Some(row.currency.clone()),
+            payer_currency: Some(row.currency.clone()),
+        }),
+    }
+}

@@ -1,0 +1,392 @@
+//! Daily reconciliation against the simulator's bills: a clean day, a missed payment healed
+//! from the bill, each injected discrepancy class found exactly once, identical re-runs, bills
+//! that fail verification applying nothing, Shanghai midnight, the scheduler's retries, and
+//! the CLI. "The next morning" comes from the shared clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate, TimeZone};
+use chrono_tz::Asia::Shanghai;
+use futures::future::join_all;
+use serde_json::{Value, json};
+use wxpay_recon::demo::MiniProgram;
+use wxpay_recon::domain::time::wechat_date;
+use wxpay_recon::services::reconcile::Quiet;
+use wxpay_recon::storage::reconcile::{BillRun, Discrepancy};
+
+use crate::helpers::*;
+
+async fn set_chaos(env: &TestEnv, chaos: Value) {
+    let response =
+        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
+}
+
+async fn create_orders(client: &MiniProgram, n: usize) -> Vec<String> {
+    let mut numbers = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let placed = join_all(chunk.iter().map(|_| client.create_order("sticker", 1))).await;
+        numbers.extend(placed.into_iter().map(|p| p.unwrap().out_trade_no));
+    }
+    numbers
+}
+
+async fn pay_all(env: &TestEnv, numbers: &[String]) {
+    let paid: Value = reqwest::Client::new()
+        .post(format!("{}/sim/pay-batch", env.sim.base_url()))
+        .json(&json!({ "out_trade_nos": numbers }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["paid"], numbers.len(), "{paid}");
+}
+
+async fn count_status(app: &TestApp, status: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
+        .bind(status)
+        .fetch_one(app.state.db.reader())
+        .await
+        .unwrap();
+    n
+}
+
+/// The poller would also find missed payments once the clock jumps to the next day: these
+/// tests are about the bill finding them.
+fn no_polling(s: &mut wxpay_recon::config::Settings) {
+    s.poll.sweep_interval_ms = 3_600_000;
+}
+
+/// Tests that pay and then reconcile "today" must not straddle Shanghai midnight: near it,
+/// the shared clock first moves past it.
+fn away_from_midnight(env: &TestEnv) -> NaiveDate {
+    let local = env.clock.now().with_timezone(&Shanghai);
+    if local.format("%H%M").to_string().as_str() >= "2345" {
+        env.clock.advance(Duration::from_secs(20 * 60));
+    }
+    wechat_date(env.clock.now())
+}
+
+/// Moves the shared clock to `hh:mm` Shanghai on the day after `day`.
+fn advance_to_next_morning(env: &TestEnv, day: NaiveDate, hh: u32, mm: u32) {
+    let next = day.checked_add_days(Days::new(1)).unwrap();
+    let target = Shanghai.from_local_datetime(&next.and_hms_opt(hh, mm, 0).unwrap()).unwrap();
+    let delta = target.with_timezone(&chrono::Utc) - env.clock.now();
+    env.clock.advance(delta.to_std().expect("target in the future"));
+}
+
+/// (class, resolution, out_trade_no) of a day's discrepancies, sorted.
+fn classes(found: &[Discrepancy]) -> Vec<(String, String, Option<String>)> {
+    let mut out: Vec<_> =
+        found.iter().map(|d| (d.class.clone(), d.resolution.clone(), d.out_trade_no.clone())).collect();
+    out.sort();
+    out
+}
+
+/// A run without its timestamps and attempt counter, to compare two runs of one date.
+fn stable(run: &BillRun) -> BillRun {
+    BillRun { started_at_ms: 0, finished_at_ms: 0, attempts: 0, ..run.clone() }
+}
+
+fn work_dir_is_empty(env: &TestEnv) -> bool {
+    std::fs::read_dir(env.path("bill-tmp")).map_or(true, |mut d| d.next().is_none())
+}
+
+async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let (client, _) = env.client(&app).await;
+    let day = away_from_midnight(&env);
+
+    // 500 orders: 448 paid and notified, 1 paid with its notification lost, 31 unpaid, 20
+    // cancelled by the payer.
+    let numbers = create_orders(&client, 500).await;
+    let (paid, rest) = numbers.split_at(448);
+    let (missed, rest) = rest.split_at(1);
+    let (cancelled, _unpaid) = rest.split_at(20);
+    pay_all(&env, paid).await;
+    eventually("448 payments applied", Duration::from_secs(60), || async {
+        count_status(&app, "SUCCESS").await == 448
+    })
+    .await;
+    set_chaos(&env, json!({ "drop_rate": 1.0 })).await;
+    pay_all(&env, missed).await;
+    for no in cancelled {
+        client.post("close", &format!("/api/orders/{no}/close"), json!({})).await.unwrap();
+    }
+    advance_to_next_morning(&env, day, 10, 0);
+
+    let reconciler = &app.state.reconciler;
+    let first = reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    let bill_date = day.to_string();
+    let found = app.state.db.discrepancies_of(&bill_date).await.unwrap();
+    assert_eq!(classes(&found), vec![("missing_here".into(), "healed".into(), Some(missed[0].clone()))]);
+    assert_eq!(
+        (first.bill_rows, first.orders_compared, first.healed, first.unexplained),
+        (449, 449, 1, 0),
+        "{first:?}"
+    );
+    assert!(first.bill_sha1.is_some());
+    let healed = app.state.db.order_by_no(&missed[0]).await.unwrap().unwrap();
+    assert_eq!(healed.status, "SUCCESS");
+    let events = app.state.db.order_events(healed.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!((last.source.as_str(), last.to_status.as_str(), last.applied), ("bill", "SUCCESS", 1));
+    assert_eq!(last.evidence.as_deref(), Some(format!("bill:{bill_date}").as_str()));
+    assert!(work_dir_is_empty(&env), "the downloaded bill is deleted");
+
+    // The same date again: identical results.
+    let second = reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!(stable(&second), stable(&first));
+    assert_eq!(classes(&app.state.db.discrepancies_of(&bill_date).await.unwrap()), classes(&found));
+    assert_eq!(second.attempts, 2);
+
+    // Each class injected into the bill once is reported once.
+    set_chaos(
+        &env,
+        json!({ "bill": {
+            "omit_rows": [paid[0]],
+            "amount_delta_fen": { (paid[1].clone()): 1 },
+            "duplicate_rows": [paid[2]],
+            "status_override": { (paid[3].clone()): "REVOKED" },
+            "summary_delta_fen": 7,
+        }}),
+    )
+    .await;
+    let third = reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    let found = app.state.db.discrepancies_of(&bill_date).await.unwrap();
+    let mut expected = vec![
+        ("amount_mismatch".to_owned(), "unexplained".to_owned(), Some(paid[1].clone())),
+        ("duplicate_row".into(), "unexplained".into(), Some(paid[2].clone())),
+        ("missing_at_wechat".into(), "unexplained".into(), Some(paid[0].clone())),
+        ("missing_here".into(), "healed".into(), Some(missed[0].clone())),
+        ("status_mismatch".into(), "unexplained".into(), Some(paid[3].clone())),
+        ("summary_mismatch".into(), "unexplained".into(), None),
+    ];
+    expected.sort();
+    assert_eq!(classes(&found), expected);
+    assert_eq!((third.status.as_str(), third.unexplained, third.healed), ("discrepancies", 5, 1));
+    let amount = found.iter().find(|d| d.class == "amount_mismatch").unwrap();
+    assert_eq!((amount.ours.as_deref(), amount.theirs.as_deref()), (Some("1"), Some("2")));
+    assert!(amount.bill_line.is_some_and(|l| l >= 2));
+
+    // Reports on disk, CSV and JSON, replaced by each run.
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(env.path("reports").join(format!("{bill_date}.json"))).unwrap()).unwrap();
+    assert_eq!(json["discrepancies"].as_array().unwrap().len(), 6);
+    assert_eq!(json["run"]["status"], "discrepancies");
+    let csv = std::fs::read_to_string(env.path("reports").join(format!("{bill_date}.csv"))).unwrap();
+    assert_eq!(csv.lines().count(), 7, "header + one line per discrepancy:\n{csv}");
+    assert!(app.metrics.reconcile_discrepancies.with_label_values(&["duplicate_row", "unexplained"]).get() == 1);
+    assert_eq!(app.metrics.reconcile_healed.get(), 1, "healed once, reported again on re-runs");
+}
+
+async fn a_bill_that_fails_verification_applies_nothing(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let (client, _) = env.client(&app).await;
+    let day = away_from_midnight(&env);
+    let numbers = create_orders(&client, 6).await;
+    pay_all(&env, &numbers[..5]).await;
+    eventually("payments applied", Duration::from_secs(30), || async { count_status(&app, "SUCCESS").await == 5 })
+        .await;
+    set_chaos(&env, json!({ "drop_rate": 1.0 })).await;
+    pay_all(&env, &numbers[5..]).await; // missed here: a good bill would heal it
+    advance_to_next_morning(&env, day, 10, 0);
+
+    let cases = [
+        ("hash", "hash mismatch"),
+        ("truncate", "cannot read the bill"),
+        ("malformed_row", "line"),
+        ("column_count", "line"),
+    ];
+    for (corruption, expected) in cases {
+        set_chaos(&env, json!({ "drop_rate": 1.0, "bill": { "corrupt": corruption } })).await;
+        let err = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{corruption}: {err}");
+        assert_eq!(count_status(&app, "SUCCESS").await, 5, "{corruption}: nothing applied");
+        assert!(work_dir_is_empty(&env), "{corruption}: the temporary bill is gone");
+        let run = app.state.db.bill_run(&day.to_string()).await.unwrap().unwrap();
+        assert_eq!(run.status, "failed", "{corruption}");
+        assert!(run.error.as_deref().is_some_and(|e| e.contains(expected)), "{run:?}");
+        assert!(run.next_attempt_at_ms.is_some(), "a failed run is retried later");
+    }
+    // The fault is gone: the same date now heals the missed payment.
+    set_chaos(&env, json!({ "drop_rate": 1.0 })).await;
+    let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!((run.status.as_str(), run.healed, run.unexplained), ("discrepancies", 1, 0));
+    assert_eq!(count_status(&app, "SUCCESS").await, 6);
+}
+
+async fn payments_around_shanghai_midnight_land_on_their_own_day(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let (client, _) = env.client(&app).await;
+    // Move to 23:59:58 Shanghai (today, or tomorrow if that is already past).
+    let today = wechat_date(env.clock.now());
+    let mut target =
+        Shanghai.from_local_datetime(&today.and_hms_opt(23, 59, 58).unwrap()).unwrap().with_timezone(&chrono::Utc);
+    if target <= env.clock.now() {
+        target += chrono::Duration::days(1);
+    }
+    env.clock.advance((target - env.clock.now()).to_std().unwrap());
+    let numbers = create_orders(&client, 2).await;
+    let before = wechat_date(env.clock.now());
+    pay_all(&env, &numbers[..1]).await;
+    env.clock.advance(Duration::from_secs(4));
+    let after = wechat_date(env.clock.now());
+    assert_eq!(after, before.checked_add_days(Days::new(1)).unwrap());
+    pay_all(&env, &numbers[1..]).await;
+    eventually("both paid", Duration::from_secs(30), || async { count_status(&app, "SUCCESS").await == 2 }).await;
+    advance_to_next_morning(&env, after, 10, 0);
+
+    for (day, no) in [(before, &numbers[0]), (after, &numbers[1])] {
+        let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+        assert_eq!((run.status.as_str(), run.bill_rows, run.orders_compared), ("clean", 1, 1), "{day}: {run:?}");
+        let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
+        assert_eq!(wechat_date(wxpay_recon::domain::time::from_ms(order.paid_at_ms.unwrap())), day);
+    }
+}
+
+async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            no_polling(s);
+            s.reconcile.enabled = true;
+            s.reconcile.run_at = "08:00".into(); // before WeChat has the bill (09:00)
+            s.reconcile.retry_interval_secs = 600;
+            s.reconcile.tick_interval_ms = 100;
+            s.reconcile.catch_up_days = 3;
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let day = away_from_midnight(&env);
+    let numbers = create_orders(&client, 3).await;
+    pay_all(&env, &numbers).await;
+    eventually("paid", Duration::from_secs(30), || async { count_status(&app, "SUCCESS").await == 3 }).await;
+    let bill_date = day.to_string();
+
+    // 08:30 the next morning: the run is attempted, WeChat is still creating the bill.
+    advance_to_next_morning(&env, day, 8, 30);
+    eventually("a not_ready run", Duration::from_secs(30), || async {
+        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status == "not_ready")
+    })
+    .await;
+    // The days before had no trade: caught up as no_bill.
+    for back in [2, 3] {
+        let earlier = day.checked_sub_days(Days::new(back - 1)).unwrap().to_string();
+        eventually("earlier days caught up", Duration::from_secs(30), || async {
+            app.state.db.bill_run(&earlier).await.unwrap().is_some_and(|r| r.status == "no_bill")
+        })
+        .await;
+    }
+    // Past the retry interval and 09:00 (09:10): the bill is there.
+    env.clock.advance(Duration::from_secs(40 * 60));
+    eventually("a clean run", Duration::from_secs(30), || async {
+        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status == "clean")
+    })
+    .await;
+    let run = app.state.db.bill_run(&bill_date).await.unwrap().unwrap();
+    assert_eq!((run.bill_rows, run.attempts), (3, 2), "{run:?}");
+    let scraped = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    let last = scraped.lines().find(|l| l.starts_with("wxpay_reconcile_last_success_timestamp_seconds ")).unwrap();
+    assert!(!last.ends_with(" 0"), "{last}");
+}
+
+/// The CLI on a past day the simulator has no bill for, while our books say we were paid then:
+/// one unexplained discrepancy, exit code 3. And `bill parse` on good and broken files.
+async fn the_cli_reports_and_exits_non_zero_on_unexplained(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let (client, _) = env.client(&app).await;
+    let no = create_orders(&client, 1).await.remove(0);
+    let yesterday = wechat_date(env.clock.now()).checked_sub_days(Days::new(1)).unwrap();
+    let paid_at = Shanghai.from_local_datetime(&yesterday.and_hms_opt(12, 0, 0).unwrap()).unwrap().timestamp_millis();
+    sqlx::query("UPDATE orders SET status = 'SUCCESS', paid_at_ms = $1, transaction_id = 'T1' WHERE out_trade_no = $2")
+        .bind(paid_at)
+        .bind(&no)
+        .execute(app.state.db.writer())
+        .await
+        .unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
+        .args(["reconcile", "--date", &yesterday.to_string()])
+        .envs(env.env_vars())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("missing_at_wechat") && stdout.contains(&no), "{stdout}");
+    assert!(env.path("reports").join(format!("{yesterday}.csv")).exists());
+
+    // bill parse: a bill the simulator wrote is fine; a truncated one names its line.
+    let mut good = Vec::new();
+    let mut writer = wxpay_recon::bill::BillWriter::new(&mut good).unwrap();
+    let row = sample_row();
+    writer.write_row(&row).unwrap();
+    writer.finish().unwrap();
+    let good_path = env.path("good.bill");
+    std::fs::write(&good_path, &good).unwrap();
+    let parsed = run_bill_parse(&env, &good_path).await;
+    assert!(parsed.0 && parsed.1.contains("1 rows"), "{parsed:?}");
+    let cut = env.path("cut.bill");
+    std::fs::write(&cut, &good[..good.len() - 20]).unwrap();
+    let parsed = run_bill_parse(&env, &cut).await;
+    assert!(!parsed.0 && parsed.1.contains("line"), "{parsed:?}");
+}
+
+fn sample_row() -> wxpay_recon::bill::BillRow {
+    wxpay_recon::bill::BillRow {
+        trade_time: "2026-11-24 12:00:00".into(),
+        appid: "wx1".into(),
+        mchid: "190000".into(),
+        sub_mchid: "0".into(),
+        device_info: String::new(),
+        transaction_id: "4200000000202611240000000001".into(),
+        out_trade_no: "NO1".into(),
+        openid: "o1".into(),
+        trade_type: "JSAPI".into(),
+        trade_state: "SUCCESS".into(),
+        bank_type: "OTHERS".into(),
+        currency: "CNY".into(),
+        settlement_total_fen: 500,
+        coupon_fen: 0,
+        refund_id: "0".into(),
+        out_refund_no: "0".into(),
+        refund_fen: 0,
+        recharge_coupon_refund_fen: 0,
+        refund_type: String::new(),
+        refund_status: String::new(),
+        product_name: "贴纸".into(),
+        attach: String::new(),
+        fee_e5: 3000,
+        rate: "0.60%".into(),
+        order_total_fen: 500,
+        refund_request_fen: 0,
+        rate_note: String::new(),
+    }
+}
+
+async fn run_bill_parse(env: &TestEnv, path: &std::path::Path) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
+        .args(["bill", "parse"])
+        .arg(path)
+        .envs(env.env_vars())
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+crate::both_profiles!(
+    a_day_reconciles_and_every_injected_class_is_found_once,
+    a_bill_that_fails_verification_applies_nothing,
+    payments_around_shanghai_midnight_land_on_their_own_day,
+    the_scheduler_waits_for_the_bill_and_catches_up,
+    the_cli_reports_and_exits_non_zero_on_unexplained,
+);
