@@ -19,6 +19,7 @@ use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::orders::OrderService;
 use crate::services::reconcile::Reconciler;
+use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
@@ -138,6 +139,15 @@ impl Application {
             settings.poll.clone(),
             metrics.clone(),
         );
+        let refunds = RefundService::new(
+            db.clone(),
+            pay.clone(),
+            clock.clone(),
+            settings.wechat.notify_url.clone(),
+            settings.poll.clone(),
+            settings.orders.poll_grace_secs,
+            metrics.clone(),
+        );
         let reconciler = Reconciler::new(
             db.clone(),
             pay,
@@ -151,12 +161,20 @@ impl Application {
             queue: queue.clone(),
             sync: sync.clone(),
             reconciler: reconciler.clone(),
+            refunds: refunds.clone(),
             applier,
             clock: clock.clone(),
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),
         });
-        let state = AppState { login, orders, sync, reconciler, ingest, db, queue, metrics, clock };
+        let admin_token = crate::config::secret::resolve(
+            "server.admin_token",
+            settings.server.admin_token.as_ref(),
+            settings.server.admin_token_file.as_ref(),
+        )?
+        .map(Arc::new);
+        let state =
+            AppState { login, orders, sync, reconciler, refunds, ingest, db, queue, metrics, clock, admin_token };
         Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
     }
 

@@ -175,3 +175,23 @@ CREATE TABLE discrepancies (
     created_at_ms  BIGINT  NOT NULL
 );
 CREATE INDEX discrepancies_date ON discrepancies (bill_date);
+
+-- Refunds we applied for. The order's refunded_fen moves only when a refund is SUCCESS.
+CREATE TABLE refunds (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    out_refund_no    TEXT    NOT NULL UNIQUE,
+    order_id         BIGINT  NOT NULL REFERENCES orders (id),
+    out_trade_no     TEXT    NOT NULL,
+    amount_fen       BIGINT  NOT NULL CHECK (amount_fen > 0),
+    reason           TEXT,
+    status           TEXT    NOT NULL CHECK (status IN ('REQUESTED', 'PROCESSING', 'SUCCESS', 'CLOSED', 'ABNORMAL')),
+    refund_id        TEXT,
+    requested_at_ms  BIGINT  NOT NULL,          -- its WeChat day is the bill day of the refund row
+    success_at_ms    BIGINT,
+    next_check_at_ms BIGINT,                    -- when the poller next asks WeChat (unfinished only)
+    check_attempts   BIGINT  NOT NULL DEFAULT 0,
+    updated_at_ms    BIGINT  NOT NULL
+);
+CREATE INDEX refunds_order ON refunds (order_id);
+CREATE INDEX refunds_requested ON refunds (requested_at_ms);
+CREATE INDEX refunds_due ON refunds (next_check_at_ms) WHERE status IN ('REQUESTED', 'PROCESSING') AND next_check_at_ms IS NOT NULL;

@@ -32,6 +32,42 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
+/// An operator holding `server.admin_token`. Without a configured token every admin route is
+/// refused (403): there is no default password.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(expected) = state.admin_token.as_deref() else {
+            return Err(ApiError::Forbidden("admin routes are disabled: set server.admin_token".into()));
+        };
+        let given = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized("admin token required".into()))
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
 /// `Json<T>` whose rejection is a 400 `INVALID_REQUEST` naming what is wrong.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

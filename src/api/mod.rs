@@ -1,12 +1,14 @@
 //! The HTTP API: one module per resource, each exposing `router()`; here they are assembled
 //! with the cross-cutting layers (body limit, timeout, tracing, HTTP metrics).
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod notify;
 pub mod orders;
+pub mod refunds;
 pub mod state;
 
 use std::time::{Duration, Instant};
@@ -33,7 +35,12 @@ pub enum Routes {
 pub fn router(state: AppState, routes: Routes, body_limit: usize, timeout: Duration) -> Router {
     let mut app = Router::new().merge(health::router());
     if routes == Routes::Full {
-        app = app.merge(auth::router()).merge(orders::router()).merge(notify::router());
+        app = app
+            .merge(admin::router())
+            .merge(auth::router())
+            .merge(orders::router())
+            .merge(refunds::router())
+            .merge(notify::router());
     }
     app.layer(middleware::from_fn_with_state(state.clone(), record_http))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

@@ -6,6 +6,7 @@ use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::orders::OrderService;
 use crate::services::reconcile::Reconciler;
+use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
 use crate::storage::Db;
 use crate::telemetry::metrics::Metrics;
@@ -16,9 +17,12 @@ pub struct AppState {
     pub orders: OrderService,
     pub sync: OrderSync,
     pub reconciler: Reconciler,
+    pub refunds: RefundService,
     pub ingest: NotifyIngest,
     pub db: Db,
     pub queue: JobQueue,
     pub metrics: Metrics,
     pub clock: Clock,
+    /// `server.admin_token`, if set: guards the admin routes.
+    pub admin_token: Option<std::sync::Arc<crate::config::Secret<String>>>,
 }

@@ -34,6 +34,8 @@ pub enum Job {
     ApplyNotification { inbox_id: i64 },
     /// Ask WeChat about the unpaid order `out_trade_no` and act on the answer.
     CheckOrder { out_trade_no: String },
+    /// Ask WeChat about the unfinished refund `out_refund_no` (or apply for it again).
+    CheckRefund { out_refund_no: String },
 }
 
 impl Job {
@@ -42,13 +44,24 @@ impl Job {
         match self {
             Job::ApplyNotification { .. } => "apply_notification",
             Job::CheckOrder { .. } => "check_order",
+            Job::CheckRefund { .. } => "check_refund",
         }
     }
 
     pub fn queue(&self) -> QueueName {
         match self {
             Job::ApplyNotification { .. } => QueueName::Apply,
-            Job::CheckOrder { .. } => QueueName::Poll,
+            Job::CheckOrder { .. } | Job::CheckRefund { .. } => QueueName::Poll,
+        }
+    }
+
+    /// What the job is about, for the `job.id` log field: the inbox id or the merchant's
+    /// order/refund number (identifiers only, never payload data).
+    pub fn subject(&self) -> String {
+        match self {
+            Job::ApplyNotification { inbox_id } => inbox_id.to_string(),
+            Job::CheckOrder { out_trade_no } => out_trade_no.clone(),
+            Job::CheckRefund { out_refund_no } => out_refund_no.clone(),
         }
     }
 }

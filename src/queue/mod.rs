@@ -10,7 +10,7 @@ mod job;
 use std::str::FromStr;
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis::prelude::{Metrics, TaskBuilder, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::{SqlitePool, SqliteStorage};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -196,6 +196,79 @@ impl JobQueue {
             }
         }
     }
+
+    /// Per-queue statistics, the numbers apalis-board shows: apalis' own
+    /// `Metrics::fetch_by_queue` on SQLite. On Redis that call fails in apalis-redis 1.0.0 (its
+    /// Lua script reads a timestamp argument the Rust side never passes), so the same sets are
+    /// counted here through apalis-redis' key names.
+    pub async fn stats(&self, queue: QueueName) -> Result<Vec<QueueStat>, QueueError> {
+        let unavailable = |e: &dyn std::fmt::Display| QueueError::Unavailable(e.to_string());
+        match self {
+            JobQueue::Sqlite { .. } => {
+                let Some(storage) = self.sqlite_storage(queue) else { return Ok(Vec::new()) };
+                let mut stats: Vec<(u64, QueueStat)> = storage
+                    .fetch_by_queue()
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .into_iter()
+                    .map(|s| (s.priority.unwrap_or(u64::MAX), QueueStat { title: s.title, value: s.value }))
+                    .collect();
+                stats.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.title.cmp(&b.1.title)));
+                Ok(stats.into_iter().map(|(_, s)| s).collect())
+            }
+            JobQueue::Redis { conn, .. } => {
+                let keys = apalis_redis::Config::default().queue(self.queue_name(queue));
+                let count = |cmd: &str, key: String| {
+                    let mut conn = conn.clone();
+                    let cmd = redis::cmd(cmd).arg(key).clone();
+                    async move { cmd.query_async::<u64>(&mut conn).await }
+                };
+                let pending = count("LLEN", keys.active_jobs_list()).await.map_err(|e| unavailable(&e))?;
+                let scheduled = count("ZCARD", keys.scheduled_jobs_set()).await.map_err(|e| unavailable(&e))?;
+                let done = count("ZCARD", keys.done_jobs_set()).await.map_err(|e| unavailable(&e))?;
+                let failed = count("ZCARD", keys.dead_jobs_set()).await.map_err(|e| unavailable(&e))?;
+                // One inflight set per worker, `<queue>:inflight:<worker>`: found with SCAN
+                // (never KEYS, which blocks a shared Redis).
+                let pattern = format!("{}:*", keys.inflight_jobs_set());
+                let mut scan_conn = conn.clone();
+                let mut cursor: u64 = 0;
+                let mut running = 0;
+                loop {
+                    let (next, sets): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut scan_conn)
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    for set in sets {
+                        running += count("SCARD", set).await.map_err(|e| unavailable(&e))?;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                let stat = |title: &str, value: u64| QueueStat { title: title.to_owned(), value: value.to_string() };
+                Ok(vec![
+                    stat("RUNNING_JOBS", running),
+                    stat("PENDING_JOBS", pending),
+                    stat("SCHEDULED_JOBS", scheduled),
+                    stat("FAILED_JOBS", failed),
+                    stat("DONE_JOBS", done),
+                ])
+            }
+        }
+    }
+}
+
+/// One statistic of a queue as its backend reports it, e.g. `PENDING_JOBS` = `3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStat {
+    pub title: String,
+    pub value: String,
 }
 
 /// The Unix second a job delayed by `delay` may run at. Both backends keep whole seconds and

@@ -11,9 +11,11 @@ use crate::domain::time::parse_rfc3339;
 use crate::domain::{EventSource, OrderStatus};
 use crate::storage::inbox::{Anomaly, InboxRow};
 use crate::storage::orders::{OrderRow, TransitionOutcome, TransitionRequest};
+use crate::storage::refunds::RefundOutcome;
 use crate::storage::{Db, StorageError, Tx};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::wire::pay::Transaction;
+use crate::wechat::wire::refund::RefundNotice;
 
 /// What applying one inbox entry did; `label()` feeds `wxpay_inbox_applied_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,7 @@ impl Applier {
         let mut tx = self.db.begin().await?;
         let (outcome, detail) = match entry.event_type.as_str() {
             "TRANSACTION.SUCCESS" => self.apply_notified_payment(&mut tx, &entry).await?,
+            "REFUND.SUCCESS" | "REFUND.ABNORMAL" | "REFUND.CLOSED" => self.apply_refund_notice(&mut tx, &entry).await?,
             other => (ApplyOutcome::Ignored, Some(format!("event type {other} is not applied by this version"))),
         };
         let label = match &outcome {
@@ -97,7 +100,14 @@ impl Applier {
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
         tx.commit().await?;
-        self.count_transition(&outcome, EventSource::Notify);
+        if entry.event_type.starts_with("REFUND.") {
+            if outcome == ApplyOutcome::Applied && entry.event_type == "REFUND.SUCCESS" {
+                self.metrics.order_transitions.with_label_values(&["REFUND", "notify"]).inc();
+                self.metrics.refunds.with_label_values(&["succeeded"]).inc();
+            }
+        } else {
+            self.count_transition(&outcome, EventSource::Notify);
+        }
         tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
         Ok(outcome)
     }
@@ -125,6 +135,64 @@ impl Applier {
     fn count_transition(&self, outcome: &ApplyOutcome, source: EventSource) {
         if *outcome == ApplyOutcome::Applied {
             self.metrics.order_transitions.with_label_values(&["SUCCESS", source.as_str()]).inc();
+        }
+    }
+
+    /// `REFUND.*`: the refund we applied for succeeded (money moves on the order) or did not.
+    async fn apply_refund_notice(
+        &self,
+        tx: &mut Tx,
+        entry: &InboxRow,
+    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
+        let evidence = Evidence { source: EventSource::Notify, reference: &entry.notification_id };
+        let now_ms = self.clock.now_ms();
+        let notice: RefundNotice = match serde_json::from_str(&entry.resource_json) {
+            Ok(notice) => notice,
+            Err(err) => {
+                let detail = format!("resource is not a refund: {err}");
+                self.anomaly(tx, "malformed_resource", &evidence, None, None, &detail, now_ms).await?;
+                return Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)));
+            }
+        };
+        let no = Some(notice.out_trade_no.as_str());
+        if notice.mchid != self.mchid {
+            let detail = format!("mchid_mismatch: ours {}, notification {}", self.mchid, notice.mchid);
+            self.anomaly(tx, "mchid_mismatch", &evidence, None, no, &detail, now_ms).await?;
+            return Ok((ApplyOutcome::Anomaly("mchid_mismatch"), Some(detail)));
+        }
+        if notice.refund_status != "SUCCESS" {
+            let changed =
+                self.db.finish_refund_unpaid(tx, &notice.out_refund_no, &notice.refund_status, now_ms).await?;
+            let outcome = if changed { ApplyOutcome::Applied } else { ApplyOutcome::Duplicate };
+            return Ok((outcome, Some(format!("refund {} is {}", notice.out_refund_no, notice.refund_status))));
+        }
+        let success_ms =
+            notice.success_time.as_deref().and_then(parse_rfc3339).map_or(now_ms, |t| t.timestamp_millis());
+        let outcome = self
+            .db
+            .apply_refund_success(
+                tx,
+                &notice.out_refund_no,
+                &notice.refund_id,
+                notice.amount.refund,
+                success_ms,
+                EventSource::Notify,
+                &entry.notification_id,
+                now_ms,
+            )
+            .await?;
+        match outcome {
+            RefundOutcome::Applied => Ok((ApplyOutcome::Applied, None)),
+            RefundOutcome::Duplicate => Ok((ApplyOutcome::Duplicate, None)),
+            RefundOutcome::Mismatch(detail) => {
+                self.anomaly(tx, "refund_mismatch", &evidence, None, no, &detail, now_ms).await?;
+                Ok((ApplyOutcome::Anomaly("refund_mismatch"), Some(detail)))
+            }
+            RefundOutcome::Unknown => {
+                let detail = format!("no refund {} here", notice.out_refund_no);
+                self.anomaly(tx, "unknown_refund", &evidence, None, no, &detail, now_ms).await?;
+                Ok((ApplyOutcome::Anomaly("unknown_refund"), Some(detail)))
+            }
         }
     }
 

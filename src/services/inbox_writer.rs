@@ -1,9 +1,11 @@
 //! Group commit for the notification inbox.
 //!
 //! Each notify request hands its verified row to a writer and waits; a writer takes every row
-//! waiting (up to `max_batch`), upserts them in one statement and one commit, then answers
+//! waiting (up to `max_batch` rows and what one statement should carry, see
+//! `Db::inbox_statement_bytes`), upserts them in one statement and one commit, then answers
 //! each request. A request is therefore acknowledged only after the commit that holds its
-//! row, while a burst of N notifications costs a handful of commits instead of N.
+//! row, while a burst of N notifications costs a handful of commits instead of N; the writers
+//! commit in parallel.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,7 +39,7 @@ impl InboxWriter {
     /// Starts `writers` batching tasks over one shared request channel.
     pub fn spawn(db: Db, max_batch: usize, writers: usize, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::channel::<Request>(max_batch.saturating_mul(writers).max(64));
-        let rx = Arc::new(Mutex::new(rx));
+        let rx = Arc::new(Mutex::new(Pending { rx, carried: None }));
         for _ in 0..writers {
             let rx = Arc::clone(&rx);
             let db = db.clone();
@@ -55,18 +57,36 @@ impl InboxWriter {
     }
 }
 
-async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Request>>>, max_batch: usize, metrics: Metrics) {
+/// The request channel, and the request that did not fit in the previous batch.
+struct Pending {
+    rx: mpsc::Receiver<Request>,
+    carried: Option<Request>,
+}
+
+async fn run(db: Db, pending: Arc<Mutex<Pending>>, max_batch: usize, metrics: Metrics) {
+    let max_bytes = db.inbox_statement_bytes();
     loop {
         let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
+            let mut pending = pending.lock().await;
+            let first = match pending.carried.take() {
+                Some(request) => request,
+                None => match pending.rx.recv().await {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let mut bytes = first.0.wire_size();
             let mut batch = Vec::with_capacity(max_batch);
             batch.push(first);
             while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+                let Ok(request) = pending.rx.try_recv() else { break };
+                let size = request.0.wire_size();
+                if bytes.saturating_add(size) > max_bytes {
+                    pending.carried = Some(request);
+                    break;
                 }
+                bytes += size;
+                batch.push(request);
             }
             batch
         };

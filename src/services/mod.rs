@@ -8,4 +8,5 @@ pub mod ingest;
 pub mod login;
 pub mod orders;
 pub mod reconcile;
+pub mod refunds;
 pub mod sync;

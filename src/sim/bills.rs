@@ -68,7 +68,13 @@ pub async fn trade_bill(
         Err(refusal) => return refusal_response(refusal),
     };
     let chaos = sim.chaos.read().await.bill.clone();
-    let rows = day::rows_for_day(sim.state.lock().await.orders.values(), day);
+    let rows = {
+        let state = sim.state.lock().await;
+        let mut rows = day::rows_for_day(state.orders.values(), day);
+        rows.extend(day::refund_rows_for_day(state.refunds.values(), &state.orders, day));
+        rows.sort_by(|a, b| a.trade_time.cmp(&b.trade_time));
+        rows
+    };
     // Decided on the real rows: omitting every row through chaos still serves an (empty) bill.
     if rows.is_empty() {
         return wechat_error(StatusCode::BAD_REQUEST, "NO_STATEMENT_EXIST", "请求的账单文件不存在");

@@ -77,6 +77,8 @@ pub struct BillChaos {
     pub duplicate_rows: Vec<String>,
     /// Replaces the row's `trade_state` (e.g. `REVOKED`).
     pub status_override: HashMap<String, String>,
+    /// Added to the refund amount of the REFUND row of this `out_refund_no` (a refund mismatch).
+    pub refund_delta_fen: HashMap<String, i64>,
     /// Added to the summary's settlement total only (a file that contradicts itself).
     pub summary_delta_fen: i64,
     /// Damage to the file or its advertised hash.
@@ -129,6 +131,12 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
     const BY_NO: &str = "/v3/pay/transactions/out-trade-no/";
     if path == "/v3/pay/transactions/jsapi" {
         return ("jsapi", None);
+    }
+    if path == "/v3/refund/domestic/refunds" {
+        return ("refund", None);
+    }
+    if path.starts_with("/v3/refund/domestic/refunds/") {
+        return ("refund_query", None);
     }
     if path == "/v3/bill/tradebill" {
         return ("tradebill", None);

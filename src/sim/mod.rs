@@ -14,6 +14,7 @@ pub mod keys;
 mod login;
 pub mod notifier;
 mod pay;
+pub mod refunds;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -117,6 +118,8 @@ pub fn router(ctx: SimContext) -> Router {
         .route("/v3/pay/transactions/jsapi", post(pay::jsapi))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}", get(pay::query))
         .route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", post(pay::close))
+        .route("/v3/refund/domestic/refunds", post(refunds::apply))
+        .route("/v3/refund/domestic/refunds/{out_refund_no}", get(refunds::query))
         .route("/v3/bill/tradebill", get(bills::trade_bill))
         .layer(from_fn_with_state(ctx.clone(), chaos::inject))
         .layer(from_fn_with_state(ctx.clone(), auth::verify_request))

@@ -50,6 +50,8 @@ pub struct SimState {
     pub orders: HashMap<String, SimOrder>,
     pub notifications: Vec<NotificationRecord>,
     pub next_transaction: u64,
+    /// Refunds by out_refund_no.
+    pub refunds: HashMap<String, super::refunds::SimRefund>,
     /// Every `/v3` call, in arrival order.
     pub calls: Vec<CallRecord>,
     /// Bill files behind their download tokens (dropped once expired).

@@ -15,6 +15,7 @@ pub mod orders;
 pub mod polling;
 pub mod products;
 pub mod reconcile;
+pub mod refunds;
 pub mod sessions;
 pub mod users;
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub poll_checks: IntCounterVec,
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: prometheus::Counter,
+    pub refunds: IntCounterVec,
     pub reconcile_runs: IntCounterVec,
     pub reconcile_rows: IntCounter,
     pub reconcile_discrepancies: IntCounterVec,
@@ -172,6 +173,11 @@ impl Metrics {
                 "wechat_rate_limit_wait_seconds_total",
                 "Time calls to WeChat spent waiting for the rate limit.",
             ),
+            refunds: counter_vec(
+                "refunds_total",
+                "Refunds by event: requested, succeeded, closed, abnormal, refused (by WeChat or for the amount left).",
+                &["event"],
+            ),
             reconcile_runs: counter_vec(
                 "reconcile_runs_total",
                 "Reconciliation runs of a day's bill, by outcome (clean, discrepancies, no_bill, not_ready, failed).",
@@ -216,13 +222,14 @@ impl Metrics {
             &[&["success"], &["closed"], &["payerror"], &["pending"], &["already_final"], &["error"]];
         self.touch(&self.poll_checks, outcomes);
         self.touch(&self.rate_limit_waits, &[&["local"], &["shared"]]);
+        self.touch(&self.refunds, &[&["requested"], &["succeeded"], &["closed"], &["abnormal"], &["refused"]]);
         self.touch(&self.reconcile_runs, &[&["clean"], &["discrepancies"], &["no_bill"], &["not_ready"], &["failed"]]);
         for class in crate::services::reconcile::compare::class::ALL {
             for resolution in ["healed", "unexplained"] {
                 let _ = self.reconcile_discrepancies.with_label_values(&[class, resolution]);
             }
         }
-        for kind in ["apply_notification", "check_order"] {
+        for kind in ["apply_notification", "check_order", "check_refund"] {
             let _ = self.jobs_started.with_label_values(&[kind]);
             for outcome in ["succeeded", "retried", "dead"] {
                 let _ = self.jobs_finished.with_label_values(&[kind, outcome]);
@@ -258,6 +265,7 @@ impl Metrics {
             Box::new(self.poll_checks.clone()),
             Box::new(self.rate_limit_waits.clone()),
             Box::new(self.rate_limit_wait_seconds.clone()),
+            Box::new(self.refunds.clone()),
             Box::new(self.reconcile_runs.clone()),
             Box::new(self.reconcile_rows.clone()),
             Box::new(self.reconcile_discrepancies.clone()),

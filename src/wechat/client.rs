@@ -20,6 +20,7 @@ use super::verify::SignedHeaders;
 use super::wire::bill::BillInfo;
 use super::wire::error::ErrorBody;
 use super::wire::pay::{CloseRequest, JsapiPrepayRequest, PrepayResponse, Transaction};
+use super::wire::refund::{Refund, RefundRequest};
 
 const AGENT: &str = concat!("wxpay-recon/", env!("CARGO_PKG_VERSION"));
 
@@ -96,6 +97,20 @@ impl PayClient {
         } else {
             Err(WechatError::Decode { endpoint: "close_order", message: format!("status {}", answer.status) })
         }
+    }
+
+    /// `POST /v3/refund/domestic/refunds`: apply for a refund (idempotent by out_refund_no).
+    pub async fn refund(&self, request: &RefundRequest) -> Result<Refund, WechatError> {
+        let body = serde_json::to_string(request).map_err(|e| WechatError::Sign(e.to_string()))?;
+        let answer = self.send("refund", Method::POST, "/v3/refund/domestic/refunds", Some(body)).await?;
+        decode("refund", &answer.body)
+    }
+
+    /// `GET /v3/refund/domestic/refunds/{out_refund_no}`: WeChat's view of one refund.
+    pub async fn query_refund(&self, out_refund_no: &str) -> Result<Refund, WechatError> {
+        let path = format!("/v3/refund/domestic/refunds/{out_refund_no}");
+        let answer = self.send("query_refund", Method::GET, &path, None).await?;
+        decode("query_refund", &answer.body)
     }
 
     /// `GET /v3/bill/tradebill`: where the ALL bill of `bill_date` (`YYYY-MM-DD`, a Shanghai

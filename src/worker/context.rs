@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::queue::JobQueue;
 use crate::services::apply::Applier;
 use crate::services::reconcile::Reconciler;
+use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
 use crate::storage::Db;
 use crate::telemetry::metrics::Metrics;
@@ -19,6 +20,7 @@ pub struct JobContext {
     pub applier: Applier,
     pub sync: OrderSync,
     pub reconciler: Reconciler,
+    pub refunds: RefundService,
     pub clock: Clock,
     pub metrics: Metrics,
     pub retry: RetryPolicy,

@@ -1,5 +1,5 @@
-//! The poll sweep: finds unpaid orders whose next check is due and queues a `check_order` job
-//! for each. Singleton across replicas through a lease; the claim itself also skips rows
+//! The poll sweep: finds unpaid orders and unfinished refunds whose next check is due and
+//! queues a `check_order` / `check_refund` job for each. Singleton across replicas through a lease; the claim itself also skips rows
 //! another sweeper holds, so even two holders would not double-queue.
 
 use std::time::Duration;
@@ -57,18 +57,23 @@ pub async fn poll_once(
     let claim_ms = i64::try_from(settings.claim_secs).unwrap_or(300).saturating_mul(1000);
     let limit = i64::try_from(settings.batch).unwrap_or(500);
     let due = ctx.db.claim_due_orders(now, now.saturating_add(claim_ms), limit).await?;
-    let count = due.len();
-    if count == 0 {
+    let refunds = ctx.db.claim_due_refunds(now, now.saturating_add(claim_ms), limit).await?;
+    let count = due.len().max(refunds.len());
+    if due.is_empty() && refunds.is_empty() {
         return Ok(0);
     }
-    let jobs: Vec<Envelope> =
-        due.into_iter().map(|out_trade_no| Envelope::first(Job::CheckOrder { out_trade_no })).collect();
+    let jobs: Vec<Envelope> = due
+        .into_iter()
+        .map(|out_trade_no| Envelope::first(Job::CheckOrder { out_trade_no }))
+        .chain(refunds.into_iter().map(|out_refund_no| Envelope::first(Job::CheckRefund { out_refund_no })))
+        .collect();
+    let jobs_len = jobs.len();
     if let Err(err) = ctx.queue.push_many(jobs).await {
         // The claim stands: these orders come due again after `poll.claim_secs`.
         tracing::warn!(error = %err, count, "poller cannot enqueue checks yet (queue down?)");
         return Ok(0);
     }
-    ctx.metrics.poll_claimed.inc_by(count as u64);
+    ctx.metrics.poll_claimed.inc_by(jobs_len as u64);
     tracing::debug!(count, "orders queued for a check at WeChat");
     Ok(count)
 }

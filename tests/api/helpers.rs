@@ -22,6 +22,20 @@ use wxpay_recon::wechat::devkeys::DevKeys;
 
 pub const ALL_ROLES: Roles = Roles { api: true, worker: true };
 
+/// `server.admin_token` of every test app.
+pub const ADMIN_TOKEN: &str = "test-admin-token-5f1c0b7e";
+
+/// An operator's call to an admin route: (status, body).
+pub async fn admin_post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// Which profile a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -174,6 +188,7 @@ impl TestEnv {
             // Status requests ask WeChat once per order per minute: tests of the notify path stay
             // about notifications (tests of client sync set their own).
             ("POLL__CLIENT_SYNC_CACHE_MS", "60000".to_owned()),
+            ("SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             // The daily reconciliation runs only in the tests about it.
             ("RECONCILE__ENABLED", "false".to_owned()),
             ("RECONCILE__WORK_DIR", self.path("bill-tmp").display().to_string()),
@@ -260,13 +275,44 @@ impl TestEnv {
 
     /// Like [`Self::spawn_process`] with some settings overridden (`("DATABASE__URL", ...)`).
     pub async fn spawn_process_with(&self, args: &[&str], overrides: &[(&str, String)]) -> Process {
+        self.spawn_process_inner(args, overrides, None).await
+    }
+
+    /// Like [`Self::spawn_process_with`], also collecting every line the process writes on
+    /// stdout and stderr (for tests about its logs).
+    pub async fn spawn_process_logged(&self, args: &[&str], overrides: &[(&str, String)]) -> (Process, Output) {
+        let output = Output::default();
+        let process = self.spawn_process_inner(args, overrides, Some(output.clone())).await;
+        (process, output)
+    }
+
+    async fn spawn_process_inner(
+        &self,
+        args: &[&str],
+        overrides: &[(&str, String)],
+        output: Option<Output>,
+    ) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
-        let stderr = if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() };
+        let stderr = match &output {
+            Some(_) => Stdio::piped(),
+            None if std::env::var_os("TEST_LOG").is_some() => Stdio::inherit(),
+            None => Stdio::null(),
+        };
         command.args(args).envs(self.env_vars()).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
         for (key, value) in overrides {
             command.env(format!("WXPAY_RECON__{key}"), value);
         }
         let mut child = command.spawn().expect("spawn wxpay-recon");
+        let mut readers = Vec::new();
+        if let (Some(output), Some(stderr)) = (&output, child.stderr.take()) {
+            let output = output.clone();
+            let mut lines = BufReader::new(stderr).lines();
+            readers.push(tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    output.push(Stream::Stderr, line);
+                }
+            }));
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -275,13 +321,45 @@ impl TestEnv {
                 .await
                 .expect("process did not start listening in time")
                 .expect("read stdout")
-                .expect("process exited before listening");
+                .unwrap_or_else(|| {
+                    let seen = output.as_ref().map(Output::lines).unwrap_or_default();
+                    panic!("process exited before listening; its output so far: {seen:#?}")
+                });
+            if let Some(output) = &output {
+                output.push(Stream::Stdout, line.clone());
+            }
             if let Some(url) = line.strip_prefix("wxpay-recon listening on ") {
                 break url.trim().to_owned();
             }
         };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { child, base }
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(output) = &output {
+                    output.push(Stream::Stdout, line);
+                }
+            }
+        }));
+        Process { child, base, readers }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Lines a child process wrote, in the order they were read.
+#[derive(Debug, Clone, Default)]
+pub struct Output(std::sync::Arc<std::sync::Mutex<Vec<(Stream, String)>>>);
+
+impl Output {
+    fn push(&self, stream: Stream, line: String) {
+        self.0.lock().expect("output lock").push((stream, line));
+    }
+
+    pub fn lines(&self) -> Vec<(Stream, String)> {
+        self.0.lock().expect("output lock").clone()
     }
 }
 
@@ -323,6 +401,8 @@ pub async fn post_notify(base: &str, headers: &[(&str, String)], body: impl Into
 pub struct Process {
     pub child: Child,
     pub base: String,
+    /// The tasks reading its stdout (and stderr when captured); they end at end of file.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -332,6 +412,14 @@ impl Process {
 
     pub async fn wait(&mut self) {
         let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit and for its output to be read to the end.
+    pub async fn wait_output(&mut self) {
+        self.wait().await;
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
     }
 }
 

@@ -3,13 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod chaos;
 mod cluster;
 mod crash;
 mod e2e;
 mod helpers;
+mod logs;
 mod notify;
 mod observability;
 mod polling;
 mod reconcile;
+mod refunds;
 mod storage;

@@ -101,8 +101,8 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     let (client, _) = env.client(&app).await;
     let day = away_from_midnight(&env);
 
-    // 500 orders: 448 paid and notified, 1 paid with its notification lost, 31 unpaid, 20
-    // cancelled by the payer.
+    // 502 orders: 448 paid and notified, 1 paid with its notification lost, 31 unpaid, 20
+    // cancelled by the payer, and 2 paid then refunded (one in part, one in full).
     let numbers = create_orders(&client, 500).await;
     let (paid, rest) = numbers.split_at(448);
     let (missed, rest) = rest.split_at(1);
@@ -112,6 +112,17 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
         count_status(&app, "SUCCESS").await == 448
     })
     .await;
+    // Two more, then one refunded in part and one in full.
+    let partly = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    let fully = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    pay_all(&env, &[partly.clone(), fully.clone()]).await;
+    eventually("coffee paid", Duration::from_secs(30), || async { count_status(&app, "SUCCESS").await == 450 }).await;
+    for (no, amount) in [(&partly, 1000), (&fully, 6800)] {
+        let path = format!("/api/orders/{no}/refund");
+        assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({ "amount_fen": amount })).await.0, 201);
+    }
+    eventually("refunds succeeded", Duration::from_secs(30), || async { count_status(&app, "REFUND").await == 2 })
+        .await;
     set_chaos(&env, json!({ "drop_rate": 1.0 })).await;
     pay_all(&env, missed).await;
     for no in cancelled {
@@ -126,7 +137,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     assert_eq!(classes(&found), vec![("missing_here".into(), "healed".into(), Some(missed[0].clone()))]);
     assert_eq!(
         (first.bill_rows, first.orders_compared, first.healed, first.unexplained),
-        (449, 449, 1, 0),
+        (453, 451, 1, 0),
         "{first:?}"
     );
     assert!(first.bill_sha1.is_some());
@@ -145,6 +156,8 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     assert_eq!(second.attempts, 2);
 
     // Each class injected into the bill once is reported once.
+    let partly_id = app.state.db.order_by_no(&partly).await.unwrap().unwrap().id;
+    let partly_refund = app.state.db.refunds_of_order(partly_id).await.unwrap().remove(0).out_refund_no;
     set_chaos(
         &env,
         json!({ "bill": {
@@ -153,6 +166,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
             "duplicate_rows": [paid[2]],
             "status_override": { (paid[3].clone()): "REVOKED" },
             "summary_delta_fen": 7,
+            "refund_delta_fen": { (partly_refund.clone()): -1 },
         }}),
     )
     .await;
@@ -163,12 +177,13 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
         ("duplicate_row".into(), "unexplained".into(), Some(paid[2].clone())),
         ("missing_at_wechat".into(), "unexplained".into(), Some(paid[0].clone())),
         ("missing_here".into(), "healed".into(), Some(missed[0].clone())),
+        ("refund_mismatch".into(), "unexplained".into(), Some(partly.clone())),
         ("status_mismatch".into(), "unexplained".into(), Some(paid[3].clone())),
         ("summary_mismatch".into(), "unexplained".into(), None),
     ];
     expected.sort();
     assert_eq!(classes(&found), expected);
-    assert_eq!((third.status.as_str(), third.unexplained, third.healed), ("discrepancies", 5, 1));
+    assert_eq!((third.status.as_str(), third.unexplained, third.healed), ("discrepancies", 6, 1));
     let amount = found.iter().find(|d| d.class == "amount_mismatch").unwrap();
     assert_eq!((amount.ours.as_deref(), amount.theirs.as_deref()), (Some("1"), Some("2")));
     assert!(amount.bill_line.is_some_and(|l| l >= 2));
@@ -176,10 +191,10 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     // Reports on disk, CSV and JSON, replaced by each run.
     let json: Value =
         serde_json::from_slice(&std::fs::read(env.path("reports").join(format!("{bill_date}.json"))).unwrap()).unwrap();
-    assert_eq!(json["discrepancies"].as_array().unwrap().len(), 6);
+    assert_eq!(json["discrepancies"].as_array().unwrap().len(), 7);
     assert_eq!(json["run"]["status"], "discrepancies");
     let csv = std::fs::read_to_string(env.path("reports").join(format!("{bill_date}.csv"))).unwrap();
-    assert_eq!(csv.lines().count(), 7, "header + one line per discrepancy:\n{csv}");
+    assert_eq!(csv.lines().count(), 8, "header + one line per discrepancy:\n{csv}");
     assert!(app.metrics.reconcile_discrepancies.with_label_values(&["duplicate_row", "unexplained"]).get() == 1);
     assert_eq!(app.metrics.reconcile_healed.get(), 1, "healed once, reported again on re-runs");
 }

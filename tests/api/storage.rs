@@ -79,6 +79,29 @@ async fn inbox_batches_fold_duplicates_and_report_first_delivery(backend: Backen
     assert_eq!(db.inbox_backlog().await.unwrap(), (2, Some(1)));
 }
 
+/// A batch larger than one statement carries (PostgreSQL splits it to keep each INSERT in one
+/// TLS record) is still one commit with the same answers, duplicates split across statements
+/// included.
+async fn large_inbox_batches_span_statements_and_stay_exact(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let big = |id: &str| NewInboxRow { raw_body: "x".repeat(3000), ..row(id, 1) };
+    let mut rows: Vec<NewInboxRow> = (0..40).map(|i| big(&format!("n{i:02}"))).collect();
+    rows.push(big("n00"));
+    rows.push(big("n39"));
+    let out = db.upsert_inbox_batch(&rows).await.unwrap();
+    assert_eq!(out.len(), 42);
+    assert_eq!(out.iter().filter(|u| u.first_delivery).count(), 40);
+    assert!(!out[40].first_delivery && !out[41].first_delivery);
+    assert_eq!((out[40].id, out[41].id), (out[0].id, out[39].id));
+    let ids: HashSet<i64> = out.iter().map(|u| u.id).collect();
+    assert_eq!(ids.len(), 40);
+    let first = db.inbox_entry(out[0].id).await.unwrap().unwrap();
+    let middle = db.inbox_entry(out[20].id).await.unwrap().unwrap();
+    assert_eq!((first.deliveries, middle.deliveries), (2, 1));
+    assert_eq!(db.inbox_backlog().await.unwrap().0, 40);
+}
+
 async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
@@ -264,6 +287,7 @@ async fn a_poll_sweep_costs_what_is_due(backend: Backend) {
 
 crate::both_profiles!(
     a_poll_sweep_costs_what_is_due,
+    large_inbox_batches_span_statements_and_stay_exact,
     inbox_batches_fold_duplicates_and_report_first_delivery,
     transitions_are_guarded_and_always_recorded,
     sweeper_claims_are_disjoint_and_once_per_age,

@@ -63,9 +63,18 @@ struct Totals {
     order_total_fen: i64,
 }
 
+/// One of our refunds applied for on the bill's day.
+#[derive(Debug)]
+struct OurRefund {
+    out_trade_no: String,
+    amount_fen: i64,
+    seen: bool,
+}
+
 #[derive(Debug)]
 pub struct Comparator {
     ours: HashMap<Box<str>, Ours>,
+    our_refunds: HashMap<String, OurRefund>,
     healed_before: HashSet<String>,
     /// Keys of rows not in `ours` seen so far (duplicates among them).
     other_keys: HashSet<String>,
@@ -102,6 +111,7 @@ impl Comparator {
     pub fn new(healed_before: HashSet<String>) -> Self {
         Self {
             ours: HashMap::new(),
+            our_refunds: HashMap::new(),
             healed_before,
             other_keys: HashSet::new(),
             totals: Totals::default(),
@@ -120,6 +130,11 @@ impl Comparator {
             seen: false,
         };
         self.ours.insert(order.out_trade_no.into_boxed_str(), ours);
+    }
+
+    /// One of our refunds applied for on the bill's day (CLOSED ones are not in bills).
+    pub fn add_our_refund(&mut self, out_refund_no: String, out_trade_no: String, amount_fen: i64) {
+        self.our_refunds.insert(out_refund_no, OurRefund { out_trade_no, amount_fen, seen: false });
     }
 
     pub fn ours_count(&self) -> usize {
@@ -192,13 +207,23 @@ impl Comparator {
             self.found.push(Self::at(d, line, row));
             return;
         }
-        // This version issues no refunds: any refund WeChat reports is one we did not record.
-        let ours = self.ours.get(no).map_or(0, |o| o.refunded_fen);
-        let mut d =
-            unexplained(class::REFUND_MISMATCH, Some(no), format!("refund {} not recorded here", row.out_refund_no));
-        d.ours = Some(ours.to_string());
-        d.theirs = Some(row.refund_fen.to_string());
-        self.found.push(Self::at(d, line, row));
+        let Some(ours) = self.our_refunds.get_mut(&row.out_refund_no) else {
+            let refunded = self.ours.get(no).map_or(0, |o| o.refunded_fen);
+            let detail = format!("refund {} is not one we applied for that day", row.out_refund_no);
+            let mut d = unexplained(class::REFUND_MISMATCH, Some(no), detail);
+            d.ours = Some(refunded.to_string());
+            d.theirs = Some(row.refund_fen.to_string());
+            self.found.push(Self::at(d, line, row));
+            return;
+        };
+        ours.seen = true;
+        if ours.amount_fen != row.refund_fen || ours.out_trade_no != no {
+            let detail = format!("refund {} differs", row.out_refund_no);
+            let mut d = unexplained(class::REFUND_MISMATCH, Some(no), detail);
+            d.ours = Some(format!("{} {}", ours.out_trade_no, ours.amount_fen));
+            d.theirs = Some(format!("{no} {}", row.refund_fen));
+            self.found.push(Self::at(d, line, row));
+        }
     }
 
     fn revoked_row(&mut self, line: u64, row: &BillRow) {
@@ -241,6 +266,14 @@ impl Comparator {
             let mut d = unexplained(class::MISSING_AT_WECHAT, Some(no), "paid here, absent from WeChat's bill".into());
             d.ours = Some(ours.amount_fen.to_string());
             d.transaction_id = ours.transaction_id.as_deref().map(str::to_owned);
+            self.found.push(d);
+        }
+        let mut absent: Vec<(&String, &OurRefund)> = self.our_refunds.iter().filter(|(_, r)| !r.seen).collect();
+        absent.sort_by(|a, b| a.0.cmp(b.0));
+        for (out_refund_no, refund) in absent {
+            let detail = format!("refund {out_refund_no} applied for here, absent from WeChat's bill");
+            let mut d = unexplained(class::REFUND_MISMATCH, Some(&refund.out_trade_no), detail);
+            d.ours = Some(refund.amount_fen.to_string());
             self.found.push(d);
         }
         Comparison { rows: self.totals.count, orders_compared, discrepancies: self.found, unmatched: self.unmatched }

@@ -203,6 +203,11 @@ impl Reconciler {
         let from_ms = to_ms(wechat_day_start(date));
         let to_ms_ = to_ms(wechat_day_start(date.checked_add_days(Days::new(1)).unwrap_or(date)));
         self.db.for_each_paid_order(from_ms, to_ms_, |order| comparator.add_ours(order)).await?;
+        for refund in self.db.refunds_requested_between(from_ms, to_ms_).await? {
+            if refund.status != "CLOSED" {
+                comparator.add_our_refund(refund.out_refund_no, refund.out_trade_no, refund.amount_fen);
+            }
+        }
         let (comparator, sha1) = match fetched {
             Fetched::NotReady => return Ok(Outcome::NotReady),
             Fetched::Empty => (comparator, None),

@@ -9,6 +9,7 @@ use chrono::{DateTime, Days, Months, NaiveDate, TimeDelta, Utc};
 
 use crate::bill::{BillRow, format_trade_time};
 use crate::domain::time::{wechat_date, wechat_day_start};
+use crate::sim::refunds::SimRefund;
 use crate::sim::state::SimOrder;
 
 /// Hour (Asia/Shanghai) of day D+1 from which day D's bill can be fetched.
@@ -97,6 +98,37 @@ fn payment_row(order: &SimOrder, paid_at: DateTime<Utc>) -> BillRow {
         refund_request_fen: 0,
         rate_note: String::new(),
     }
+}
+
+/// One REFUND row per refund applied for on `day` (the row's time is the application, its
+/// status the refund's status when the bill is made), in time order. The fee share returned
+/// is negative, as WeChat prints it.
+pub fn refund_rows_for_day<'a>(
+    refunds: impl IntoIterator<Item = &'a SimRefund>,
+    orders: &std::collections::HashMap<String, SimOrder>,
+    day: NaiveDate,
+) -> Vec<BillRow> {
+    let mut applied: Vec<&SimRefund> =
+        refunds.into_iter().filter(|r| r.status != "CLOSED" && wechat_date(r.created_at) == day).collect();
+    applied.sort_by(|a, b| {
+        a.created_at.cmp(&b.created_at).then_with(|| a.request.out_refund_no.cmp(&b.request.out_refund_no))
+    });
+    applied.into_iter().filter_map(|r| orders.get(&r.request.out_trade_no).map(|o| refund_row(o, r))).collect()
+}
+
+fn refund_row(order: &SimOrder, refund: &SimRefund) -> BillRow {
+    let mut row = payment_row(order, refund.created_at);
+    row.trade_state = "REFUND".into();
+    row.settlement_total_fen = 0;
+    row.order_total_fen = 0;
+    row.refund_id.clone_from(&refund.refund_id);
+    row.out_refund_no.clone_from(&refund.request.out_refund_no);
+    row.refund_fen = refund.request.amount.refund;
+    row.refund_request_fen = refund.request.amount.refund;
+    row.refund_type = "ORIGINAL".into();
+    row.refund_status.clone_from(&refund.status);
+    row.fee_e5 = -fee_fen(refund.request.amount.refund).saturating_mul(1000);
+    row
 }
 
 /// The fee on `total_fen` at 0.60 %, rounded half up to whole fen as WeChat charges it.

@@ -25,6 +25,12 @@ pub fn apply_row_chaos(rows: Vec<BillRow>, chaos: &BillChaos) -> Vec<BillRow> {
             row.settlement_total_fen = row.settlement_total_fen.saturating_add(*delta);
             row.order_total_fen = row.order_total_fen.saturating_add(*delta);
         }
+        if row.trade_state == "REFUND"
+            && let Some(delta) = chaos.refund_delta_fen.get(&row.out_refund_no)
+        {
+            row.refund_fen = row.refund_fen.saturating_add(*delta);
+            row.refund_request_fen = row.refund_request_fen.saturating_add(*delta);
+        }
         if let Some(state) = chaos.status_override.get(&row.out_trade_no) {
             row.trade_state.clone_from(state);
         }

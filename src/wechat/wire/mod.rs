@@ -6,3 +6,4 @@ pub mod error;
 pub mod login;
 pub mod notify;
 pub mod pay;
+pub mod refund;

@@ -2,6 +2,7 @@
 
 mod apply_notification;
 mod check_order;
+mod check_refund;
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use rand::Rng;
 use tracing::Instrument;
 
 use crate::queue::{Envelope, Job};
+use crate::services::refunds::RefundError;
 use crate::services::sync::SyncError;
 use crate::storage::StorageError;
 use crate::wechat::WechatError;
@@ -58,17 +60,29 @@ impl From<SyncError> for JobError {
     }
 }
 
+impl From<RefundError> for JobError {
+    fn from(err: RefundError) -> Self {
+        match err {
+            RefundError::Wechat(e) | RefundError::Refused(e) => e.into(),
+            RefundError::Storage(e) => e.into(),
+            other => Self { message: other.to_string(), failure: None },
+        }
+    }
+}
+
 /// Runs one execution of a job and decides what happens after a failure: re-enqueue with
 /// backoff (our policy, identical on both queue backends) or the dead-letter table.
 pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError> {
     let kind = envelope.job.kind();
-    let span = tracing::info_span!("job", job.kind = kind, job.attempt = envelope.attempt);
+    let span =
+        tracing::info_span!("job", job.kind = kind, job.id = %envelope.job.subject(), job.attempt = envelope.attempt);
     async move {
         ctx.metrics.jobs_started.with_label_values(&[kind]).inc();
         let started = Instant::now();
         let result = match &envelope.job {
             Job::ApplyNotification { inbox_id } => apply_notification::run(ctx, *inbox_id).await,
             Job::CheckOrder { out_trade_no } => check_order::run(ctx, out_trade_no).await,
+            Job::CheckRefund { out_refund_no } => check_refund::run(ctx, out_refund_no).await,
         };
         ctx.metrics.job_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         let Err(err) = result else {

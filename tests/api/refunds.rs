@@ -1,0 +1,108 @@
+//! Refunds: operators only, never more than what is left, money moved once per refund whether
+//! the notification or the poller brings the outcome.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn set_chaos(env: &TestEnv, chaos: Value) {
+    let response =
+        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+async fn refunded(app: &TestApp, no: &str) -> (String, i64) {
+    let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
+    (order.status, order.refunded_fen)
+}
+
+async fn partial_and_full_refunds_move_money_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let a = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    let unpaid = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    client.pay(&a).await.unwrap();
+    client.wait_for_status(&a, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let path = format!("/api/orders/{a}/refund");
+
+    // Operators only.
+    assert_eq!(admin_post(&app.base, &path, None, json!({"amount_fen": 100})).await.0, 401);
+    assert_eq!(admin_post(&app.base, &path, Some("wrong"), json!({"amount_fen": 100})).await.0, 401);
+    // A user's bearer token is not an admin token either.
+    assert_eq!(admin_post(&app.base, &path, client.token(), json!({"amount_fen": 100})).await.0, 401);
+
+    let (status, first) =
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1000, "reason": "破损"})).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["status"], "PROCESSING");
+    eventually("the partial refund succeeds", Duration::from_secs(20), || async {
+        refunded(&app, &a).await == ("REFUND".into(), 1000)
+    })
+    .await;
+
+    // More than what is left is refused; the rest is fine.
+    let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6000})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("5800"), "{body}");
+    let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 5800})).await;
+    assert_eq!(status, 201);
+    eventually("the full refund succeeds", Duration::from_secs(20), || async {
+        refunded(&app, &a).await == ("REFUND".into(), 6800)
+    })
+    .await;
+    let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
+    assert_eq!(status, 409, "nothing left");
+
+    let order = app.state.db.order_by_no(&a).await.unwrap().unwrap();
+    let refunds = app.state.db.refunds_of_order(order.id).await.unwrap();
+    assert_eq!(
+        refunds.iter().map(|r| (r.status.as_str(), r.amount_fen)).collect::<Vec<_>>(),
+        vec![("SUCCESS", 1000), ("SUCCESS", 5800)]
+    );
+    assert!(refunds.iter().all(|r| r.refund_id.as_deref().is_some_and(|id| id.starts_with("50") && id.len() == 29)));
+    let events = app.state.db.order_events(order.id).await.unwrap();
+    let refund_events: Vec<(String, i64)> =
+        events.iter().filter(|e| e.to_status == "REFUND").map(|e| (e.source.clone(), e.applied)).collect();
+    assert_eq!(refund_events, vec![("notify".into(), 1), ("notify".into(), 1)], "one event per refund");
+    assert_eq!(app.metrics.refunds.with_label_values(&["succeeded"]).get(), 2);
+
+    // Unpaid and unknown orders.
+    let (status, _) =
+        admin_post(&app.base, &format!("/api/orders/{unpaid}/refund"), Some(ADMIN_TOKEN), json!({"amount_fen": 1}))
+            .await;
+    assert_eq!(status, 409);
+    let (status, _) =
+        admin_post(&app.base, "/api/orders/NOSUCHORDER123/refund", Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
+    assert_eq!(status, 404);
+}
+
+async fn a_refund_whose_notification_is_lost_is_settled_by_polling(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, |s| s.poll.sweep_interval_ms = 100).await;
+    let (client, _) = env.client(&app).await;
+    let b = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    client.pay(&b).await.unwrap();
+    client.wait_for_status(&b, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    set_chaos(&env, json!({ "drop_rate": 1.0 })).await;
+    let (status, _) =
+        admin_post(&app.base, &format!("/api/orders/{b}/refund"), Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refunded(&app, &b).await, ("SUCCESS".into(), 0), "no notification: nothing moves yet");
+    env.clock.advance(Duration::from_secs(61));
+    eventually("polling settles the refund", Duration::from_secs(30), || async {
+        refunded(&app, &b).await == ("REFUND".into(), 6800)
+    })
+    .await;
+    let order = app.state.db.order_by_no(&b).await.unwrap().unwrap();
+    let events = app.state.db.order_events(order.id).await.unwrap();
+    assert_eq!(events.last().map(|e| (e.source.as_str(), e.to_status.as_str())), Some(("poll", "REFUND")));
+}
+
+crate::both_profiles!(
+    partial_and_full_refunds_move_money_once,
+    a_refund_whose_notification_is_lost_is_settled_by_polling
+);
