@@ -7,15 +7,7 @@ use std::collections::{HashMap, HashSet};
 use crate::bill::{BillRow, BillSummary};
 use crate::storage::reconcile::{Discrepancy, PaidOrder};
 
-/// Our order as the comparison needs it (a million of these must fit in memory).
-#[derive(Debug)]
-struct Ours {
-    amount_fen: i64,
-    transaction_id: Option<Box<str>>,
-    refunded_fen: i64,
-    /// A SUCCESS row for it has been seen in this bill.
-    seen: bool,
-}
+use super::ours::OursTable;
 
 /// A bill payment row whose order is not among our payments of that day.
 #[derive(Debug, Clone)]
@@ -73,7 +65,7 @@ struct OurRefund {
 
 #[derive(Debug)]
 pub struct Comparator {
-    ours: HashMap<Box<str>, Ours>,
+    ours: OursTable,
     our_refunds: HashMap<String, OurRefund>,
     healed_before: HashSet<String>,
     /// Keys of rows not in `ours` seen so far (duplicates among them).
@@ -110,7 +102,7 @@ impl Comparator {
     /// `healed_before`: orders an earlier run of this date healed (reported again as healed).
     pub fn new(healed_before: HashSet<String>) -> Self {
         Self {
-            ours: HashMap::new(),
+            ours: OursTable::default(),
             our_refunds: HashMap::new(),
             healed_before,
             other_keys: HashSet::new(),
@@ -123,13 +115,7 @@ impl Comparator {
 
     /// One of our orders paid on the bill's day.
     pub fn add_ours(&mut self, order: PaidOrder) {
-        let ours = Ours {
-            amount_fen: order.amount_fen,
-            transaction_id: order.transaction_id.map(String::into_boxed_str),
-            refunded_fen: order.refunded_fen,
-            seen: false,
-        };
-        self.ours.insert(order.out_trade_no.into_boxed_str(), ours);
+        self.ours.push(order);
     }
 
     /// One of our refunds applied for on the bill's day (CLOSED ones are not in bills).
@@ -190,11 +176,9 @@ impl Comparator {
             d.theirs = Some(row.order_total_fen.to_string());
             self.found.push(Self::at(d, line, &row));
         }
-        if let Some(ours_txn) = &ours.transaction_id
-            && **ours_txn != *row.transaction_id
-        {
+        if !ours.transaction_matches(&row.transaction_id) {
             let mut d = unexplained(class::TRANSACTION_MISMATCH, Some(no), "transaction_id differs".into());
-            d.ours = Some(ours_txn.to_string());
+            d.ours = Some("another transaction_id (see `order show`)".into());
             d.theirs = Some(row.transaction_id.clone());
             self.found.push(Self::at(d, line, &row));
         }
@@ -259,13 +243,9 @@ impl Comparator {
     /// Ends the comparison: our payments the bill never mentioned are reported.
     pub fn finish(mut self) -> Comparison {
         let orders_compared = self.ours.len() as u64;
-        let mut missing: Vec<&str> = self.ours.iter().filter(|(_, o)| !o.seen).map(|(no, _)| &**no).collect();
-        missing.sort_unstable();
-        for no in missing {
-            let ours = &self.ours[no];
-            let mut d = unexplained(class::MISSING_AT_WECHAT, Some(no), "paid here, absent from WeChat's bill".into());
+        for (no, ours) in self.ours.unseen() {
+            let mut d = unexplained(class::MISSING_AT_WECHAT, Some(&no), "paid here, absent from WeChat's bill".into());
             d.ours = Some(ours.amount_fen.to_string());
-            d.transaction_id = ours.transaction_id.as_deref().map(str::to_owned);
             self.found.push(d);
         }
         let mut absent: Vec<(&String, &OurRefund)> = self.our_refunds.iter().filter(|(_, r)| !r.seen).collect();

@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod fetch;
+pub mod ours;
 pub mod report;
 
 use std::collections::HashSet;
