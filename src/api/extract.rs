@@ -17,14 +17,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(ApiError::bad_token)?;
+        let token = bearer(parts).filter(|t| !t.is_empty() && t.len() <= 256).ok_or_else(ApiError::bad_token)?;
         match state.login.authenticate(token).await? {
             Some(user_id) => Ok(CurrentUser(user_id)),
             None => Err(ApiError::bad_token()),
@@ -44,19 +37,23 @@ impl FromRequestParts<AppState> for Admin {
         let Some(expected) = state.admin_token.as_deref() else {
             return Err(ApiError::Forbidden("admin routes are disabled: set server.admin_token".into()));
         };
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+        let given = bearer(parts).unwrap_or("");
         if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("admin token required".into()))
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.

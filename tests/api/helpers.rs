@@ -453,3 +453,40 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy fixture");
     }
 }
+
+pub async fn set_chaos(env: &TestEnv, chaos: Value) {
+    let response =
+        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
+}
+
+pub async fn create_orders(client: &MiniProgram, n: usize) -> Vec<String> {
+    let mut numbers = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let placed = futures::future::join_all(chunk.iter().map(|_| client.create_order("sticker", 1))).await;
+        numbers.extend(placed.into_iter().map(|p| p.unwrap().out_trade_no));
+    }
+    numbers
+}
+
+pub async fn pay_all(env: &TestEnv, numbers: &[String]) {
+    let paid: Value = reqwest::Client::new()
+        .post(format!("{}/sim/pay-batch", env.sim.base_url()))
+        .json(&json!({ "out_trade_nos": numbers }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["paid"], numbers.len(), "{paid}");
+}
+
+pub async fn count_status(app: &TestApp, status: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
+        .bind(status)
+        .fetch_one(app.state.db.reader())
+        .await
+        .unwrap();
+    n
+}

@@ -9,17 +9,10 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use wxpay_recon::config::Settings;
-use wxpay_recon::demo::MiniProgram;
 
 use crate::helpers::*;
 
 const EXPIRY: Duration = Duration::from_secs(2 * 3600 + 60);
-
-async fn set_chaos(env: &TestEnv, chaos: Value) {
-    let response =
-        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
-}
 
 /// The `/v3` calls the simulator received, optionally about one order.
 async fn sim_calls(env: &TestEnv, out_trade_no: Option<&str>) -> Vec<Value> {
@@ -34,37 +27,6 @@ async fn sim_order_state(env: &TestEnv, no: &str) -> String {
     let order: Value =
         reqwest::get(format!("{}/sim/orders/{no}", env.sim.base_url())).await.unwrap().json().await.unwrap();
     order["trade_state"].as_str().unwrap().to_owned()
-}
-
-async fn create_orders(client: &MiniProgram, n: usize) -> Vec<String> {
-    let mut numbers = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
-        let placed = join_all(chunk.iter().map(|_| client.create_order("sticker", 1))).await;
-        numbers.extend(placed.into_iter().map(|p| p.unwrap().out_trade_no));
-    }
-    numbers
-}
-
-async fn pay_all(env: &TestEnv, numbers: &[String]) {
-    let paid: Value = reqwest::Client::new()
-        .post(format!("{}/sim/pay-batch", env.sim.base_url()))
-        .json(&json!({ "out_trade_nos": numbers }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(paid["paid"], numbers.len(), "{paid}");
-}
-
-async fn count_status(app: &TestApp, status: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
-        .bind(status)
-        .fetch_one(app.state.db.reader())
-        .await
-        .unwrap();
-    n
 }
 
 async fn wait_for_count(app: &TestApp, status: &str, expected: i64, timeout: Duration) {

@@ -8,51 +8,12 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::Asia::Shanghai;
-use futures::future::join_all;
 use serde_json::{Value, json};
-use wxpay_recon::demo::MiniProgram;
 use wxpay_recon::domain::time::wechat_date;
 use wxpay_recon::services::reconcile::Quiet;
 use wxpay_recon::storage::reconcile::{BillRun, Discrepancy};
 
 use crate::helpers::*;
-
-async fn set_chaos(env: &TestEnv, chaos: Value) {
-    let response =
-        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
-}
-
-async fn create_orders(client: &MiniProgram, n: usize) -> Vec<String> {
-    let mut numbers = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
-        let placed = join_all(chunk.iter().map(|_| client.create_order("sticker", 1))).await;
-        numbers.extend(placed.into_iter().map(|p| p.unwrap().out_trade_no));
-    }
-    numbers
-}
-
-async fn pay_all(env: &TestEnv, numbers: &[String]) {
-    let paid: Value = reqwest::Client::new()
-        .post(format!("{}/sim/pay-batch", env.sim.base_url()))
-        .json(&json!({ "out_trade_nos": numbers }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(paid["paid"], numbers.len(), "{paid}");
-}
-
-async fn count_status(app: &TestApp, status: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
-        .bind(status)
-        .fetch_one(app.state.db.reader())
-        .await
-        .unwrap();
-    n
-}
 
 /// The poller would also find missed payments once the clock jumps to the next day: these
 /// tests are about the bill finding them.

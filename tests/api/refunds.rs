@@ -3,15 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
-
-async fn set_chaos(env: &TestEnv, chaos: Value) {
-    let response =
-        reqwest::Client::new().put(format!("{}/sim/chaos", env.sim.base_url())).json(&chaos).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-}
 
 async fn refunded(app: &TestApp, no: &str) -> (String, i64) {
     let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
