@@ -80,6 +80,23 @@ async fn refresh_backlog(state: &AppState) {
         m.reconcile_last_success.set(last.map_or(0, |ms| ms / 1000));
         m.reconcile_unexplained.set(unexplained);
     }
+    for queue in crate::queue::QueueName::ALL {
+        let Ok(stats) = state.queue.stats(queue).await else { continue };
+        for stat in stats {
+            let state_label = match stat.title.as_str() {
+                "PENDING_JOBS" => "pending",
+                "SCHEDULED_JOBS" => "scheduled",
+                "RUNNING_JOBS" => "running",
+                "FAILED_JOBS" => "failed",
+                "DONE_JOBS" => "done",
+                _ => continue,
+            };
+            if let Ok(n) = stat.value.trim().parse::<f64>() {
+                #[expect(clippy::cast_possible_truncation, reason = "job counts are whole numbers")]
+                m.queue_jobs.with_label_values(&[queue.as_str(), state_label]).set(n as i64);
+            }
+        }
+    }
     if let Ok(dead) = state.db.dead_job_counts().await {
         m.jobs_dead.reset();
         // Known kinds stay exported at 0, so "dead jobs > 0" alerts see a series at all times.

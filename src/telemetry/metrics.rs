@@ -34,6 +34,7 @@ pub struct Metrics {
     pub jobs_finished: IntCounterVec,
     pub job_duration: HistogramVec,
     pub jobs_dead: IntGaugeVec,
+    pub queue_jobs: IntGaugeVec,
     pub wechat_calls: IntCounterVec,
     pub wechat_call_duration: HistogramVec,
     pub orders_created: IntCounter,
@@ -136,6 +137,11 @@ impl Metrics {
                 "jobs_dead",
                 "Jobs in the dead-letter state waiting for an operator, by kind.",
                 &["kind"],
+            ),
+            queue_jobs: gauge_vec(
+                "queue_jobs",
+                "Jobs in the queue backend, by queue and state (pending, scheduled, running, failed, done), read when scraped.",
+                &["queue", "state"],
             ),
             wechat_calls: counter_vec(
                 "wechat_calls_total",
@@ -255,6 +261,7 @@ impl Metrics {
             Box::new(self.jobs_finished.clone()),
             Box::new(self.job_duration.clone()),
             Box::new(self.jobs_dead.clone()),
+            Box::new(self.queue_jobs.clone()),
             Box::new(self.wechat_calls.clone()),
             Box::new(self.wechat_call_duration.clone()),
             Box::new(self.orders_created.clone()),

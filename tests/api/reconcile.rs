@@ -174,13 +174,14 @@ async fn a_bill_that_fails_verification_applies_nothing(backend: Backend) {
     advance_to_next_morning(&env, day, 10, 0);
 
     let cases = [
-        ("hash", "hash mismatch"),
-        ("truncate", "cannot read the bill"),
-        ("malformed_row", "line"),
-        ("column_count", "line"),
+        ("hash", json!({ "corrupt": "hash" }), "hash mismatch"),
+        ("truncate", json!({ "corrupt": "truncate" }), "cannot read the bill"),
+        ("malformed_row", json!({ "corrupt": "malformed_row" }), "line 2"),
+        ("column_count", json!({ "corrupt": "column_count" }), "line 2"),
+        ("unknown_status", json!({ "status_override": { (numbers[0].clone()): "PAID_MAYBE" } }), "line"),
     ];
-    for (corruption, expected) in cases {
-        set_chaos(&env, json!({ "drop_rate": 1.0, "bill": { "corrupt": corruption } })).await;
+    for (corruption, bill_chaos, expected) in cases {
+        set_chaos(&env, json!({ "drop_rate": 1.0, "bill": bill_chaos })).await;
         let err = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap_err().to_string();
         assert!(err.contains(expected), "{corruption}: {err}");
         assert_eq!(count_status(&app, "SUCCESS").await, 5, "{corruption}: nothing applied");
