@@ -142,6 +142,7 @@ fn settings(keys_dir: &Path, db_url: &str, queue_url: &str) -> Settings {
     settings.wechat.dev_keys_dir = keys_dir.to_owned();
     settings.database.url = db_url.to_owned();
     settings.database.max_connections = 16;
+    settings.notify.writers = 8;
     settings.queue.url = queue_url.to_owned();
     settings.queue.prefix = format!("wxpay-bench-{}", uuid::Uuid::new_v4().simple());
     settings.server.port = 0;

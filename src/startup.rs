@@ -29,6 +29,9 @@ use crate::wechat::{Credentials, LoginClient, PayClient, WechatError};
 use crate::worker::context::{JobContext, SharedContext};
 use crate::worker::retry::RetryPolicy;
 
+/// Shortest admin token accepted: it is the only thing between the internet and refunds.
+const ADMIN_TOKEN_MIN: usize = 16;
+
 /// Which parts of the service a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -173,6 +176,13 @@ impl Application {
             settings.server.admin_token_file.as_ref(),
         )?
         .map(Arc::new);
+        if admin_token.as_ref().is_some_and(|t| t.expose().trim().len() < ADMIN_TOKEN_MIN) {
+            return Err(ConfigError::invalid(
+                "server.admin_token",
+                format!("must be at least {ADMIN_TOKEN_MIN} characters (it guards refunds)"),
+            )
+            .into());
+        }
         let state =
             AppState { login, orders, sync, reconciler, refunds, ingest, db, queue, metrics, clock, admin_token };
         Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })

@@ -38,7 +38,7 @@ impl FromRequestParts<AppState> for Admin {
             return Err(ApiError::Forbidden("admin routes are disabled: set server.admin_token".into()));
         };
         let given = bearer(parts).unwrap_or("");
-        if constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        if !given.is_empty() && constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("admin token required".into()))

@@ -25,6 +25,9 @@ struct RefundBody {
     amount_fen: i64,
     #[serde(default)]
     reason: Option<String>,
+    /// Optional idempotency key: the same number again returns the refund already recorded.
+    #[serde(default)]
+    out_refund_no: Option<String>,
 }
 
 /// 201 when WeChat accepted the application (PROCESSING or SUCCESS), 202 when it is recorded
@@ -38,7 +41,10 @@ async fn refund(
     if body.reason.as_deref().is_some_and(|r| r.chars().count() > 80) {
         return Err(ApiError::BadRequest("reason: at most 80 characters".into()));
     }
-    let row = state.refunds.request(&out_trade_no, body.amount_fen, body.reason.as_deref()).await?;
+    let row = state
+        .refunds
+        .request(&out_trade_no, body.amount_fen, body.reason.as_deref(), body.out_refund_no.as_deref())
+        .await?;
     let status = if row.status == "REQUESTED" { StatusCode::ACCEPTED } else { StatusCode::CREATED };
     Ok((status, Json(row)))
 }
@@ -56,7 +62,8 @@ impl From<RefundError> for ApiError {
     fn from(err: RefundError) -> Self {
         match err {
             RefundError::NoOrder => ApiError::NotFound,
-            RefundError::BadAmount => ApiError::BadRequest(err.to_string()),
+            RefundError::BadAmount | RefundError::BadRefundNo => ApiError::BadRequest(err.to_string()),
+            RefundError::RefundNoReused(_) => ApiError::Conflict(err.to_string()),
             RefundError::NotPaid(_) | RefundError::TooMuch(..) => ApiError::Conflict(err.to_string()),
             RefundError::Refused(e) => {
                 tracing::error!(error = %e, "WeChat refused the refund");

@@ -105,8 +105,15 @@ impl Settings {
         }
         positive("notify.max_batch", self.notify.max_batch)?;
         positive("notify.writers", self.notify.writers)?;
+        if self.notify.writers.saturating_mul(2) > self.database.max_connections as usize {
+            return Err(ConfigError::invalid(
+                "notify.writers",
+                "at most half of database.max_connections (each writer holds a connection while it commits)",
+            ));
+        }
         positive("queue.concurrency", self.queue.concurrency)?;
         positive("poll.batch", self.poll.batch)?;
+        positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0))?;
         if self.reconcile.run_at_time().is_none() {
             return Err(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
         }

@@ -207,8 +207,14 @@ fn secs_to_ms(secs: u64) -> i64 {
 }
 
 /// WeChat takes at most 127 characters, each 1-3 bytes of UTF-8 (no emoji).
+/// Commas, backticks and line breaks become spaces: WeChat's bill has no quoting, and the
+/// description comes back in it as 商品名称.
 fn wechat_description(text: &str) -> String {
-    text.chars().filter(|c| c.len_utf8() <= 3).take(DESCRIPTION_MAX).collect()
+    text.chars()
+        .filter(|c| c.len_utf8() <= 3)
+        .map(|c| if matches!(c, ',' | '`' | '\r' | '\n') { ' ' } else { c })
+        .take(DESCRIPTION_MAX)
+        .collect()
 }
 
 #[cfg(test)]
@@ -220,5 +226,6 @@ mod tests {
         assert_eq!(wechat_description("咖啡豆 250g ☕"), "咖啡豆 250g ☕");
         assert_eq!(wechat_description("mug 🍵"), "mug ");
         assert_eq!(wechat_description(&"x".repeat(300)).chars().count(), 127);
+        assert_eq!(wechat_description("beans, 250g\n`dark`"), "beans  250g  dark ");
     }
 }

@@ -24,6 +24,10 @@ pub enum RefundError {
     TooMuch(i64, i64),
     #[error("amount must be a positive number of fen")]
     BadAmount,
+    #[error("out_refund_no must be 1-64 characters of 0-9 A-Z a-z _ - | * @")]
+    BadRefundNo,
+    #[error("out_refund_no {0} is already used for another refund")]
+    RefundNoReused(String),
     #[error("WeChat refused the refund: {0}")]
     Refused(WechatError),
     #[error(transparent)]
@@ -59,18 +63,38 @@ impl RefundService {
 
     /// Records the refund, then applies for it at WeChat. If WeChat cannot be reached the
     /// refund stays REQUESTED and the poller applies again (same out_refund_no).
+    /// `out_refund_no`, when the caller gives one, makes the request idempotent: asking again
+    /// with the same number (after a timeout, say) returns the refund already recorded.
     pub async fn request(
         &self,
         out_trade_no: &str,
         amount_fen: i64,
         reason: Option<&str>,
+        out_refund_no: Option<&str>,
     ) -> Result<RefundRow, RefundError> {
         if amount_fen <= 0 {
             return Err(RefundError::BadAmount);
         }
         let now = self.clock.now();
         let now_ms = now.timestamp_millis();
-        let out_refund_no = format!("R{}{:08X}", now.format("%Y%m%d%H%M%S"), rand::random::<u32>());
+        let out_refund_no = match out_refund_no {
+            Some(no) => {
+                let valid = !no.is_empty()
+                    && no.len() <= 64
+                    && no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b));
+                if !valid {
+                    return Err(RefundError::BadRefundNo);
+                }
+                if let Some(existing) = self.db.refund_by_no(no).await? {
+                    if existing.out_trade_no == out_trade_no && existing.amount_fen == amount_fen {
+                        return Ok(existing);
+                    }
+                    return Err(RefundError::RefundNoReused(no.to_owned()));
+                }
+                no.to_owned()
+            }
+            None => format!("R{}{:08X}", now.format("%Y%m%d%H%M%S"), rand::random::<u32>()),
+        };
         let row = match self
             .db
             .insert_refund(out_trade_no, &out_refund_no, amount_fen, reason, now_ms, now_ms + self.grace_ms)
@@ -90,8 +114,10 @@ impl RefundService {
         tracing::info!(order.out_trade_no = out_trade_no, refund.out_refund_no = %row.out_refund_no, refund.amount_fen = amount_fen, "refund requested");
         match self.apply_at_wechat(&row).await {
             Ok(refund) => self.act(&row, &refund, EventSource::Api, "refund-apply").await?,
-            Err(err) if err.retryable() => {
-                tracing::warn!(refund.out_refund_no = %row.out_refund_no, error = %err, "refund application not sent yet; the poller retries");
+            Err(err) if err.retryable() || !refused_by_wechat(&err) => {
+                // Not reached, or an answer we could not read: the outcome is unknown, so the
+                // refund stays REQUESTED and the poller asks WeChat (and applies again if needed).
+                tracing::warn!(refund.out_refund_no = %row.out_refund_no, error = %err, "refund outcome unknown; the poller follows it up");
             }
             Err(err) => {
                 let mut tx = self.db.begin().await?;
@@ -130,7 +156,20 @@ impl RefundService {
             Ok(refund) => refund,
             // The application never reached WeChat: apply again (same number, idempotent).
             Err(err) if err.code() == Some("RESOURCE_NOT_EXISTS") && row.status == "REQUESTED" => {
-                self.apply_at_wechat(&row).await?
+                match self.apply_at_wechat(&row).await {
+                    Ok(refund) => refund,
+                    Err(err) if refused_by_wechat(&err) => {
+                        let mut tx = self.db.begin().await?;
+                        self.db
+                            .finish_refund_unpaid(&mut tx, &row.out_refund_no, "CLOSED", self.clock.now_ms())
+                            .await?;
+                        tx.commit().await.map_err(StorageError::from)?;
+                        self.metrics.refunds.with_label_values(&["refused"]).inc();
+                        tracing::error!(refund.out_refund_no = %row.out_refund_no, error = %err, "WeChat refused the refund");
+                        return Ok(());
+                    }
+                    Err(err) => return Err(err.into()),
+                }
             }
             Err(err) => return Err(err.into()),
         };
@@ -196,4 +235,10 @@ impl RefundService {
             self.metrics.order_transitions.with_label_values(&["REFUND", source.as_str()]).inc();
         }
     }
+}
+
+/// WeChat answered the application with a business refusal (4xx, e.g. not enough balance): no
+/// refund exists, so ours can be closed. Anything else leaves the outcome unknown.
+fn refused_by_wechat(err: &WechatError) -> bool {
+    matches!(err, WechatError::Api { status, .. } if (400..500).contains(status) && !err.retryable())
 }

@@ -122,6 +122,13 @@ impl OrderSync {
             Err(err) => return Err(err.into()),
         };
         if let Some(outcome) = self.settle_from(&order, txn.as_ref(), "poll").await? {
+            if matches!(outcome, CheckOutcome::Paid(ApplyOutcome::Anomaly(_))) {
+                tracing::warn!(
+                    order.out_trade_no = out_trade_no,
+                    "payment contradicts the order; polling stops, see anomalies"
+                );
+                self.db.stop_checks(order.id, self.clock.now_ms()).await?;
+            }
             return Ok(outcome);
         }
         let now_ms = self.clock.now_ms();

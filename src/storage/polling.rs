@@ -50,6 +50,19 @@ impl Db {
         Ok(())
     }
 
+    /// Stops polling an order that needs an operator (WeChat reports a payment that contradicts
+    /// it: asking again would only record the same anomaly again).
+    pub async fn stop_checks(&self, order_id: i64, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE orders SET next_check_at_ms = NULL, updated_at_ms = $2 WHERE id = $1 AND status = 'NOTPAY'",
+        )
+        .bind(order_id)
+        .bind(now_ms)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
     /// How many orders are due by `now_ms` (for tests and the `wxpay_poll_due_orders` view).
     pub async fn due_order_count(&self, now_ms: i64) -> Result<i64, StorageError> {
         let sql = format!("SELECT COUNT(*) FROM orders WHERE {DUE}");

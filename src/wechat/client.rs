@@ -24,6 +24,9 @@ use super::wire::refund::{Refund, RefundRequest};
 
 const AGENT: &str = concat!("wxpay-recon/", env!("CARGO_PKG_VERSION"));
 
+/// Longest a bill download may take, body included.
+const BILL_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Tolerance on the `Wechatpay-Timestamp` of responses, as the official Go SDK uses.
 const RESPONSE_TOLERANCE_SECS: i64 = 300;
 
@@ -176,6 +179,8 @@ impl PayClient {
         let mut response = self
             .http
             .get(url)
+            // The client's timeout bounds ordinary calls; a bill of hundreds of MiB needs longer.
+            .timeout(BILL_DOWNLOAD_TIMEOUT)
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "*/*")
             .header(USER_AGENT, AGENT)

@@ -119,11 +119,14 @@ pub fn sha1_of_plain(path: &Path) -> Result<String, ReconcileError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Deletes temporary bills a killed run left behind.
+/// Deletes temporary bills a killed run left behind: ours, and older than any run could be
+/// (a run in progress elsewhere, e.g. the CLI on the same directory, keeps its file).
 pub fn clear_stale(work_dir: &Path) {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
     let Ok(entries) = std::fs::read_dir(work_dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE));
+        if old && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

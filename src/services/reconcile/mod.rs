@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
+use tracing::Instrument;
 
 use crate::bill::{BillItem, BillReader, BillRow};
 use crate::clock::Clock;
@@ -91,14 +92,17 @@ impl Reconciler {
     /// is recorded `not_ready` with the time of the next attempt; an error is recorded
     /// `failed` (and returned).
     pub async fn run(&self, date: NaiveDate, progress: Arc<dyn Progress>) -> Result<BillRun, ReconcileError> {
+        let span = tracing::info_span!("reconcile", bill.date = %date);
+        self.run_in_span(date, progress).instrument(span).await
+    }
+
+    async fn run_in_span(&self, date: NaiveDate, progress: Arc<dyn Progress>) -> Result<BillRun, ReconcileError> {
         let started_at_ms = self.clock.now_ms();
         let bill_date = date.format("%Y-%m-%d").to_string();
         let today = wechat_date(self.clock.now());
         if date >= today {
             return Err(ReconcileError::NotYet(bill_date));
         }
-        let span = tracing::info_span!("reconcile", bill.date = %bill_date);
-        let _entered = span.enter();
         let result = self.run_inner(date, &bill_date, Arc::clone(&progress)).await;
         let finished_at_ms = self.clock.now_ms();
         let retry_ms = i64::try_from(self.settings.retry_interval_secs).unwrap_or(1800).saturating_mul(1000);
@@ -130,6 +134,10 @@ impl Reconciler {
                 (run, found)
             }
             Ok(Outcome::NotReady) => {
+                if let Some(done) = self.finished_run(&bill_date).await? {
+                    tracing::warn!("bill not available now; the day's earlier results stand");
+                    return Ok(done);
+                }
                 (self.unfinished(&bill_date, "not_ready", None, started_at_ms, finished_at_ms + retry_ms), Vec::new())
             }
             Err(err) => {
@@ -142,7 +150,10 @@ impl Reconciler {
                     started_at_ms,
                     finished_at_ms + retry_ms,
                 );
-                if let Err(save) = self.db.save_bill_run(&run, &[]).await {
+                // A failed re-run of a finished day keeps that day's results.
+                if matches!(self.finished_run(&bill_date).await, Ok(None))
+                    && let Err(save) = self.db.save_bill_run(&run, &[]).await
+                {
                     tracing::error!(error = %save, "cannot record the failed run");
                 }
                 return Err(err);
@@ -165,6 +176,15 @@ impl Reconciler {
         }
         tracing::info!(status = %saved.status, rows = saved.bill_rows, discrepancies = saved.discrepancies, healed = saved.healed, unexplained = saved.unexplained, "reconciliation finished");
         Ok(saved)
+    }
+
+    /// The day's recorded run if it finished (clean, discrepancies or no bill).
+    async fn finished_run(&self, bill_date: &str) -> Result<Option<BillRun>, StorageError> {
+        Ok(self
+            .db
+            .bill_run(bill_date)
+            .await?
+            .filter(|run| matches!(run.status.as_str(), "clean" | "discrepancies" | "no_bill")))
     }
 
     fn unfinished(&self, date: &str, status: &str, error: Option<String>, started: i64, next: i64) -> BillRun {
@@ -225,7 +245,11 @@ impl Reconciler {
         let mut comparison = comparator.finish();
         let unmatched = std::mem::take(&mut comparison.unmatched);
         for item in unmatched {
-            let d = self.resolve_unmatched(&item, &evidence, from_ms, to_ms_).await?;
+            let Some(d) = self.resolve_unmatched(&item, &evidence, from_ms, to_ms_).await? else {
+                // Recorded meanwhile by another path: one of our payments of the day after all.
+                comparison.orders_compared += 1;
+                continue;
+            };
             if d.resolution == "healed" {
                 // Healed now: one of our payments of the day from here on, as a re-run sees it.
                 comparison.orders_compared += 1;
@@ -243,7 +267,7 @@ impl Reconciler {
         evidence: &str,
         from_ms: i64,
         to_ms: i64,
-    ) -> Result<Discrepancy, ReconcileError> {
+    ) -> Result<Option<Discrepancy>, ReconcileError> {
         let row = &item.row;
         let mut d = Discrepancy {
             class: class::MISSING_HERE.into(),
@@ -258,7 +282,7 @@ impl Reconciler {
         let Some(order) = self.db.order_by_no(&row.out_trade_no).await? else {
             d.class = class::UNKNOWN_ORDER.into();
             d.detail = "paid at WeChat for an order we never created".into();
-            return Ok(d);
+            return Ok(Some(d));
         };
         d.ours = Some(format!("{} {}", order.status, order.amount_fen));
         match order.status.as_str() {
@@ -270,9 +294,21 @@ impl Reconciler {
                         d.resolution = "healed".into();
                         d.detail = "paid at WeChat, missed here; healed from this bill".into();
                     }
+                    // Recorded meanwhile (a notification won the race): nothing to explain.
+                    ApplyOutcome::Duplicate | ApplyOutcome::AlreadyProcessed => return Ok(None),
+                    ApplyOutcome::Anomaly(kind) => {
+                        d.class = match kind {
+                            "amount_mismatch" => class::AMOUNT_MISMATCH,
+                            "paid_after_close" => class::PAID_AFTER_CLOSE,
+                            "transaction_mismatch" => class::TRANSACTION_MISMATCH,
+                            _ => class::STATUS_MISMATCH,
+                        }
+                        .into();
+                        d.detail = format!("payment not applied ({kind}): see anomalies");
+                    }
                     other => {
-                        d.class = class::AMOUNT_MISMATCH.into();
-                        d.detail = format!("payment not applied ({}): see anomalies", other.label());
+                        d.class = class::STATUS_MISMATCH.into();
+                        d.detail = format!("payment not applied ({})", other.label());
                     }
                 }
             }
@@ -291,7 +327,7 @@ impl Reconciler {
                 }
             }
         }
-        Ok(d)
+        Ok(Some(d))
     }
 
     /// Whether `date` has a finished run (clean, with discrepancies, or no bill).
