@@ -189,6 +189,8 @@ impl TestEnv {
             // about notifications (tests of client sync set their own).
             ("POLL__CLIENT_SYNC_CACHE_MS", "60000".to_owned()),
             ("SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            // The poller would race the notifications of slow tests: it is tested on its own.
+            ("ORDERS__POLL_GRACE_SECS", "3600".to_owned()),
             // The daily reconciliation runs only in the tests about it.
             ("RECONCILE__ENABLED", "false".to_owned()),
             ("RECONCILE__WORK_DIR", self.path("bill-tmp").display().to_string()),

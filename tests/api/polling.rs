@@ -42,6 +42,7 @@ async fn trail(app: &TestApp, no: &str) -> Vec<(String, String, i64)> {
 }
 
 fn fast_polling(s: &mut Settings) {
+    s.orders.poll_grace_secs = 60;
     s.poll.sweep_interval_ms = 100;
     s.poll.batch = 64; // several sweeps per wave: the drain loop is exercised
     s.poll.claim_secs = 30;

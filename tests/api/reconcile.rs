@@ -69,7 +69,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     let (missed, rest) = rest.split_at(1);
     let (cancelled, _unpaid) = rest.split_at(20);
     pay_all(&env, paid).await;
-    eventually("448 payments applied", Duration::from_secs(60), || async {
+    eventually("448 payments applied", Duration::from_secs(120), || async {
         count_status(&app, "SUCCESS").await == 448
     })
     .await;

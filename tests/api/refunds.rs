@@ -75,7 +75,12 @@ async fn partial_and_full_refunds_move_money_once(backend: Backend) {
 
 async fn a_refund_whose_notification_is_lost_is_settled_by_polling(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let app = env.spawn_app_with(ALL_ROLES, |s| s.poll.sweep_interval_ms = 100).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.orders.poll_grace_secs = 60;
+            s.poll.sweep_interval_ms = 100;
+        })
+        .await;
     let (client, _) = env.client(&app).await;
     let b = client.create_order("coffee", 1).await.unwrap().out_trade_no;
     client.pay(&b).await.unwrap();
