@@ -133,18 +133,26 @@ impl PayClient {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
         max_bytes: u64,
     ) -> Result<u64, WechatError> {
-        const ENDPOINT: &str = "bill_download";
+        self.measured("bill_download", self.download_inner(download_url, out, max_bytes)).await
+    }
+
+    /// Every call: waits for the rate limit, then counts and times the outcome by endpoint.
+    async fn measured<T>(
+        &self,
+        endpoint: &'static str,
+        call: impl std::future::Future<Output = Result<T, WechatError>>,
+    ) -> Result<T, WechatError> {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
         let started = Instant::now();
-        let result = self.download_inner(download_url, out, max_bytes).await;
+        let result = call.await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) => err.outcome(),
         };
-        self.metrics.wechat_calls.with_label_values(&[ENDPOINT, outcome]).inc();
-        self.metrics.wechat_call_duration.with_label_values(&[ENDPOINT]).observe(started.elapsed().as_secs_f64());
+        self.metrics.wechat_calls.with_label_values(&[endpoint, outcome]).inc();
+        self.metrics.wechat_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -218,18 +226,7 @@ impl PayClient {
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Verified, WechatError> {
-        if let Some(limiter) = &self.limiter {
-            limiter.acquire().await;
-        }
-        let started = Instant::now();
-        let result = self.send_inner(endpoint, method, path_and_query, body).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(err) => err.outcome(),
-        };
-        self.metrics.wechat_calls.with_label_values(&[endpoint, outcome]).inc();
-        self.metrics.wechat_call_duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
-        result
+        self.measured(endpoint, self.send_inner(endpoint, method, path_and_query, body)).await
     }
 
     async fn send_inner(
