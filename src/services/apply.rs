@@ -101,9 +101,14 @@ impl Applier {
         }
         tx.commit().await?;
         if entry.event_type.starts_with("REFUND.") {
-            if outcome == ApplyOutcome::Applied && entry.event_type == "REFUND.SUCCESS" {
-                self.metrics.order_transitions.with_label_values(&["REFUND", "notify"]).inc();
-                self.metrics.refunds.with_label_values(&["succeeded"]).inc();
+            match (&outcome, entry.event_type.as_str()) {
+                (ApplyOutcome::Applied, "REFUND.SUCCESS") => {
+                    self.metrics.order_transitions.with_label_values(&["REFUND", "notify"]).inc();
+                    self.metrics.refunds.with_label_values(&["succeeded"]).inc();
+                }
+                (ApplyOutcome::Applied, "REFUND.CLOSED") => self.metrics.refunds.with_label_values(&["closed"]).inc(),
+                (ApplyOutcome::Applied, _) => self.metrics.refunds.with_label_values(&["abnormal"]).inc(),
+                _ => {}
             }
         } else {
             self.count_transition(&outcome, EventSource::Notify);

@@ -56,6 +56,8 @@ pub struct Chaos {
     pub max_delay_ms: u64,
     /// Deliver each batch of notifications in a seeded random order.
     pub reorder: bool,
+    /// How refunds end: `SUCCESS` (default), `CLOSED` or `ABNORMAL` (announced as `REFUND.<status>`).
+    pub refund_outcome: Option<String>,
     /// Reseeds the simulator's generator when set through the control endpoint.
     pub seed: Option<u64>,
     /// What is wrong with the trade bills served from now on.
@@ -107,6 +109,9 @@ impl Chaos {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }
+        }
+        if self.refund_outcome.as_deref().is_some_and(|o| !matches!(o, "SUCCESS" | "CLOSED" | "ABNORMAL")) {
+            return Err("refund_outcome must be SUCCESS, CLOSED or ABNORMAL".into());
         }
         if self.fault_rate > 0.0 && self.fault_modes.is_empty() {
             return Err("fault_rate > 0 needs at least one fault_modes entry".into());

@@ -1,7 +1,7 @@
 //! Refunds as WeChat runs them: an application is accepted as PROCESSING (idempotent by
 //! out_refund_no, never more than the order's total in all), completes a little later (60 s
-//! divided by the time scale), turns the order's trade state to REFUND, and is announced by a
-//! signed, encrypted `REFUND.SUCCESS` notification. Refund rows appear in the bill of the day
+//! divided by the time scale; chaos can make it end CLOSED or ABNORMAL instead), turns the order's
+//! trade state to REFUND, and is announced by a signed, encrypted `REFUND.<status>` notification. Refund rows appear in the bill of the day
 //! the refund was applied for.
 
 use std::time::Duration;
@@ -128,21 +128,23 @@ async fn complete_later(sim: SimContext, out_refund_no: String, delay: Duration)
         () = tokio::time::sleep(delay) => {}
     }
     let now = sim.clock.now();
+    let outcome = sim.chaos.read().await.refund_outcome.clone().unwrap_or_else(|| "SUCCESS".into());
+    let succeeded = outcome == "SUCCESS";
     let mut state = sim.state.lock().await;
     let Some(refund) = state.refunds.get_mut(&out_refund_no) else { return };
     if refund.status != "PROCESSING" {
         return;
     }
-    refund.status = "SUCCESS".into();
-    refund.success_time = Some(now);
+    refund.status.clone_from(&outcome);
+    refund.success_time = succeeded.then_some(now);
     let notice = RefundNotice {
         mchid: sim.keys.mchid.clone(),
         out_trade_no: refund.request.out_trade_no.clone(),
         transaction_id: refund.transaction_id.clone(),
         out_refund_no: refund.request.out_refund_no.clone(),
         refund_id: refund.refund_id.clone(),
-        refund_status: "SUCCESS".into(),
-        success_time: Some(to_wechat_rfc3339(now)),
+        refund_status: outcome.clone(),
+        success_time: succeeded.then(|| to_wechat_rfc3339(now)),
         user_received_account: "支付用户零钱".into(),
         amount: RefundNoticeAmount {
             total: refund.request.amount.total,
@@ -158,8 +160,13 @@ async fn complete_later(sim: SimContext, out_refund_no: String, delay: Duration)
     let resource = serde_json::to_string(&notice).unwrap_or_default();
     let notification = PlainNotification {
         id,
-        event_type: "REFUND.SUCCESS".into(),
-        summary: "退款成功".into(),
+        event_type: format!("REFUND.{outcome}"),
+        summary: match outcome.as_str() {
+            "SUCCESS" => "退款成功",
+            "CLOSED" => "退款关闭",
+            _ => "退款异常",
+        }
+        .into(),
         original_type: "refund".into(),
         associated_data: "refund".into(),
         resource_json: resource,

@@ -101,7 +101,50 @@ async fn a_refund_whose_notification_is_lost_is_settled_by_polling(backend: Back
     assert_eq!(events.last().map(|e| (e.source.as_str(), e.to_status.as_str())), Some(("poll", "REFUND")));
 }
 
+/// A refund WeChat closes moves no money and frees the amount; an abnormal one waits for an
+/// operator. Both arrive as `REFUND.*` notifications through the inbox.
+async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    client.pay(&no).await.unwrap();
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let path = format!("/api/orders/{no}/refund");
+    let order_id = app.state.db.order_by_no(&no).await.unwrap().unwrap().id;
+    let statuses = || async {
+        app.state.db.refunds_of_order(order_id).await.unwrap().into_iter().map(|r| r.status).collect::<Vec<_>>()
+    };
+
+    set_chaos(&env, json!({ "refund_outcome": "CLOSED" })).await;
+    assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await.0, 201);
+    eventually("REFUND.CLOSED applied", Duration::from_secs(20), || async { statuses().await == vec!["CLOSED"] }).await;
+    assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0), "a closed refund moves no money");
+
+    set_chaos(&env, json!({ "refund_outcome": "ABNORMAL" })).await;
+    assert_eq!(
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await.0,
+        201,
+        "the closed amount is free again"
+    );
+    eventually("REFUND.ABNORMAL applied", Duration::from_secs(20), || async {
+        statuses().await == vec!["CLOSED", "ABNORMAL"]
+    })
+    .await;
+    assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0));
+    let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
+    assert_eq!(status, 409, "an abnormal refund still holds its amount until an operator settles it");
+    assert_eq!(app.metrics.refunds.with_label_values(&["closed"]).get(), 1);
+    assert_eq!(app.metrics.refunds.with_label_values(&["abnormal"]).get(), 1);
+    let outcomes: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM notifications WHERE event_type IN ('REFUND.CLOSED', 'REFUND.ABNORMAL') AND outcome = 'applied'")
+        .fetch_one(app.state.db.reader())
+        .await
+        .unwrap();
+    assert_eq!(outcomes.0, 2, "both went through the inbox and the worker");
+}
+
 crate::both_profiles!(
+    closed_and_abnormal_refunds_move_no_money,
     partial_and_full_refunds_move_money_once,
     a_refund_whose_notification_is_lost_is_settled_by_polling
 );
