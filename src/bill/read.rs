@@ -147,7 +147,7 @@ impl<R: BufRead> BillReader<R> {
             Err(e) if self.stage == Stage::Rows => return Ok(Some(Err(e))),
             Err(e) => return Err(e),
         };
-        let values: Vec<&str> = line.split(',').map(|v| v.strip_prefix('`').unwrap_or(v)).collect();
+        let values = split_values(&line);
         match self.stage {
             Stage::Header => {
                 if values.len() != COLUMNS || values.first() != HEADER.first() {
@@ -215,5 +215,27 @@ pub fn read_bill(input: impl BufRead) -> Result<(Vec<BillRow>, BillSummary), Bil
     match reader.stated_summary() {
         Some(summary) => Ok((rows, *summary)),
         None => Err(reader.error("no summary line")),
+    }
+}
+
+/// The values of one line. WeChat does not quote, but prefixes every value with a backtick, so
+/// a line that starts with one is split on ",`": a comma inside a product name or an attach
+/// stays in its value. Lines without backticks (headers, hand-made files) split on commas.
+fn split_values(line: &str) -> Vec<&str> {
+    match line.strip_prefix('`') {
+        Some(rest) => rest.split(",`").collect(),
+        None => line.split(',').map(|v| v.strip_prefix('`').unwrap_or(v)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_values;
+
+    #[test]
+    fn commas_inside_backticked_values_stay_in_them() {
+        assert_eq!(split_values("`a,`b, c,`"), vec!["a", "b, c", ""]);
+        assert_eq!(split_values("交易时间,公众账号ID"), vec!["交易时间", "公众账号ID"]);
+        assert_eq!(split_values("a,`b"), vec!["a", "b"]);
     }
 }
