@@ -146,14 +146,19 @@ async fn three_worker_replicas_killed_every_two_seconds_apply_each_payment_once(
     eprintln!("{:>5.1} s: all {ORDERS} applied after {kills} kills", started.elapsed().as_secs_f64());
     assert!(kills >= 2, "workers were killed during the run ({kills})");
     assert_settled_exactly_once(&db, ORDERS).await;
+    // Duplicates may still be on their way (a copy whose answer timed out under load is sent again
+    // on WeChat's schedule): every one is acknowledged in the end, and stored as a delivery.
+    let sim = env.sim.base_url();
+    eventually("every delivery acknowledged", Duration::from_secs(120), || async {
+        sim_notifications(&sim).await.into_iter().all(|n| n["delivered"] == true)
+    })
+    .await;
     let (deliveries,): (i64,) = sqlx::query_as("SELECT CAST(SUM(deliveries) AS BIGINT) FROM notifications")
         .fetch_one(db.reader())
         .await
         .unwrap();
     assert!(deliveries >= 3 * ORDERS as i64, "all duplicate deliveries were received: {deliveries}");
-    let undelivered =
-        sim_notifications(&env.sim.base_url()).await.into_iter().filter(|n| n["delivered"] != true).count();
-    assert_eq!(undelivered, 0, "every delivery acknowledged");
+    assert_settled_exactly_once(&db, ORDERS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
