@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo bench --bench notify_ingest` (PostgreSQL from `WXPAY_TEST_DATABASE_URL`, Redis
 //! from `WXPAY_TEST_REDIS_URL`, defaults as in scripts/test.sh). `BENCH_N` sets the number of
-//! notifications of the throughput run (default 10000).
+//! notifications of the throughput run (default 10000); `BENCH_DIAGNOSE=1` adds a PostgreSQL
+//! run with the SQLite queue, to see what the Redis enqueue costs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
@@ -76,7 +77,7 @@ async fn run() {
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}"))).await.unwrap();
     let pg_url = format!("{}/{pg_name}", pg_admin.rsplit_once('/').unwrap().0);
 
-    let profiles = [
+    let mut profiles = vec![
         (
             "embedded (SQLite)",
             format!("sqlite://{}/data.sqlite", dir.path().display()),
@@ -84,6 +85,17 @@ async fn run() {
         ),
         ("cluster (PostgreSQL + Redis)", pg_url.clone(), redis),
     ];
+    if std::env::var_os("BENCH_DIAGNOSE").is_some() {
+        // PostgreSQL with the SQLite queue: how much of the cluster figure the Redis enqueue costs.
+        let name = format!("wxpay_bench_{}", uuid::Uuid::new_v4().simple());
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+        let url = format!("{}/{name}", pg_admin.rsplit_once('/').unwrap().0);
+        profiles.push((
+            "diagnostic (PostgreSQL + SQLite queue)",
+            url,
+            format!("sqlite://{}/queue-pg.sqlite", dir.path().display()),
+        ));
+    }
     let mut rows = Vec::new();
     for (name, db_url, queue_url) in profiles {
         println!("\n== {name}");
