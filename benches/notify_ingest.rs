@@ -8,7 +8,7 @@
 //!
 //! Run: `cargo bench --bench notify_ingest` (PostgreSQL from `WXPAY_TEST_DATABASE_URL`, Redis
 //! from `WXPAY_TEST_REDIS_URL`, defaults as in scripts/test.sh). `BENCH_N` sets the number of
-//! notifications of the throughput run (default 10000); `BENCH_DIAGNOSE=1` adds a PostgreSQL
+//! notifications of the throughput run (default 30000: shorter runs are dominated by warm-up); `BENCH_DIAGNOSE=1` adds a PostgreSQL
 //! run with the SQLite queue, to see what the Redis enqueue costs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
@@ -46,7 +46,7 @@ fn main() {
 }
 
 async fn run() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("dev-keys");
     std::fs::create_dir_all(&keys_dir).unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::state::Services;
 use crate::api::{self, AppState, Routes};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
@@ -183,8 +184,19 @@ impl Application {
             )
             .into());
         }
-        let state =
-            AppState { login, orders, sync, reconciler, refunds, ingest, db, queue, metrics, clock, admin_token };
+        let state = AppState::new(Services {
+            login,
+            orders,
+            sync,
+            reconciler,
+            refunds,
+            ingest,
+            db,
+            queue,
+            metrics,
+            clock,
+            admin_token,
+        });
         Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
     }
 
