@@ -155,15 +155,13 @@ impl Applier {
             Ok(notice) => notice,
             Err(err) => {
                 let detail = format!("resource is not a refund: {err}");
-                self.anomaly(tx, "malformed_resource", &evidence, None, None, &detail, now_ms).await?;
-                return Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)));
+                return self.anomaly(tx, "malformed_resource", &evidence, None, None, detail, now_ms).await;
             }
         };
         let no = Some(notice.out_trade_no.as_str());
         if notice.mchid != self.mchid {
             let detail = format!("mchid_mismatch: ours {}, notification {}", self.mchid, notice.mchid);
-            self.anomaly(tx, "mchid_mismatch", &evidence, None, no, &detail, now_ms).await?;
-            return Ok((ApplyOutcome::Anomaly("mchid_mismatch"), Some(detail)));
+            return self.anomaly(tx, "mchid_mismatch", &evidence, None, no, detail, now_ms).await;
         }
         if notice.refund_status != "SUCCESS" {
             let changed =
@@ -190,13 +188,11 @@ impl Applier {
             RefundOutcome::Applied => Ok((ApplyOutcome::Applied, None)),
             RefundOutcome::Duplicate => Ok((ApplyOutcome::Duplicate, None)),
             RefundOutcome::Mismatch(detail) => {
-                self.anomaly(tx, "refund_mismatch", &evidence, None, no, &detail, now_ms).await?;
-                Ok((ApplyOutcome::Anomaly("refund_mismatch"), Some(detail)))
+                self.anomaly(tx, "refund_mismatch", &evidence, None, no, detail, now_ms).await
             }
             RefundOutcome::Unknown => {
                 let detail = format!("no refund {} here", notice.out_refund_no);
-                self.anomaly(tx, "unknown_refund", &evidence, None, no, &detail, now_ms).await?;
-                Ok((ApplyOutcome::Anomaly("unknown_refund"), Some(detail)))
+                self.anomaly(tx, "unknown_refund", &evidence, None, no, detail, now_ms).await
             }
         }
     }
@@ -211,8 +207,7 @@ impl Applier {
             Ok(txn) => self.apply_payment(tx, &txn, &evidence).await,
             Err(err) => {
                 let detail = format!("resource is not a transaction: {err}");
-                self.anomaly(tx, "malformed_resource", &evidence, None, None, &detail, self.clock.now_ms()).await?;
-                Ok((ApplyOutcome::Anomaly("malformed_resource"), Some(detail)))
+                self.anomaly(tx, "malformed_resource", &evidence, None, None, detail, self.clock.now_ms()).await
             }
         }
     }
@@ -226,15 +221,14 @@ impl Applier {
         let now_ms = self.clock.now_ms();
         let Some(order) = self.db.lock_order(tx, &txn.out_trade_no).await? else {
             let detail = "no order with this out_trade_no".to_owned();
-            self.anomaly(tx, "unknown_order", evidence, None, Some(&txn.out_trade_no), &detail, now_ms).await?;
-            return Ok((ApplyOutcome::Anomaly("unknown_order"), Some(detail)));
+            return self.anomaly(tx, "unknown_order", evidence, None, Some(&txn.out_trade_no), detail, now_ms).await;
         };
         if let Some((kind, ours, theirs)) = self.mismatch(&order, txn) {
             let detail = format!("{kind}: ours {ours}, {} {theirs}", evidence.source.as_str());
-            self.anomaly(tx, kind, evidence, Some((&ours, &theirs)), Some(&order.out_trade_no), &detail, now_ms)
-                .await?;
             self.no_op_event(tx, &order, evidence, &detail, now_ms).await?;
-            return Ok((ApplyOutcome::Anomaly(kind), Some(detail)));
+            return self
+                .anomaly(tx, kind, evidence, Some((&ours, &theirs)), Some(&order.out_trade_no), detail, now_ms)
+                .await;
         }
         let paid_at_ms = txn.success_time.as_deref().and_then(parse_rfc3339).map(|t| t.timestamp_millis());
         let request = TransitionRequest {
@@ -258,34 +252,16 @@ impl Applier {
                         // Paid after we closed it: money moved for a closed order. Never
                         // silently re-opened; an operator decides (refund or honour).
                         let detail = format!("paid at WeChat ({}) but closed here", evidence.source.as_str());
-                        self.anomaly(
-                            tx,
-                            "paid_after_close",
-                            evidence,
-                            None,
-                            Some(&order.out_trade_no),
-                            &detail,
-                            now_ms,
-                        )
-                        .await?;
-                        Ok((ApplyOutcome::Anomaly("paid_after_close"), Some(detail)))
+                        self.anomaly(tx, "paid_after_close", evidence, None, Some(&order.out_trade_no), detail, now_ms)
+                            .await
                     }
                     _ => {
                         let detail = format!(
                             "order is {current} with transaction {:?}, notification says {:?}",
                             order.transaction_id, txn.transaction_id
                         );
-                        self.anomaly(
-                            tx,
-                            "transaction_mismatch",
-                            evidence,
-                            None,
-                            Some(&order.out_trade_no),
-                            &detail,
-                            now_ms,
-                        )
-                        .await?;
-                        Ok((ApplyOutcome::Anomaly("transaction_mismatch"), Some(detail)))
+                        let no = Some(order.out_trade_no.as_str());
+                        self.anomaly(tx, "transaction_mismatch", evidence, None, no, detail, now_ms).await
                     }
                 }
             }
@@ -314,6 +290,7 @@ impl Applier {
         None
     }
 
+    /// Records evidence that was refused and returns the outcome that says so.
     #[expect(clippy::too_many_arguments, reason = "one call shape for every anomaly kind")]
     async fn anomaly(
         &self,
@@ -322,15 +299,15 @@ impl Applier {
         evidence: &Evidence<'_>,
         values: Option<(&str, &str)>,
         out_trade_no: Option<&str>,
-        detail: &str,
+        detail: String,
         now_ms: i64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
         tracing::warn!(
             anomaly.kind = kind,
             source = evidence.source.as_str(),
             evidence = evidence.reference,
             order.out_trade_no = out_trade_no.unwrap_or(""),
-            detail,
+            detail = %detail,
             "evidence not applied"
         );
         self.db
@@ -346,7 +323,8 @@ impl Applier {
                     now_ms,
                 },
             )
-            .await
+            .await?;
+        Ok((ApplyOutcome::Anomaly(kind), Some(detail)))
     }
 
     /// Records that evidence arrived for the order but was refused.

@@ -254,7 +254,9 @@ impl OrderSync {
     /// once per order per `client_sync_cache_ms` however many requests arrive together (they
     /// wait for the one call). A failed call leaves the stored status, which is still honest.
     pub async fn refresh(&self, order: OrderRow) -> Result<OrderRow, StorageError> {
-        if order.status != OrderStatus::Notpay.as_str() {
+        // Final, or polling was stopped because WeChat's answer contradicts the order (an
+        // operator's case): asking again would only record the same anomaly again.
+        if order.status != OrderStatus::Notpay.as_str() || order.next_check_at_ms.is_none() {
             return Ok(order);
         }
         let flight = self.flight(&order.out_trade_no);

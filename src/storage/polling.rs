@@ -21,7 +21,18 @@ impl Db {
         claim_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let sql = claim_sql(self.dialect().skip_locked());
+        self.run_claim(claim_sql(self.dialect().skip_locked()), now_ms, claim_until_ms, limit).await
+    }
+
+    /// Runs a claim statement (`$1` now, `$2` claimed until, `$3` limit) returning one number
+    /// per claimed row; shared by the order and refund pollers.
+    pub(super) async fn run_claim(
+        &self,
+        sql: String,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StorageError> {
         let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(now_ms)
             .bind(claim_until_ms)

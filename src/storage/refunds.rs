@@ -244,12 +244,6 @@ impl Db {
              RETURNING out_refund_no",
             self.dialect().skip_locked()
         );
-        let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(now_ms)
-            .bind(claim_until_ms)
-            .bind(limit)
-            .fetch_all(self.writer())
-            .await?;
-        Ok(rows.into_iter().map(|(no,)| no).collect())
+        self.run_claim(sql, now_ms, claim_until_ms, limit).await
     }
 }
