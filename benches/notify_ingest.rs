@@ -72,6 +72,7 @@ async fn run() {
     let pg_admin = std::env::var("WXPAY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis = std::env::var("WXPAY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis_url = redis.clone();
     let pg_name = format!("wxpay_bench_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&pg_admin).await.expect("PostgreSQL for the cluster profile");
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}"))).await.unwrap();
@@ -147,6 +148,34 @@ async fn run() {
         );
     }
     let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"))).await;
+    drop_bench_keys(&redis_url).await;
+}
+
+/// The queue keys of this run's jobs (one hash per job): left behind they fill the shared Redis.
+async fn drop_bench_keys(redis_url: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("wxpay-bench-*")
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
 }
 
 fn settings(keys_dir: &Path, db_url: &str, queue_url: &str) -> Settings {

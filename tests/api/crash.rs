@@ -32,9 +32,28 @@ async fn held_jobs(env: &TestEnv) -> i64 {
         }
         Backend::Cluster => {
             let client = redis::Client::open(env.redis.as_str()).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> =
-                redis::cmd("KEYS").arg(format!("{}.*:inflight:*", env.prefix)).query_async(&mut conn).await.unwrap();
+            // The shared Redis holds every test's keys: SCAN in steps (KEYS timed out under load).
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
+            let pattern = format!("{}.*:inflight:*", env.prefix);
+            let mut keys = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                keys.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
             let mut held = 0;
             for key in keys {
                 let n: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.unwrap();

@@ -71,6 +71,15 @@ async fn polling_alone_settles_paid_orders_and_closes_expired_ones(backend: Back
     assert_eq!(paid_trail, vec![("api".into(), "NOTPAY".into(), 1), ("poll".into(), "SUCCESS".into(), 1)]);
     let row = app.state.db.order_by_no(&paid[0]).await.unwrap().unwrap();
     assert!(row.transaction_id.is_some() && row.paid_at_ms.is_some() && row.next_check_at_ms.is_none(), "{row:?}");
+    // The unpaid ones are checked in the same wave (possibly just after the last payment).
+    eventually("every unpaid order checked once", Duration::from_secs(30), || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = 'NOTPAY' AND check_attempts = 1")
+            .fetch_one(app.state.db.reader())
+            .await
+            .unwrap();
+        n == 50
+    })
+    .await;
     let pending = app.state.db.order_by_no(&unpaid[0]).await.unwrap().unwrap();
     assert_eq!(pending.check_attempts, 1, "checked once, rescheduled");
     assert!(pending.next_check_at_ms.unwrap() > env.clock.now_ms() + 50_000, "next check on the schedule");

@@ -31,6 +31,28 @@ fn away_from_midnight(env: &TestEnv) -> NaiveDate {
     wechat_date(env.clock.now())
 }
 
+/// Waits for `n` SUCCESS orders; on timeout says where the payments are stuck (deliveries at the
+/// simulator, rows in the inbox, applied), since this wait has timed out in loaded suite runs.
+async fn wait_for_payments(env: &TestEnv, app: &TestApp, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count_status(app, "SUCCESS").await != n {
+        if std::time::Instant::now() > deadline {
+            let stats: Value =
+                reqwest::get(format!("{}/sim/stats", env.sim.base_url())).await.unwrap().json().await.unwrap();
+            let (stored, processed): (i64, i64) =
+                sqlx::query_as("SELECT COUNT(*), COUNT(processed_at_ms) FROM notifications")
+                    .fetch_one(app.state.db.reader())
+                    .await
+                    .unwrap();
+            panic!(
+                "{} of {n} payments applied after 120 s; inbox {stored} stored, {processed} processed; simulator {stats}",
+                count_status(app, "SUCCESS").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Moves the shared clock to `hh:mm` Shanghai on the day after `day`.
 fn advance_to_next_morning(env: &TestEnv, day: NaiveDate, hh: u32, mm: u32) {
     let next = day.checked_add_days(Days::new(1)).unwrap();
@@ -69,10 +91,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     let (missed, rest) = rest.split_at(1);
     let (cancelled, _unpaid) = rest.split_at(20);
     pay_all(&env, paid).await;
-    eventually("448 payments applied", Duration::from_secs(120), || async {
-        count_status(&app, "SUCCESS").await == 448
-    })
-    .await;
+    wait_for_payments(&env, &app, 448).await;
     // Two more, then one refunded in part and one in full.
     let partly = client.create_order("coffee", 1).await.unwrap().out_trade_no;
     let fully = client.create_order("coffee", 1).await.unwrap().out_trade_no;
