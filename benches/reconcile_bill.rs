@@ -21,7 +21,6 @@ use wxpay_recon::bill::{BillItem, BillReader, BillRow, BillWriter};
 use wxpay_recon::config::{CatalogItem, DatabaseSettings};
 use wxpay_recon::services::reconcile::compare::Comparator;
 use wxpay_recon::services::reconcile::fetch::{open_plain, sha1_of_plain};
-use wxpay_recon::storage::Db;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -86,14 +85,13 @@ async fn run() {
     println!("reconcile benchmark: {rows} bill rows against {rows} paid orders (embedded SQLite)");
 
     let started = Instant::now();
-    let db = Db::connect(&DatabaseSettings {
+    let db = wxpay_recon::deps::database(&DatabaseSettings {
         url: format!("sqlite://{}/data.sqlite", dir.path().display()),
         max_connections: 4,
         acquire_timeout_ms: 30_000,
     })
     .await
     .unwrap();
-    db.migrate().await.unwrap();
     db.seed_products(&[CatalogItem { id: "p".into(), name: "P".into(), price_fen: 100 }], 0).await.unwrap();
     let user = db.upsert_user("obench", None, "v1:x", 0).await.unwrap();
     let seed = format!(
@@ -158,7 +156,7 @@ async fn run() {
         while let Some(item) = reader.next() {
             let line = reader.line();
             match item.unwrap() {
-                BillItem::Row(row) => comparator.row(line, row),
+                BillItem::Row(row) => comparator.row(line, &row).unwrap(),
                 BillItem::Summary(summary) => comparator.summary(line, &summary),
             }
         }

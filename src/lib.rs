@@ -2,23 +2,32 @@
 //! telling the same story.
 //!
 //! # Layout
-//! - `cli`: one file per subcommand (`serve`, `sim`, `demo`, `migrate`, `jobs`, `order`).
-//! - `startup`: builds pools, queue, clients, services, router and worker from settings.
-//! - `config`: layered settings (defaults, file, `WXPAY_RECON__*`), secrets.
-//! - `domain`: money, ids, order states and transitions. Pure.
-//! - `wechat`: signing, verification, AES-GCM, keys, wire types, HTTP clients.
-//! - `services`: use cases shared by API and worker (login, orders, ingest, apply).
-//! - `api`: axum handlers, one module per resource.
-//! - `worker`: apalis workers, job kinds, retry policy, sweeper.
-//! - `storage`: the database (SQLite or PostgreSQL) behind one type.
+//! - `cli`: one file per subcommand (`serve`, `sim`, `demo`, `migrate`, `reconcile`, `bill`,
+//!   `jobs`, `order`).
+//! - `startup`: builds the services, router and worker of a process and binds its listener.
+//! - `deps`: the one dependency builder (database, queue, clock, metrics, WeChat client with
+//!   the shared rate limit) used by `startup`, every CLI command and the benches.
+//! - `config`: layered settings (defaults, file, `WXPAY_RECON__*`), secrets. A leaf.
+//! - `domain`: the common language: money, identifiers, orders and refunds with their state
+//!   machines, what WeChat reports, discrepancy classes, anomaly and job kinds. Pure; a leaf.
+//! - `wechat`: signing, verification, AES-GCM, keys, wire types, HTTP clients, and
+//!   `wechat::convert`, the one place wire values (and bill rows) become domain values.
+//! - `services`: use cases shared by API and worker (login, orders, ingest, apply, sync,
+//!   refunds, reconcile). The one applier takes a `PaymentReport` from every source.
+//! - `api`: axum handlers, one module per resource; each calls services and answers DTOs.
+//! - `worker`: apalis workers, job kinds, retry policy, sweeper, poller, scheduler.
+//! - `storage`: the database (SQLite or PostgreSQL) behind one type; the other conversion
+//!   edge (private row structs in, domain types out).
 //! - `queue`: the job queue (SQLite or Redis) behind one type.
-//! - `bill`: WeChat's trade bill file format (streaming reader and writer).
+//! - `bill`: WeChat's trade bill file format (streaming reader and writer). A leaf.
 //! - `sim`: the WeChat Pay + login simulator.
 //! - `demo`: a scripted mini-program client (demo, tests, benchmarks).
-//! - `telemetry`, `clock`, `shutdown`, `vault`: cross-cutting pieces.
+//! - `telemetry`, `clock`, `shutdown`, `vault`: cross-cutting pieces (`telemetry` a leaf
+//!   that may name domain values).
 //!
-//! Dependencies point inward: `cli` -> `startup` -> {`api`, `worker`} -> `services` ->
-//! {`domain`, `storage`, `wechat`, `queue`}; `sim` uses only `wechat`'s wire and crypto.
+//! Dependencies point inward: `cli` -> `startup` -> `deps` -> {`api`, `worker`} -> `services`
+//! -> {`domain`, `storage`, `wechat`, `queue`}; `sim` uses `wechat`'s wire and crypto and its
+//! chaos knobs from `config`.
 
 pub mod api;
 pub mod bill;
@@ -26,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod deps;
 pub mod domain;
 pub mod queue;
 pub mod services;

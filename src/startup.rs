@@ -12,21 +12,18 @@ use crate::api::state::Services;
 use crate::api::{self, AppState, Routes};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
-use crate::queue::{JobQueue, QueueError};
-use crate::services::apply::Applier;
+use crate::deps::Deps;
+pub use crate::deps::StartupError;
 use crate::services::enqueuer::Enqueuer;
 use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
+use crate::services::operations::Operations;
 use crate::services::orders::OrderService;
-use crate::services::reconcile::Reconciler;
 use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
-use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
 use crate::vault::Vault;
-use crate::wechat::ratelimit::RateLimiter;
-use crate::wechat::{Credentials, LoginClient, PayClient, WechatError};
 use crate::worker::context::{JobContext, SharedContext};
 use crate::worker::retry::RetryPolicy;
 
@@ -38,20 +35,6 @@ const ADMIN_TOKEN_MIN: usize = 16;
 pub struct Roles {
     pub api: bool,
     pub worker: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("database: {0}")]
-    Storage(#[from] StorageError),
-    #[error("{0}")]
-    Queue(#[from] QueueError),
-    #[error("WeChat client: {0}")]
-    Wechat(#[from] WechatError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
 }
 
 /// A built, bound, not yet running service.
@@ -82,29 +65,13 @@ impl Application {
             // on this machine calls us back directly.
             settings.wechat.notify_url = format!("http://{addr}/api/pay/notify");
         }
-        let creds = Arc::new(Credentials::load(&settings)?);
         let vault = Vault::from_settings(&settings)?;
-        let db = Db::connect(&settings.database).await?;
-        db.migrate().await?;
-        db.seed_products(&settings.catalog, clock.now_ms()).await?;
-        let queue = JobQueue::connect(&settings.queue).await?;
-
-        let timeout = Duration::from_millis(settings.wechat.request_timeout_ms);
-        let limiter =
-            RateLimiter::new(settings.wechat.rate_limit_per_sec, metrics.clone()).map(|l| match queue.redis() {
-                Some((conn, prefix)) => l.shared_through(conn, prefix),
-                None => l,
-            });
-        let pay =
-            PayClient::new(&settings.wechat.pay_base_url, timeout, Arc::clone(&creds), clock.clone(), metrics.clone())?
-                .with_rate_limiter(limiter);
-        let login_client = LoginClient::new(
-            &settings.wechat.login_base_url,
-            timeout,
-            creds.appid.clone(),
-            creds.app_secret.clone(),
-            metrics.clone(),
-        )?;
+        let deps = Deps::build(&settings, clock.clone(), metrics.clone()).await?;
+        deps.db.seed_products(&settings.catalog, clock.now_ms()).await?;
+        let login_client = deps.login_client(&settings)?;
+        let applier = deps.applier();
+        let reconciler = deps.reconciler(&settings);
+        let Deps { db, queue, creds, pay, .. } = deps;
         let login = LoginService::new(
             db.clone(),
             login_client,
@@ -133,8 +100,6 @@ impl Application {
             db.clone(),
             metrics.clone(),
         );
-        let applier =
-            Applier::new(db.clone(), creds.appid.clone(), creds.mchid.clone(), clock.clone(), metrics.clone());
         let sync = OrderSync::new(
             db.clone(),
             pay.clone(),
@@ -146,18 +111,11 @@ impl Application {
         let refunds = RefundService::new(
             db.clone(),
             pay.clone(),
+            applier.clone(),
             clock.clone(),
             settings.wechat.notify_url.clone(),
             settings.poll.clone(),
             settings.orders.poll_grace_secs,
-            metrics.clone(),
-        );
-        let reconciler = Reconciler::new(
-            db.clone(),
-            pay,
-            applier.clone(),
-            clock.clone(),
-            settings.reconcile.clone(),
             metrics.clone(),
         );
         let jobs = Arc::new(JobContext {
@@ -184,6 +142,13 @@ impl Application {
             )
             .into());
         }
+        let operations = Operations::new(
+            db.clone(),
+            queue.clone(),
+            clock.clone(),
+            metrics.clone(),
+            settings.reconcile.catch_up_days,
+        );
         let state = AppState::new(Services {
             login,
             orders,
@@ -191,6 +156,7 @@ impl Application {
             reconciler,
             refunds,
             ingest,
+            operations,
             db,
             queue,
             metrics,

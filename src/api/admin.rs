@@ -19,14 +19,13 @@ use super::error::ApiError;
 use super::extract::Admin;
 use super::state::AppState;
 use crate::domain::time::{from_ms, to_wechat_rfc3339};
-use crate::queue::QueueName;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/jobs", get(jobs))
 }
 
 async fn jobs(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let dead = state.db.dead_jobs().await?;
+    let dead = state.operations.dead_jobs().await?;
     let mut page = String::from(concat!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wxpay-recon jobs</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}",
@@ -34,10 +33,9 @@ async fn jobs(_: Admin, State(state): State<AppState>) -> Result<impl IntoRespon
         "td.err,td.payload{font-family:monospace;white-space:pre-wrap}</style></head><body>\n",
         "<h1>Job queues</h1>\n"
     ));
-    for queue in QueueName::ALL {
-        let name = state.queue.queue_name(queue);
-        let _ = writeln!(page, "<h2>{}</h2>", escape(&name));
-        match state.queue.stats(queue).await {
+    for queue in state.operations.queues().await {
+        let _ = writeln!(page, "<h2>{}</h2>", escape(&queue.name));
+        match queue.stats {
             Ok(stats) if stats.is_empty() => page.push_str("<p>No statistics reported.</p>\n"),
             Ok(stats) => {
                 page.push_str("<table><tr><th>statistic</th><th>value</th></tr>\n");
@@ -47,7 +45,7 @@ async fn jobs(_: Admin, State(state): State<AppState>) -> Result<impl IntoRespon
                 page.push_str("</table>\n");
             }
             Err(err) => {
-                let _ = writeln!(page, "<p>Queue statistics unavailable: {}</p>", escape(&err.to_string()));
+                let _ = writeln!(page, "<p>Queue statistics unavailable: {}</p>", escape(&err));
             }
         }
     }
@@ -65,7 +63,7 @@ async fn jobs(_: Admin, State(state): State<AppState>) -> Result<impl IntoRespon
                 page,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"payload\">{}</td><td class=\"err\">{}</td></tr>",
                 job.id,
-                escape(&job.kind),
+                escape(job.kind.as_str()),
                 job.attempts,
                 escape(&to_wechat_rfc3339(from_ms(job.died_at_ms))),
                 escape(&job.payload),

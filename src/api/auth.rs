@@ -6,8 +6,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::User;
 use crate::domain::time::from_ms;
-use crate::storage::users::UserRow;
+use crate::services::login::ProfileError;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, CurrentUser};
@@ -42,8 +43,8 @@ pub struct UserView {
     created_at: String,
 }
 
-impl From<UserRow> for UserView {
-    fn from(u: UserRow) -> Self {
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
         Self {
             id: u.id,
             nickname: u.nickname,
@@ -66,7 +67,7 @@ async fn login(
 }
 
 async fn me(State(state): State<AppState>, CurrentUser(user_id): CurrentUser) -> Result<Json<UserView>, ApiError> {
-    Ok(Json(state.db.user(user_id).await?.into()))
+    Ok(Json(state.login.user(user_id).await?.into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,17 +82,15 @@ async fn update_profile(
     CurrentUser(user_id): CurrentUser,
     ApiJson(body): ApiJson<ProfileRequest>,
 ) -> Result<Json<UserView>, ApiError> {
-    if body.nickname.as_ref().is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control)) {
-        return Err(ApiError::BadRequest("nickname must be at most 64 characters without control characters".into()));
-    }
-    if let Some(url) = &body.avatar_url
-        && (url.len() > 512 || !(url.starts_with("https://") || url.starts_with("http://")))
-    {
-        return Err(ApiError::BadRequest("avatar_url must be an http(s) URL of at most 512 bytes".into()));
-    }
-    let user = state
-        .db
-        .update_profile(user_id, body.nickname.as_deref(), body.avatar_url.as_deref(), state.clock.now_ms())
-        .await?;
+    let user = state.login.update_profile(user_id, body.nickname.as_deref(), body.avatar_url.as_deref()).await?;
     Ok(Json(user.into()))
+}
+
+impl From<ProfileError> for ApiError {
+    fn from(err: ProfileError) -> Self {
+        match err {
+            ProfileError::Storage(e) => e.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
 }

@@ -8,9 +8,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::time::from_ms;
+use crate::domain::{Order, OrderStatus};
 use crate::services::orders::PaymentParams;
 use crate::services::sync::CloseOutcome;
-use crate::storage::orders::OrderRow;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, CurrentUser};
@@ -40,7 +40,7 @@ fn one() -> i64 {
 #[derive(Debug, Serialize)]
 pub struct OrderView {
     out_trade_no: String,
-    status: String,
+    status: OrderStatus,
     product_id: String,
     quantity: i64,
     amount_fen: i64,
@@ -51,19 +51,19 @@ pub struct OrderView {
     transaction_id: Option<String>,
 }
 
-impl From<OrderRow> for OrderView {
-    fn from(o: OrderRow) -> Self {
+impl From<Order> for OrderView {
+    fn from(o: Order) -> Self {
         Self {
-            out_trade_no: o.out_trade_no,
+            out_trade_no: o.out_trade_no.into(),
             status: o.status,
             product_id: o.product_id,
             quantity: o.quantity,
-            amount_fen: o.amount_fen,
+            amount_fen: o.amount.0,
             description: o.description,
             created_at: from_ms(o.created_at_ms).to_rfc3339(),
             time_expire: from_ms(o.time_expire_ms).to_rfc3339(),
             paid_at: o.paid_at_ms.map(|ms| from_ms(ms).to_rfc3339()),
-            transaction_id: o.transaction_id,
+            transaction_id: o.transaction_id.map(String::from),
         }
     }
 }
@@ -80,8 +80,7 @@ async fn create(
     CurrentUser(user_id): CurrentUser,
     ApiJson(body): ApiJson<CreateOrder>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let user = state.db.user(user_id).await?;
-    let created = state.orders.create(&user, &body.product_id, body.quantity).await?;
+    let created = state.orders.create(user_id, &body.product_id, body.quantity).await?;
     Ok((StatusCode::CREATED, Json(Created { order: created.order.into(), payment: created.payment })))
 }
 

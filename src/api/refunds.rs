@@ -1,17 +1,21 @@
-//! `POST /api/orders/{no}/refund` (operators only): refund part or all of a paid order.
+//! `POST /api/orders/{no}/refund` and `GET /api/orders/{no}/refunds` (operators only).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::services::refunds::RefundError;
-use crate::storage::refunds::RefundRow;
+use crate::domain::time::from_ms;
+use crate::domain::{Fen, Refund, RefundStatus};
+use crate::services::refunds::{RefundError, RefundRequest};
 
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
 use super::state::AppState;
+
+/// Our limit on `reason`, in characters.
+const REASON_MAX_CHARS: usize = 80;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,6 +34,34 @@ struct RefundBody {
     out_refund_no: Option<String>,
 }
 
+/// A refund as operators see it.
+#[derive(Debug, Serialize)]
+struct RefundView {
+    out_refund_no: String,
+    out_trade_no: String,
+    amount_fen: i64,
+    reason: Option<String>,
+    status: RefundStatus,
+    refund_id: Option<String>,
+    requested_at: String,
+    success_at: Option<String>,
+}
+
+impl From<Refund> for RefundView {
+    fn from(r: Refund) -> Self {
+        Self {
+            out_refund_no: r.out_refund_no.into(),
+            out_trade_no: r.out_trade_no.into(),
+            amount_fen: r.amount.0,
+            reason: r.reason,
+            status: r.status,
+            refund_id: r.refund_id,
+            requested_at: from_ms(r.requested_at_ms).to_rfc3339(),
+            success_at: r.success_at_ms.map(|ms| from_ms(ms).to_rfc3339()),
+        }
+    }
+}
+
 /// 201 when WeChat accepted the application (PROCESSING or SUCCESS), 202 when it is recorded
 /// but WeChat could not be reached yet (the poller applies again with the same number).
 async fn refund(
@@ -37,35 +69,40 @@ async fn refund(
     _admin: Admin,
     Path(out_trade_no): Path<String>,
     ApiJson(body): ApiJson<RefundBody>,
-) -> Result<(StatusCode, Json<RefundRow>), ApiError> {
-    if body.reason.as_deref().is_some_and(|r| r.chars().count() > 80) {
-        return Err(ApiError::BadRequest("reason: at most 80 characters".into()));
+) -> Result<(StatusCode, Json<RefundView>), ApiError> {
+    if body.reason.as_deref().is_some_and(|r| r.chars().count() > REASON_MAX_CHARS) {
+        return Err(ApiError::BadRequest(format!("reason: at most {REASON_MAX_CHARS} characters")));
     }
-    let row = state
-        .refunds
-        .request(&out_trade_no, body.amount_fen, body.reason.as_deref(), body.out_refund_no.as_deref())
-        .await?;
-    let status = if row.status == "REQUESTED" { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    Ok((status, Json(row)))
+    let request = RefundRequest {
+        out_trade_no: &out_trade_no,
+        amount: Fen(body.amount_fen),
+        reason: body.reason.as_deref(),
+        out_refund_no: body.out_refund_no.as_deref(),
+    };
+    let refund = state.refunds.request(&request).await?;
+    let status = if refund.status == RefundStatus::Requested { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(refund.into())))
 }
 
 async fn list(
     State(state): State<AppState>,
     _admin: Admin,
     Path(out_trade_no): Path<String>,
-) -> Result<Json<Vec<RefundRow>>, ApiError> {
-    let order = state.db.order_by_no(&out_trade_no).await?.ok_or(ApiError::NotFound)?;
-    Ok(Json(state.db.refunds_of_order(order.id).await?))
+) -> Result<Json<Vec<RefundView>>, ApiError> {
+    let refunds = state.refunds.of_order(&out_trade_no).await?;
+    Ok(Json(refunds.into_iter().map(RefundView::from).collect()))
 }
 
 impl From<RefundError> for ApiError {
     fn from(err: RefundError) -> Self {
         match err {
             RefundError::NoOrder => ApiError::NotFound,
-            RefundError::BadAmount | RefundError::BadRefundNo => ApiError::BadRequest(err.to_string()),
-            RefundError::RefundNoReused(_) => ApiError::Conflict(err.to_string()),
-            RefundError::NotPaid(_) | RefundError::TooMuch(..) => ApiError::Conflict(err.to_string()),
-            RefundError::Refused(e) => {
+            RefundError::BadRefundNo(_) => ApiError::BadRequest(err.to_string()),
+            RefundError::Refused(crate::domain::refund::RefundRefusal::BadAmount) => {
+                ApiError::BadRequest(err.to_string())
+            }
+            RefundError::RefundNoReused(_) | RefundError::Refused(_) => ApiError::Conflict(err.to_string()),
+            RefundError::RefusedByWechat(e) => {
                 tracing::error!(error = %e, "WeChat refused the refund");
                 ApiError::Upstream(format!("WeChat Pay refused the refund ({})", e.code().unwrap_or("error")))
             }

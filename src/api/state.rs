@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::queue::JobQueue;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
+use crate::services::operations::Operations;
 use crate::services::orders::OrderService;
 use crate::services::reconcile::Reconciler;
 use crate::services::refunds::RefundService;
@@ -39,6 +40,8 @@ pub struct Services {
     pub reconciler: Reconciler,
     pub refunds: RefundService,
     pub ingest: NotifyIngest,
+    pub operations: Operations,
+    /// For the worker role, the test harness and tools; handlers go through the services.
     pub db: Db,
     pub queue: JobQueue,
     pub metrics: Metrics,

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{LogFormat, Settings};
 use crate::demo::{MiniProgram, verify_pay_sign};
+use crate::domain::OrderStatus;
 use crate::startup::{Application, Roles};
 use crate::telemetry::{self, metrics::Metrics};
 use crate::wechat::devkeys::DevKeys;
@@ -122,7 +123,10 @@ async fn purchase(
         return Err(format!("{}: paySign does not verify", order.out_trade_no));
     }
     client.pay(&order.out_trade_no).await.map_err(|e| e.to_string())?;
-    client.wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+    client
+        .wait_for_status(&order.out_trade_no, OrderStatus::Success.as_str(), Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
     println!("  {} {:>3} x {:<8} {:>6} fen  SUCCESS", order.out_trade_no, quantity, product, order.amount_fen);
     Ok(order.out_trade_no)
 }

@@ -3,13 +3,11 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::storage::Db;
 
 use super::CliError;
 
 pub async fn run(settings: Settings) -> Result<ExitCode, CliError> {
-    let db = Db::connect(&settings.database).await.map_err(|e| CliError::new(format!("database: {e}")))?;
-    db.migrate().await.map_err(|e| CliError::new(format!("migrate: {e}")))?;
+    crate::deps::database(&settings.database).await.map_err(|e| CliError::new(e.to_string()))?;
     println!("migrations applied to {}", redact_url(&settings.database.url));
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::domain::OutTradeNo;
 use crate::domain::time::from_ms;
 use crate::queue::{Envelope, Job, JobQueue};
 use crate::storage::Db;
@@ -32,9 +33,7 @@ pub enum OrderCommand {
 }
 
 async fn db(settings: &Settings) -> Result<Db, CliError> {
-    let db = Db::connect(&settings.database).await.map_err(|e| CliError::new(format!("database: {e}")))?;
-    db.migrate().await.map_err(|e| CliError::new(format!("migrate: {e}")))?;
-    Ok(db)
+    crate::deps::database(&settings.database).await.map_err(|e| CliError::new(e.to_string()))
 }
 
 pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, CliError> {
@@ -87,12 +86,13 @@ pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode
     let OrderCommand::Show { out_trade_no } = command;
     let db = db(&settings).await?;
     let err = |e: crate::storage::StorageError| CliError::new(e.to_string());
-    let Some(order) = db.order_by_no(&out_trade_no).await.map_err(err)? else {
+    let no = OutTradeNo::parse(&out_trade_no).map_err(|e| CliError { message: e.to_string(), code: 2 })?;
+    let Some(order) = db.order_by_no(&no).await.map_err(err)? else {
         return Err(CliError::new(format!("no order {out_trade_no}")));
     };
     println!("order        {}", order.out_trade_no);
     println!("status       {}", order.status);
-    println!("amount       {} fen ({} x {})", order.amount_fen, order.quantity, order.product_id);
+    println!("amount       {} fen ({} x {})", order.amount.0, order.quantity, order.product_id);
     println!("created      {}", from_ms(order.created_at_ms).to_rfc3339());
     println!("expires      {}", from_ms(order.time_expire_ms).to_rfc3339());
     if let Some(paid) = order.paid_at_ms {
@@ -114,7 +114,7 @@ pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode
             e.note.as_deref().unwrap_or("")
         );
     }
-    let anomalies = db.anomalies(Some(&order.out_trade_no)).await.map_err(err)?;
+    let anomalies = db.anomalies(Some(order.out_trade_no.as_str())).await.map_err(err)?;
     if !anomalies.is_empty() {
         println!("\nanomalies:");
         for (kind, source, _) in anomalies {

@@ -13,12 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bill::{BillItem, BillReader};
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::services::apply::Applier;
-use crate::services::reconcile::{Progress, Reconciler, fetch};
-use crate::storage::Db;
+use crate::deps::Deps;
+use crate::services::reconcile::{Progress, fetch};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::ratelimit::RateLimiter;
-use crate::wechat::{Credentials, PayClient};
 
 use super::CliError;
 
@@ -57,18 +54,10 @@ impl Progress for Bar {
 
 pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
     let days = days_of(&args)?;
-    let clock = Clock::system();
-    let metrics = Metrics::new();
-    let creds = Arc::new(Credentials::load(&settings).map_err(|e| CliError::new(e.to_string()))?);
-    let db = Db::connect(&settings.database).await.map_err(|e| CliError::new(format!("database: {e}")))?;
-    db.migrate().await.map_err(|e| CliError::new(format!("migrate: {e}")))?;
-    let timeout = Duration::from_millis(settings.wechat.request_timeout_ms);
-    let pay =
-        PayClient::new(&settings.wechat.pay_base_url, timeout, Arc::clone(&creds), clock.clone(), metrics.clone())
-            .map_err(|e| CliError::new(e.to_string()))?
-            .with_rate_limiter(RateLimiter::new(settings.wechat.rate_limit_per_sec, metrics.clone()));
-    let applier = Applier::new(db.clone(), creds.appid.clone(), creds.mchid.clone(), clock.clone(), metrics.clone());
-    let reconciler = Reconciler::new(db.clone(), pay, applier, clock, settings.reconcile.clone(), metrics);
+    let deps =
+        Deps::build(&settings, Clock::system(), Metrics::new()).await.map_err(|e| CliError::new(e.to_string()))?;
+    let reconciler = deps.reconciler(&settings);
+    let db = deps.db;
     let mut failed = false;
     let mut unexplained = 0;
     println!(
@@ -91,7 +80,7 @@ pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
                 println!(
                     "{:<10}  {:<13} {:>9} {:>9} {:>13} {:>6} {:>11}",
                     run.bill_date,
-                    run.status,
+                    run.status.as_str(),
                     run.bill_rows,
                     run.orders_compared,
                     run.discrepancies,
@@ -101,8 +90,8 @@ pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
                 for d in db.discrepancies_of(&run.bill_date).await.map_err(|e| CliError::new(e.to_string()))? {
                     println!(
                         "    {:<20} {:<11} {:<28} line {:<8} {}",
-                        d.class,
-                        d.resolution,
+                        d.class.as_str(),
+                        d.resolution.as_str(),
                         d.out_trade_no.as_deref().unwrap_or("-"),
                         d.bill_line.map_or("-".to_owned(), |l| l.to_string()),
                         d.detail

@@ -3,6 +3,7 @@
 //! Loading fails with one line naming the setting at fault (`database.url: ...`), never a
 //! panic. This module is the only place that reads the environment for settings.
 
+pub mod chaos;
 mod lenient;
 pub mod secret;
 mod settings;

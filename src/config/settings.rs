@@ -181,7 +181,7 @@ pub struct SimSettings {
     pub time_scale: f64,
     pub seed: u64,
     #[serde(default)]
-    pub chaos: crate::sim::chaos::Chaos,
+    pub chaos: super::chaos::Chaos,
 }
 
 /// A product we sell: the price charged is always this one, whatever a client sends.

@@ -1,44 +1,37 @@
-//! The order state machine. Every change of `orders.status` is one of the transitions allowed
-//! here, applied by one guarded statement in `storage::orders`.
+//! The order and its state machine. Every change of an order's status is one of the
+//! transitions allowed here, applied by one guarded statement in `storage::orders`.
 
-use std::fmt;
-use std::str::FromStr;
+use crate::text_enum;
 
-use serde::{Deserialize, Serialize};
+use super::ids::{OutTradeNo, TransactionId};
+use super::money::Fen;
 
-/// Our order status, named as WeChat names `trade_state` where they mean the same thing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Created, waiting for the payer.
-    Notpay,
-    /// Paid.
-    Success,
-    /// Closed unpaid (by us or by expiry). Final.
-    Closed,
-    /// Payment failed at WeChat. Final.
-    Payerror,
-    /// Paid, then refunded in part or in full. Final for payment purposes.
-    Refund,
+text_enum! {
+    /// Our order status, named as WeChat names `trade_state` where they mean the same thing.
+    pub enum OrderStatus ("order status") {
+        /// Created, waiting for the payer.
+        Notpay => "NOTPAY",
+        /// Paid.
+        Success => "SUCCESS",
+        /// Closed unpaid (by us or by expiry). Final.
+        Closed => "CLOSED",
+        /// Payment failed at WeChat. Final.
+        Payerror => "PAYERROR",
+        /// Paid, then refunded in part or in full. Final for payment purposes.
+        Refund => "REFUND",
+    }
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] =
-        [OrderStatus::Notpay, OrderStatus::Success, OrderStatus::Closed, OrderStatus::Payerror, OrderStatus::Refund];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Notpay => "NOTPAY",
-            OrderStatus::Success => "SUCCESS",
-            OrderStatus::Closed => "CLOSED",
-            OrderStatus::Payerror => "PAYERROR",
-            OrderStatus::Refund => "REFUND",
-        }
-    }
-
-    /// A final status never changes again except SUCCESS -> REFUND.
+    /// A final status never changes again except SUCCESS -> REFUND (and REFUND -> REFUND for
+    /// each further partial refund).
     pub fn is_final(self) -> bool {
         !matches!(self, OrderStatus::Notpay)
+    }
+
+    /// Money reached us for this order (it may since have been refunded in part).
+    pub fn is_paid(self) -> bool {
+        matches!(self, OrderStatus::Success | OrderStatus::Refund)
     }
 
     /// The statuses an order may be in for a move to `self` to be applied.
@@ -55,57 +48,71 @@ impl OrderStatus {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// Where the evidence for a transition came from; recorded on every `order_events` row.
+    pub enum EventSource ("event source") {
+        Notify => "notify",
+        Poll => "poll",
+        Bill => "bill",
+        Api => "api",
+        Ops => "ops",
     }
 }
 
-/// A stored status string we do not know: the database and the code disagree.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown order status {0:?}")]
-pub struct UnknownStatus(pub String);
+/// One order as our books hold it. Instants are Unix milliseconds (UTC), as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: i64,
+    pub out_trade_no: OutTradeNo,
+    pub user_id: i64,
+    /// The payer's openid, fixed at creation: a payment by anyone else is refused.
+    pub payer_openid: String,
+    pub product_id: String,
+    pub quantity: i64,
+    pub amount: Fen,
+    pub description: String,
+    pub status: OrderStatus,
+    pub prepay_id: Option<String>,
+    pub prepay_at_ms: Option<i64>,
+    pub transaction_id: Option<TransactionId>,
+    pub time_expire_ms: i64,
+    pub paid_at_ms: Option<i64>,
+    pub closed_at_ms: Option<i64>,
+    /// Sum of the refunds WeChat confirmed.
+    pub refunded: Fen,
+    /// When the poller asks WeChat next; `None` once final or when polling was stopped.
+    pub next_check_at_ms: Option<i64>,
+    pub check_attempts: i64,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
 
-impl FromStr for OrderStatus {
-    type Err = UnknownStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or_else(|| UnknownStatus(s.to_owned()))
+impl Order {
+    /// Payment parameters may be (re)issued only while unpaid and unexpired.
+    pub fn is_payable(&self, now_ms: i64) -> bool {
+        self.status == OrderStatus::Notpay && now_ms < self.time_expire_ms
     }
-}
 
-/// Where the evidence for a transition came from; recorded on every `order_events` row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventSource {
-    Notify,
-    Poll,
-    Bill,
-    Api,
-    Ops,
-}
-
-impl EventSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventSource::Notify => "notify",
-            EventSource::Poll => "poll",
-            EventSource::Bill => "bill",
-            EventSource::Api => "api",
-            EventSource::Ops => "ops",
-        }
+    /// Still unpaid and still followed by the poller: asking WeChat about it can change
+    /// something. An order whose polling stopped (WeChat's answer contradicted it) is an
+    /// operator's case; asking again would only record the same anomaly again.
+    pub fn is_awaiting_payment(&self) -> bool {
+        self.status == OrderStatus::Notpay && self.next_check_at_ms.is_some()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn final_states_never_go_back() {
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
                 if from.is_final() && from.can_move_to(to) {
-                    assert_eq!((from, to).1, OrderStatus::Refund, "{from} -> {to}");
+                    assert_eq!(to, OrderStatus::Refund, "{from} -> {to}");
                 }
             }
             assert!(!from.can_move_to(OrderStatus::Notpay));
@@ -119,6 +126,38 @@ mod tests {
         for status in OrderStatus::ALL {
             assert_eq!(status.as_str().parse::<OrderStatus>().expect("parse"), status);
         }
-        assert!("PAID".parse::<OrderStatus>().is_err());
+        let err = "PAID".parse::<OrderStatus>().expect_err("unknown");
+        assert_eq!(err.to_string(), r#"unknown order status "PAID""#);
+        for source in EventSource::ALL {
+            assert_eq!(source.as_str().parse::<EventSource>().expect("parse"), source);
+        }
+    }
+
+    fn any_status() -> impl Strategy<Value = OrderStatus> {
+        proptest::sample::select(OrderStatus::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Whatever sequence of reports arrives, applying only allowed moves never leaves a
+        /// final status for a non-final one, and never leaves CLOSED or PAYERROR at all.
+        #[test]
+        fn no_sequence_of_reports_moves_a_final_state(reports in proptest::collection::vec(any_status(), 0..40)) {
+            let mut status = OrderStatus::Notpay;
+            for to in reports {
+                let before = status;
+                if before.can_move_to(to) {
+                    status = to;
+                }
+                if before.is_final() {
+                    prop_assert!(status.is_final(), "{before} -> {status}");
+                }
+                if matches!(before, OrderStatus::Closed | OrderStatus::Payerror) {
+                    prop_assert_eq!(status, before);
+                }
+                if before.is_paid() {
+                    prop_assert!(status.is_paid());
+                }
+            }
+        }
     }
 }

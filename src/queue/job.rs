@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::JobKind;
+
 /// Which queue (and so which worker pool) a job runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueueName {
@@ -39,12 +41,13 @@ pub enum Job {
 }
 
 impl Job {
-    /// Stable, bounded label for metrics, logs and `dead_jobs.kind`.
-    pub fn kind(&self) -> &'static str {
+    /// Stable, bounded label for metrics, logs and `dead_jobs.kind` (the serde tag above is
+    /// the same text; a test keeps them together).
+    pub fn kind(&self) -> JobKind {
         match self {
-            Job::ApplyNotification { .. } => "apply_notification",
-            Job::CheckOrder { .. } => "check_order",
-            Job::CheckRefund { .. } => "check_refund",
+            Job::ApplyNotification { .. } => JobKind::ApplyNotification,
+            Job::CheckOrder { .. } => JobKind::CheckOrder,
+            Job::CheckRefund { .. } => JobKind::CheckRefund,
         }
     }
 
@@ -90,5 +93,17 @@ mod tests {
         let json = serde_json::to_string(&env).expect("json");
         assert_eq!(json, r#"{"job":{"kind":"apply_notification","inbox_id":7},"attempt":1}"#);
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("parse"), env);
+    }
+
+    #[test]
+    fn the_payload_tag_is_the_job_kind() {
+        for job in [
+            Job::ApplyNotification { inbox_id: 1 },
+            Job::CheckOrder { out_trade_no: "ORDER0001".into() },
+            Job::CheckRefund { out_refund_no: "R1".into() },
+        ] {
+            let json = serde_json::to_value(&job).expect("json");
+            assert_eq!(json["kind"], job.kind().as_str());
+        }
     }
 }

@@ -1,34 +1,39 @@
-//! Applying a stored notification to its order, idempotently.
+//! Applying what WeChat reported to our books, idempotently, whichever way it arrived: a
+//! stored notification, the answer to a query, or a bill row. There is one entry per kind of
+//! report, [`Applier::apply`] for payments and [`Applier::apply_refund`] for refunds, and
+//! the inbox path ([`Applier::apply_stored`]) runs the very same checks inside the transaction
+//! that marks the notification processed.
 //!
-//! Everything happens in one transaction: the order is re-read under lock, the notification
-//! is checked against it (amount, appid, mchid, payer: never trusted alone), the guarded
-//! transition runs (or a no-op is recorded), and the inbox row is marked processed. Running
-//! this twice for the same entry, or for two notifications of the same payment, changes the
-//! order once.
+//! Everything happens in one transaction: the order is re-read under lock, the report is
+//! checked against it (amount, appid, mchid, payer: never trusted alone), the guarded
+//! transition runs (or a no-op is recorded), and refused evidence becomes an anomaly. Running
+//! this twice for the same report, or for two reports of the same payment, changes the order
+//! once.
 
 use crate::clock::Clock;
-use crate::domain::time::parse_rfc3339;
-use crate::domain::{EventSource, OrderStatus};
-use crate::storage::inbox::{Anomaly, InboxRow};
-use crate::storage::orders::{OrderRow, TransitionOutcome, TransitionRequest};
-use crate::storage::refunds::RefundOutcome;
+use crate::domain::refund::check_refund_success;
+use crate::domain::{
+    AnomalyKind, EventSource, Evidence, Merchant, Order, OrderStatus, PaymentReport, RefundReport, RefundStatus,
+};
+use crate::storage::events::NewEvent;
+use crate::storage::inbox::Anomaly;
+use crate::storage::orders::{TransitionOutcome, TransitionRequest};
 use crate::storage::{Db, StorageError, Tx};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::wire::pay::Transaction;
-use crate::wechat::wire::refund::RefundNotice;
+use crate::wechat::convert::{self, Notified};
 
-/// What applying one inbox entry did; `label()` feeds `wxpay_inbox_applied_total`.
+/// What applying one report did; `label()` feeds `wxpay_inbox_applied_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
-    /// The order moved to SUCCESS.
+    /// The order (or refund) moved.
     Applied,
-    /// The order already had this payment: a recorded no-op.
+    /// Our books already said so: a recorded no-op.
     Duplicate,
-    /// The evidence contradicts the order; recorded as an anomaly, not applied.
-    Anomaly(&'static str),
-    /// An event type this version does not act on (kept in the inbox).
+    /// The evidence contradicts our books; recorded as an anomaly, not applied.
+    Anomaly(AnomalyKind),
+    /// A report this version does not act on (kept in the inbox).
     Ignored,
-    /// Another worker processed it first.
+    /// Another worker processed the notification first.
     AlreadyProcessed,
     Missing,
 }
@@ -46,198 +51,166 @@ impl ApplyOutcome {
     }
 }
 
-/// Where a piece of evidence came from: recorded on events and anomalies.
+/// The outcome and, for humans, why.
+type Applied = (ApplyOutcome, Option<String>);
+
+/// Evidence refused: what is recorded as an anomaly.
+struct Refusal<'a> {
+    kind: AnomalyKind,
+    out_trade_no: Option<&'a str>,
+    /// (ours, theirs) where the kind compares values.
+    values: Option<(&'a str, &'a str)>,
+    detail: String,
+}
+
+/// What a report did, for the metrics counted after commit.
 #[derive(Debug, Clone, Copy)]
-struct Evidence<'a> {
-    source: EventSource,
-    /// Notification id, `query:<transaction_id>`, bill date...
-    reference: &'a str,
+enum Counted {
+    Payment,
+    Refund(RefundStatus),
 }
 
 #[derive(Debug, Clone)]
 pub struct Applier {
     db: Db,
-    appid: String,
-    mchid: String,
+    merchant: Merchant,
     clock: Clock,
     metrics: Metrics,
 }
 
 impl Applier {
-    pub fn new(db: Db, appid: String, mchid: String, clock: Clock, metrics: Metrics) -> Self {
-        Self { db, appid, mchid, clock, metrics }
+    pub fn new(db: Db, merchant: Merchant, clock: Clock, metrics: Metrics) -> Self {
+        Self { db, merchant, clock, metrics }
     }
 
-    pub async fn apply(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
-        let outcome = self.apply_inner(inbox_id).await?;
-        self.metrics.inbox_applied.with_label_values(&[outcome.label()]).inc();
-        if let ApplyOutcome::Anomaly(kind) = outcome {
-            self.metrics.anomalies.with_label_values(&[kind]).inc();
-        }
-        Ok(outcome)
-    }
-
-    async fn apply_inner(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
+    /// Applies the inbox entry `inbox_id` and marks it processed, in one transaction.
+    pub async fn apply_stored(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
         let Some(entry) = self.db.inbox_entry(inbox_id).await? else {
+            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::Missing.label()]).inc();
             return Ok(ApplyOutcome::Missing);
         };
         if entry.processed_at_ms.is_some() {
+            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
+        let evidence = Evidence::new(EventSource::Notify, entry.notification_id.clone());
         let mut tx = self.db.begin().await?;
-        let (outcome, detail) = match entry.event_type.as_str() {
-            "TRANSACTION.SUCCESS" => self.apply_notified_payment(&mut tx, &entry).await?,
-            "REFUND.SUCCESS" | "REFUND.ABNORMAL" | "REFUND.CLOSED" => self.apply_refund_notice(&mut tx, &entry).await?,
-            other => (ApplyOutcome::Ignored, Some(format!("event type {other} is not applied by this version"))),
+        let (counted, (outcome, detail)) = match convert::notification(&entry.event_type, &entry.resource_json) {
+            Ok(Notified::Payment(report)) => {
+                (Some(Counted::Payment), self.payment_in(&mut tx, &report, &evidence).await?)
+            }
+            Ok(Notified::Refund(report)) => {
+                (Some(Counted::Refund(report.status)), self.refund_in(&mut tx, &report, &evidence).await?)
+            }
+            Ok(Notified::Other(event_type)) => {
+                (None, (ApplyOutcome::Ignored, Some(format!("event type {event_type} is not applied by this version"))))
+            }
+            Err(err) => {
+                let refusal = Refusal {
+                    kind: AnomalyKind::MalformedResource,
+                    out_trade_no: entry.out_trade_no.as_deref(),
+                    values: None,
+                    detail: err.to_string(),
+                };
+                (None, self.refuse(&mut tx, &evidence, refusal).await?)
+            }
         };
         let label = match &outcome {
             ApplyOutcome::Anomaly(kind) => format!("anomaly:{kind}"),
             other => other.label().to_owned(),
         };
-        let now_ms = self.clock.now_ms();
-        if !self.db.mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), now_ms).await? {
+        if !self.db.mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), self.clock.now_ms()).await? {
             tx.rollback().await?;
+            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
         tx.commit().await?;
-        if entry.event_type.starts_with("REFUND.") {
-            match (&outcome, entry.event_type.as_str()) {
-                (ApplyOutcome::Applied, "REFUND.SUCCESS") => {
-                    self.metrics.order_transitions.with_label_values(&["REFUND", "notify"]).inc();
-                    self.metrics.refunds.with_label_values(&["succeeded"]).inc();
-                }
-                (ApplyOutcome::Applied, "REFUND.CLOSED") => self.metrics.refunds.with_label_values(&["closed"]).inc(),
-                (ApplyOutcome::Applied, _) => self.metrics.refunds.with_label_values(&["abnormal"]).inc(),
-                _ => {}
-            }
-        } else {
-            self.count_transition(&outcome, EventSource::Notify);
+        self.metrics.inbox_applied.with_label_values(&[outcome.label()]).inc();
+        if let Some(counted) = counted {
+            self.count(counted, &outcome, EventSource::Notify);
+        } else if let ApplyOutcome::Anomaly(kind) = outcome {
+            self.metrics.anomalies.with_label_values(&[kind.as_str()]).inc();
         }
         tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
         Ok(outcome)
     }
 
-    /// Applies a payment WeChat reported some other way than a notification (the answer to an
-    /// order query, a bill row): the same checks, the same guarded transition, in its own
-    /// transaction, with `source` and `evidence` recorded on the event.
-    pub async fn apply_reported_payment(
-        &self,
-        txn: &Transaction,
-        source: EventSource,
-        evidence: &str,
-    ) -> Result<ApplyOutcome, StorageError> {
+    /// Applies a payment WeChat reported, from any source, in its own transaction.
+    pub async fn apply(&self, report: &PaymentReport, evidence: &Evidence) -> Result<ApplyOutcome, StorageError> {
         let mut tx = self.db.begin().await?;
-        let (outcome, detail) = self.apply_payment(&mut tx, txn, &Evidence { source, reference: evidence }).await?;
+        let (outcome, detail) = self.payment_in(&mut tx, report, evidence).await?;
         tx.commit().await?;
-        self.count_transition(&outcome, source);
-        if let ApplyOutcome::Anomaly(kind) = outcome {
-            self.metrics.anomalies.with_label_values(&[kind]).inc();
-        }
-        tracing::info!(order.out_trade_no = %txn.out_trade_no, source = source.as_str(), outcome = outcome.label(), detail = detail.as_deref().unwrap_or(""), "reported payment applied");
+        self.count(Counted::Payment, &outcome, evidence.source);
+        tracing::info!(order.out_trade_no = %report.out_trade_no, source = %evidence.source, outcome = outcome.label(), detail = detail.as_deref().unwrap_or(""), "reported payment applied");
         Ok(outcome)
     }
 
-    fn count_transition(&self, outcome: &ApplyOutcome, source: EventSource) {
-        if *outcome == ApplyOutcome::Applied {
-            self.metrics.order_transitions.with_label_values(&["SUCCESS", source.as_str()]).inc();
+    /// Applies a refund's outcome WeChat reported, from any source, in its own transaction.
+    /// Only final outcomes move anything; PROCESSING is the caller's to schedule.
+    pub async fn apply_refund(&self, report: &RefundReport, evidence: &Evidence) -> Result<ApplyOutcome, StorageError> {
+        let mut tx = self.db.begin().await?;
+        let (outcome, detail) = self.refund_in(&mut tx, report, evidence).await?;
+        tx.commit().await?;
+        self.count(Counted::Refund(report.status), &outcome, evidence.source);
+        tracing::info!(refund.out_refund_no = %report.out_refund_no, source = %evidence.source, outcome = outcome.label(), detail = detail.as_deref().unwrap_or(""), "reported refund applied");
+        Ok(outcome)
+    }
+
+    fn count(&self, counted: Counted, outcome: &ApplyOutcome, source: EventSource) {
+        match (outcome, counted) {
+            (ApplyOutcome::Anomaly(kind), _) => self.metrics.anomalies.with_label_values(&[kind.as_str()]).inc(),
+            (ApplyOutcome::Applied, Counted::Payment) => {
+                self.metrics
+                    .order_transitions
+                    .with_label_values(&[OrderStatus::Success.as_str(), source.as_str()])
+                    .inc();
+            }
+            (ApplyOutcome::Applied, Counted::Refund(RefundStatus::Success)) => {
+                self.metrics
+                    .order_transitions
+                    .with_label_values(&[OrderStatus::Refund.as_str(), source.as_str()])
+                    .inc();
+                self.metrics.refunds.with_label_values(&["succeeded"]).inc();
+            }
+            (ApplyOutcome::Applied, Counted::Refund(RefundStatus::Closed)) => {
+                self.metrics.refunds.with_label_values(&["closed"]).inc();
+            }
+            (ApplyOutcome::Applied, Counted::Refund(RefundStatus::Abnormal)) => {
+                self.metrics.refunds.with_label_values(&["abnormal"]).inc();
+            }
+            _ => {}
         }
     }
 
-    /// `REFUND.*`: the refund we applied for succeeded (money moves on the order) or did not.
-    async fn apply_refund_notice(
+    async fn payment_in(
         &self,
         tx: &mut Tx,
-        entry: &InboxRow,
-    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
-        let evidence = Evidence { source: EventSource::Notify, reference: &entry.notification_id };
+        report: &PaymentReport,
+        evidence: &Evidence,
+    ) -> Result<Applied, StorageError> {
         let now_ms = self.clock.now_ms();
-        let notice: RefundNotice = match serde_json::from_str(&entry.resource_json) {
-            Ok(notice) => notice,
-            Err(err) => {
-                let detail = format!("resource is not a refund: {err}");
-                return self.anomaly(tx, "malformed_resource", &evidence, None, None, detail, now_ms).await;
-            }
+        let no = report.out_trade_no.as_str();
+        let Some(order) = self.db.lock_order(tx, &report.out_trade_no).await? else {
+            let refusal = Refusal {
+                kind: AnomalyKind::UnknownOrder,
+                out_trade_no: Some(no),
+                values: None,
+                detail: "no order with this out_trade_no".into(),
+            };
+            return self.refuse(tx, evidence, refusal).await;
         };
-        let no = Some(notice.out_trade_no.as_str());
-        if notice.mchid != self.mchid {
-            let detail = format!("mchid_mismatch: ours {}, notification {}", self.mchid, notice.mchid);
-            return self.anomaly(tx, "mchid_mismatch", &evidence, None, no, detail, now_ms).await;
-        }
-        if notice.refund_status != "SUCCESS" {
-            let changed =
-                self.db.finish_refund_unpaid(tx, &notice.out_refund_no, &notice.refund_status, now_ms).await?;
-            let outcome = if changed { ApplyOutcome::Applied } else { ApplyOutcome::Duplicate };
-            return Ok((outcome, Some(format!("refund {} is {}", notice.out_refund_no, notice.refund_status))));
-        }
-        let success_ms =
-            notice.success_time.as_deref().and_then(parse_rfc3339).map_or(now_ms, |t| t.timestamp_millis());
-        let outcome = self
-            .db
-            .apply_refund_success(
-                tx,
-                &notice.out_refund_no,
-                &notice.refund_id,
-                notice.amount.refund,
-                success_ms,
-                EventSource::Notify,
-                &entry.notification_id,
-                now_ms,
-            )
-            .await?;
-        match outcome {
-            RefundOutcome::Applied => Ok((ApplyOutcome::Applied, None)),
-            RefundOutcome::Duplicate => Ok((ApplyOutcome::Duplicate, None)),
-            RefundOutcome::Mismatch(detail) => {
-                self.anomaly(tx, "refund_mismatch", &evidence, None, no, detail, now_ms).await
-            }
-            RefundOutcome::Unknown => {
-                let detail = format!("no refund {} here", notice.out_refund_no);
-                self.anomaly(tx, "unknown_refund", &evidence, None, no, detail, now_ms).await
-            }
-        }
-    }
-
-    async fn apply_notified_payment(
-        &self,
-        tx: &mut Tx,
-        entry: &InboxRow,
-    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
-        let evidence = Evidence { source: EventSource::Notify, reference: &entry.notification_id };
-        match serde_json::from_str::<Transaction>(&entry.resource_json) {
-            Ok(txn) => self.apply_payment(tx, &txn, &evidence).await,
-            Err(err) => {
-                let detail = format!("resource is not a transaction: {err}");
-                self.anomaly(tx, "malformed_resource", &evidence, None, None, detail, self.clock.now_ms()).await
-            }
-        }
-    }
-
-    async fn apply_payment(
-        &self,
-        tx: &mut Tx,
-        txn: &Transaction,
-        evidence: &Evidence<'_>,
-    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
-        let now_ms = self.clock.now_ms();
-        let Some(order) = self.db.lock_order(tx, &txn.out_trade_no).await? else {
-            let detail = "no order with this out_trade_no".to_owned();
-            return self.anomaly(tx, "unknown_order", evidence, None, Some(&txn.out_trade_no), detail, now_ms).await;
-        };
-        if let Some((kind, ours, theirs)) = self.mismatch(&order, txn) {
-            let detail = format!("{kind}: ours {ours}, {} {theirs}", evidence.source.as_str());
+        if let Some(c) = report.contradiction(&self.merchant, &order) {
+            let detail = format!("{}: ours {}, {} {}", c.kind, c.ours, evidence.source, c.theirs);
             self.no_op_event(tx, &order, evidence, &detail, now_ms).await?;
-            return self
-                .anomaly(tx, kind, evidence, Some((&ours, &theirs)), Some(&order.out_trade_no), detail, now_ms)
-                .await;
+            let refusal = Refusal { kind: c.kind, out_trade_no: Some(no), values: Some((&c.ours, &c.theirs)), detail };
+            return self.refuse(tx, evidence, refusal).await;
         }
-        let paid_at_ms = txn.success_time.as_deref().and_then(parse_rfc3339).map(|t| t.timestamp_millis());
         let request = TransitionRequest {
             out_trade_no: &order.out_trade_no,
             to: OrderStatus::Success,
-            source: evidence.source,
-            evidence: Some(evidence.reference),
-            transaction_id: txn.transaction_id.as_deref(),
-            paid_at_ms: paid_at_ms.or(Some(now_ms)),
+            evidence,
+            transaction_id: report.transaction_id.as_ref(),
+            paid_at_ms: Some(report.success_time.map_or(now_ms, |t| t.timestamp_millis())),
             note: None,
             now_ms,
         };
@@ -245,104 +218,144 @@ impl Applier {
             TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
             TransitionOutcome::NotFound => Ok((ApplyOutcome::Missing, None)),
             TransitionOutcome::NotApplied { current, .. } => {
-                let same_payment = order.transaction_id.is_some() && order.transaction_id == txn.transaction_id;
-                match current {
-                    OrderStatus::Success | OrderStatus::Refund if same_payment => Ok((ApplyOutcome::Duplicate, None)),
-                    OrderStatus::Closed => {
-                        // Paid after we closed it: money moved for a closed order. Never
-                        // silently re-opened; an operator decides (refund or honour).
-                        let detail = format!("paid at WeChat ({}) but closed here", evidence.source.as_str());
-                        self.anomaly(tx, "paid_after_close", evidence, None, Some(&order.out_trade_no), detail, now_ms)
-                            .await
+                let same_payment = order.transaction_id.is_some() && order.transaction_id == report.transaction_id;
+                let refusal = match current {
+                    OrderStatus::Success | OrderStatus::Refund if same_payment => {
+                        return Ok((ApplyOutcome::Duplicate, None));
                     }
-                    _ => {
-                        let detail = format!(
-                            "order is {current} with transaction {:?}, notification says {:?}",
-                            order.transaction_id, txn.transaction_id
-                        );
-                        let no = Some(order.out_trade_no.as_str());
-                        self.anomaly(tx, "transaction_mismatch", evidence, None, no, detail, now_ms).await
+                    // Paid after we closed it: money moved for a closed order. Never silently
+                    // re-opened; an operator decides (refund or honour).
+                    OrderStatus::Closed => Refusal {
+                        kind: AnomalyKind::PaidAfterClose,
+                        out_trade_no: Some(no),
+                        values: None,
+                        detail: format!("paid at WeChat ({}) but closed here", evidence.source),
+                    },
+                    _ => Refusal {
+                        kind: AnomalyKind::TransactionMismatch,
+                        out_trade_no: Some(no),
+                        values: None,
+                        detail: format!(
+                            "order is {current} with transaction {:?}, {} says {:?}",
+                            order.transaction_id.as_ref().map(|t| t.as_str()),
+                            evidence.source,
+                            report.transaction_id.as_ref().map(|t| t.as_str())
+                        ),
+                    },
+                };
+                self.refuse(tx, evidence, refusal).await
+            }
+        }
+    }
+
+    /// A refund's final outcome: SUCCESS moves money on the order (refund SUCCESS, the
+    /// order's refunded amount, the order to REFUND, one event), CLOSED and ABNORMAL only end
+    /// the refund.
+    async fn refund_in(
+        &self,
+        tx: &mut Tx,
+        report: &RefundReport,
+        evidence: &Evidence,
+    ) -> Result<Applied, StorageError> {
+        let now_ms = self.clock.now_ms();
+        let no = Some(report.out_trade_no.as_str());
+        let refuse = |kind, detail: String| Refusal { kind, out_trade_no: no, values: None, detail };
+        if let Some(mchid) = report.mchid.as_ref().filter(|m| **m != self.merchant.mchid) {
+            let detail = format!("mchid_mismatch: ours {}, {} {mchid}", self.merchant.mchid, evidence.source);
+            return self.refuse(tx, evidence, refuse(AnomalyKind::MchidMismatch, detail)).await;
+        }
+        let Some(refund) = self.db.lock_refund(tx, &report.out_refund_no).await? else {
+            let detail = format!("no refund {} here", report.out_refund_no);
+            return self.refuse(tx, evidence, refuse(AnomalyKind::UnknownRefund, detail)).await;
+        };
+        let about = Some(format!("refund {} is {}", report.out_refund_no, report.status));
+        match report.status {
+            RefundStatus::Requested | RefundStatus::Processing => Ok((ApplyOutcome::Ignored, about)),
+            RefundStatus::Closed | RefundStatus::Abnormal => {
+                let changed = self.db.finish_refund(tx, &report.out_refund_no, report.status, None, now_ms).await?;
+                Ok((if changed { ApplyOutcome::Applied } else { ApplyOutcome::Duplicate }, about))
+            }
+            RefundStatus::Success if refund.status == RefundStatus::Success => Ok((ApplyOutcome::Duplicate, None)),
+            RefundStatus::Success if !refund.status.can_move_to(RefundStatus::Success) => {
+                let detail = format!("refund {} is {} here, WeChat says SUCCESS", refund.out_refund_no, refund.status);
+                self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
+            }
+            RefundStatus::Success if refund.amount != report.amount => {
+                let detail = format!("refund amount: ours {}, WeChat {}", refund.amount.0, report.amount.0);
+                self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
+            }
+            RefundStatus::Success => {
+                let Some(order) = self.db.lock_order(tx, &refund.out_trade_no).await? else {
+                    let detail = format!("refund {} names no order here", refund.out_refund_no);
+                    return self.refuse(tx, evidence, refuse(AnomalyKind::UnknownRefund, detail)).await;
+                };
+                if let Err(detail) = check_refund_success(&order, refund.amount) {
+                    return self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await;
+                }
+                let success_ms = report.success_time.map_or(now_ms, |t| t.timestamp_millis());
+                let success = Some((report.refund_id.as_str(), success_ms));
+                self.db.finish_refund(tx, &refund.out_refund_no, RefundStatus::Success, success, now_ms).await?;
+                self.db.add_refunded(tx, order.id, refund.amount).await?;
+                let note = format!("refund {}: {} fen", refund.out_refund_no, refund.amount.0);
+                let request = TransitionRequest {
+                    out_trade_no: &order.out_trade_no,
+                    to: OrderStatus::Refund,
+                    evidence,
+                    transaction_id: None,
+                    paid_at_ms: None,
+                    note: Some(&note),
+                    now_ms,
+                };
+                match self.db.transition(tx, &request).await? {
+                    TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
+                    other => {
+                        let detail = format!("order could not move to REFUND: {other:?}");
+                        self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
                     }
                 }
             }
         }
     }
 
-    /// The first field of the notification that contradicts our order.
-    fn mismatch(&self, order: &OrderRow, txn: &Transaction) -> Option<(&'static str, String, String)> {
-        if !matches!(txn.trade_state.as_str(), "SUCCESS" | "REFUND") {
-            return Some(("unexpected_state", "SUCCESS".into(), txn.trade_state.clone()));
-        }
-        if txn.appid != self.appid {
-            return Some(("appid_mismatch", self.appid.clone(), txn.appid.clone()));
-        }
-        if txn.mchid != self.mchid {
-            return Some(("mchid_mismatch", self.mchid.clone(), txn.mchid.clone()));
-        }
-        let total = txn.amount.as_ref().and_then(|a| a.total);
-        if total != Some(order.amount_fen) {
-            return Some(("amount_mismatch", order.amount_fen.to_string(), format!("{total:?}")));
-        }
-        let payer = txn.payer.as_ref().map(|p| p.openid.as_str());
-        if payer != Some(order.payer_openid.as_str()) {
-            return Some(("payer_mismatch", "order payer".into(), "another openid".into()));
-        }
-        None
-    }
-
     /// Records evidence that was refused and returns the outcome that says so.
-    #[expect(clippy::too_many_arguments, reason = "one call shape for every anomaly kind")]
-    async fn anomaly(
-        &self,
-        tx: &mut Tx,
-        kind: &'static str,
-        evidence: &Evidence<'_>,
-        values: Option<(&str, &str)>,
-        out_trade_no: Option<&str>,
-        detail: String,
-        now_ms: i64,
-    ) -> Result<(ApplyOutcome, Option<String>), StorageError> {
+    async fn refuse(&self, tx: &mut Tx, evidence: &Evidence, r: Refusal<'_>) -> Result<Applied, StorageError> {
         tracing::warn!(
-            anomaly.kind = kind,
-            source = evidence.source.as_str(),
-            evidence = evidence.reference,
-            order.out_trade_no = out_trade_no.unwrap_or(""),
-            detail = %detail,
+            anomaly.kind = %r.kind,
+            source = %evidence.source,
+            evidence = %evidence.reference,
+            order.out_trade_no = r.out_trade_no.unwrap_or(""),
+            detail = %r.detail,
             "evidence not applied"
         );
-        self.db
-            .insert_anomaly(
-                tx,
-                &Anomaly {
-                    kind,
-                    source: evidence.source.as_str(),
-                    out_trade_no,
-                    evidence: Some(evidence.reference),
-                    ours: values.map(|v| v.0),
-                    theirs: values.map(|v| v.1),
-                    now_ms,
-                },
-            )
-            .await?;
-        Ok((ApplyOutcome::Anomaly(kind), Some(detail)))
+        let anomaly = Anomaly {
+            kind: r.kind,
+            source: evidence.source,
+            out_trade_no: r.out_trade_no,
+            evidence: Some(&evidence.reference),
+            ours: r.values.map(|v| v.0),
+            theirs: r.values.map(|v| v.1),
+            now_ms: self.clock.now_ms(),
+        };
+        self.db.insert_anomaly(tx, &anomaly).await?;
+        Ok((ApplyOutcome::Anomaly(r.kind), Some(r.detail)))
     }
 
     /// Records that evidence arrived for the order but was refused.
     async fn no_op_event(
         &self,
         tx: &mut Tx,
-        order: &OrderRow,
-        evidence: &Evidence<'_>,
+        order: &Order,
+        evidence: &Evidence,
         note: &str,
         now_ms: i64,
     ) -> Result<(), StorageError> {
-        crate::storage::events::NewEvent {
+        NewEvent {
             order_id: order.id,
-            from: Some(order.status()?),
+            from: Some(order.status),
             to: OrderStatus::Success,
             applied: false,
             source: evidence.source,
-            evidence: Some(evidence.reference),
+            evidence: Some(&evidence.reference),
             note: Some(note),
             now_ms,
         }

@@ -14,9 +14,8 @@ use crate::queue::{Envelope, Job};
 use crate::storage::Db;
 use crate::storage::inbox::{NewInboxRow, Rejection};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::Credentials;
 use crate::wechat::verify::SignedHeaders;
-use crate::wechat::wire::notify::Envelope as NotifyEnvelope;
+use crate::wechat::{Credentials, notification};
 
 use super::enqueuer::Enqueuer;
 use super::inbox_writer::{InboxWriter, WriteError};
@@ -96,37 +95,20 @@ impl NotifyIngest {
             .verify(headers, body, self.clock.now().timestamp(), self.tolerance_secs)
             .map_err(|e| reject(e.reason(), e.to_string()))?;
         let raw_body = std::str::from_utf8(body).map_err(|_| reject("malformed_body", "body is not UTF-8".into()))?;
-        let envelope: NotifyEnvelope =
-            serde_json::from_str(raw_body).map_err(|e| reject("malformed_body", e.to_string()))?;
-        let resource = &envelope.resource;
-        if envelope.resource_type != "encrypt-resource" || resource.algorithm != "AEAD_AES_256_GCM" {
-            return Err(reject(
-                "unsupported_resource",
-                format!("resource_type {:?} algorithm {:?}", envelope.resource_type, resource.algorithm),
-            ));
-        }
-        let plain = self
-            .creds
-            .apiv3_key
-            .decrypt(&resource.nonce, &resource.associated_data, &resource.ciphertext)
-            .map_err(|e| reject("decrypt_failed", e.to_string()))?;
-        let resource_json = String::from_utf8(plain).map_err(|_| reject("malformed_resource", "not UTF-8".into()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&resource_json).map_err(|e| reject("malformed_resource", e.to_string()))?;
-        let out_trade_no = value.get("out_trade_no").and_then(|v| v.as_str()).map(str::to_owned);
+        let opened = notification::open(&self.creds.apiv3_key, raw_body).map_err(|e| reject(e.reason, e.detail))?;
         let row = NewInboxRow {
-            notification_id: envelope.id.clone(),
-            event_type: envelope.event_type.clone(),
-            resource_type: envelope.resource_type.clone(),
-            summary: envelope.summary.clone(),
-            create_time: envelope.create_time.clone(),
+            notification_id: opened.id.clone(),
+            event_type: opened.event_type.clone(),
+            resource_type: opened.resource_type,
+            summary: opened.summary,
+            create_time: opened.create_time,
             serial: headers.serial.unwrap_or_default().to_owned(),
             wechat_timestamp: headers.timestamp.unwrap_or_default().to_owned(),
             wechat_nonce: headers.nonce.unwrap_or_default().to_owned(),
             signature: headers.signature.unwrap_or_default().to_owned(),
             raw_body: raw_body.to_owned(),
-            resource_json,
-            out_trade_no,
+            resource_json: opened.resource_json,
+            out_trade_no: opened.out_trade_no,
             received_at_ms: self.clock.now_ms(),
         };
         let stored = self.writer.write(row).await.map_err(|e| match e {
@@ -136,7 +118,7 @@ impl NotifyIngest {
         if stored.first_delivery && !stored.processed {
             self.enqueuer.enqueue(Envelope::first(Job::ApplyNotification { inbox_id: stored.id }));
         }
-        tracing::debug!(notify.id = %envelope.id, notify.event_type = %envelope.event_type, first = stored.first_delivery, "notification stored");
+        tracing::debug!(notify.id = %opened.id, notify.event_type = %opened.event_type, first = stored.first_delivery, "notification stored");
         Ok(if stored.first_delivery { Stored::New } else { Stored::Duplicate })
     }
 

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
 use crate::config::Secret;
+use crate::domain::User;
 use crate::domain::time::from_ms;
-use crate::storage::users::UserRow;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
 use crate::vault::{self, Vault};
@@ -30,7 +30,18 @@ pub struct LoginService {
 pub struct LoggedIn {
     pub token: Secret<String>,
     pub expires_at: DateTime<Utc>,
-    pub user: UserRow,
+    pub user: User,
+}
+
+/// A profile change the rules refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("nickname must be at most 64 characters without control characters")]
+    BadNickname,
+    #[error("avatar_url must be an http(s) URL of at most 512 bytes")]
+    BadAvatarUrl,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +86,28 @@ impl LoginService {
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
         self.db.insert_session(&hash, user.id, now_ms, expires_at_ms).await?;
         Ok(LoggedIn { token, expires_at: from_ms(expires_at_ms), user })
+    }
+
+    /// The logged-in user.
+    pub async fn user(&self, user_id: i64) -> Result<User, StorageError> {
+        self.db.user(user_id).await
+    }
+
+    /// Sets what the user chose to show (WeChat no longer hands profiles over at login).
+    pub async fn update_profile(
+        &self,
+        user_id: i64,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<User, ProfileError> {
+        if nickname.is_some_and(|n| n.chars().count() > 64 || n.chars().any(char::is_control)) {
+            return Err(ProfileError::BadNickname);
+        }
+        if avatar_url.is_some_and(|url| url.len() > 512 || !(url.starts_with("https://") || url.starts_with("http://")))
+        {
+            return Err(ProfileError::BadAvatarUrl);
+        }
+        Ok(self.db.update_profile(user_id, nickname, avatar_url, self.clock.now_ms()).await?)
     }
 
     /// The user behind a bearer token, if the token is known and unexpired.

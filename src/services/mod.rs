@@ -6,6 +6,7 @@ pub mod enqueuer;
 pub mod inbox_writer;
 pub mod ingest;
 pub mod login;
+pub mod operations;
 pub mod orders;
 pub mod reconcile;
 pub mod refunds;

@@ -9,13 +9,10 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::OrderSettings;
-use crate::domain::time::{from_ms, to_wechat_rfc3339};
-use crate::domain::{Fen, OutTradeNo};
-use crate::storage::orders::{NewOrder, OrderRow};
-use crate::storage::users::UserRow;
+use crate::domain::{Order, OutTradeNo};
+use crate::storage::orders::NewOrder;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::wire::pay::{JsapiPrepayRequest, Payer, PrepayAmount};
 use crate::wechat::{Credentials, PayClient, WechatError, sign};
 
 /// Attempts at prepay within one API request (the call is idempotent for identical parameters).
@@ -43,7 +40,7 @@ pub struct PaymentParams {
 
 #[derive(Debug)]
 pub struct CreatedOrder {
-    pub order: OrderRow,
+    pub order: Order,
     pub payment: PaymentParams,
 }
 
@@ -92,16 +89,17 @@ impl OrderService {
     }
 
     /// Creates an order for `quantity` of `product_id` and returns the payment parameters.
-    pub async fn create(&self, user: &UserRow, product_id: &str, quantity: i64) -> Result<CreatedOrder, OrderError> {
+    pub async fn create(&self, user_id: i64, product_id: &str, quantity: i64) -> Result<CreatedOrder, OrderError> {
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(OrderError::BadQuantity);
         }
+        let user = self.db.user(user_id).await?;
         let product = self
             .db
             .active_product(product_id)
             .await?
             .ok_or_else(|| OrderError::UnknownProduct(product_id.to_owned()))?;
-        let amount = Fen(product.price_fen).checked_mul(quantity).ok_or(OrderError::BadQuantity)?;
+        let amount = product.price.checked_mul(quantity).ok_or(OrderError::BadQuantity)?;
         let now = self.clock.now();
         let now_ms = now.timestamp_millis();
         let out_trade_no = OutTradeNo::generate(now, &mut rand::rng());
@@ -111,12 +109,12 @@ impl OrderService {
         let order = self
             .db
             .insert_order(&NewOrder {
-                out_trade_no: out_trade_no.as_str(),
+                out_trade_no: &out_trade_no,
                 user_id: user.id,
                 payer_openid: &user.openid,
                 product_id: &product.id,
                 quantity,
-                amount_fen: amount.0,
+                amount,
                 description: &description,
                 time_expire_ms: now_ms.saturating_add(expire_ms),
                 first_check_at_ms: now_ms.saturating_add(grace_ms),
@@ -124,7 +122,7 @@ impl OrderService {
             })
             .await?;
         self.metrics.orders_created.inc();
-        tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount_fen, "order created");
+        tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount.0, "order created");
         let payment = self.request_payment(&order).await?;
         let order = self.db.order_by_no(&order.out_trade_no).await?.unwrap_or(order);
         Ok(CreatedOrder { order, payment })
@@ -132,24 +130,13 @@ impl OrderService {
 
     /// (Re)issues payment parameters for an unpaid order: prepay again with identical
     /// parameters (WeChat answers a fresh prepay_id) rather than a new order number.
-    pub async fn request_payment(&self, order: &OrderRow) -> Result<PaymentParams, OrderError> {
-        if order.status != "NOTPAY" || order.time_expire_ms <= self.clock.now_ms() {
-            return Err(OrderError::NotPayable(order.out_trade_no.clone()));
+    pub async fn request_payment(&self, order: &Order) -> Result<PaymentParams, OrderError> {
+        if !order.is_payable(self.clock.now_ms()) {
+            return Err(OrderError::NotPayable(order.out_trade_no.to_string()));
         }
-        let request = JsapiPrepayRequest {
-            appid: self.creds.appid.clone(),
-            mchid: self.creds.mchid.clone(),
-            description: order.description.clone(),
-            out_trade_no: order.out_trade_no.clone(),
-            time_expire: Some(to_wechat_rfc3339(from_ms(order.time_expire_ms))),
-            attach: None,
-            notify_url: self.notify_url.clone(),
-            amount: PrepayAmount { total: order.amount_fen, currency: Some("CNY".into()) },
-            payer: Payer { openid: order.payer_openid.clone() },
-        };
         let mut attempt = 1;
-        let prepay = loop {
-            match self.pay.prepay(&request).await {
+        let prepay_id = loop {
+            match self.pay.prepay(order, &self.notify_url).await {
                 Ok(prepay) => break prepay,
                 Err(err) if err.retryable() && attempt < PREPAY_ATTEMPTS => {
                     tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, attempt, "prepay failed, retrying");
@@ -158,15 +145,15 @@ impl OrderService {
                 }
                 Err(err) if err.retryable() => {
                     return Err(OrderError::PaymentUnavailable {
-                        out_trade_no: order.out_trade_no.clone(),
+                        out_trade_no: order.out_trade_no.to_string(),
                         source: err,
                     });
                 }
                 Err(err) => return Err(OrderError::Refused(err)),
             }
         };
-        self.db.set_prepay(order.id, &prepay.prepay_id, self.clock.now_ms()).await?;
-        self.payment_params(&prepay.prepay_id).await
+        self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await?;
+        self.payment_params(&prepay_id).await
     }
 
     /// Signs the four `paySign` lines with the merchant key.
@@ -194,11 +181,11 @@ impl OrderService {
 
     /// The order if it belongs to `user_id`; another user's order is indistinguishable from a
     /// missing one.
-    pub async fn get_for_user(&self, user_id: i64, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
-        if OutTradeNo::parse(out_trade_no).is_err() {
+    pub async fn get_for_user(&self, user_id: i64, out_trade_no: &str) -> Result<Option<Order>, StorageError> {
+        let Ok(no) = OutTradeNo::parse(out_trade_no) else {
             return Ok(None);
-        }
-        Ok(self.db.order_by_no(out_trade_no).await?.filter(|o| o.user_id == user_id))
+        };
+        Ok(self.db.order_by_no(&no).await?.filter(|o| o.user_id == user_id))
     }
 }
 

@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::config::PollSettings;
-use crate::domain::{EventSource, OrderStatus};
-use crate::storage::orders::{OrderRow, TransitionOutcome, TransitionRequest};
+use crate::domain::{EventSource, Evidence, Order, OrderStatus, OutTradeNo, PaymentReport};
+use crate::storage::orders::{TransitionOutcome, TransitionRequest};
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::wire::pay::Transaction;
 use crate::wechat::{PayClient, WechatError};
 
 use super::apply::{Applier, ApplyOutcome};
@@ -85,7 +84,7 @@ pub struct OrderSync {
     clock: Clock,
     settings: PollSettings,
     metrics: Metrics,
-    flights: Arc<StdMutex<HashMap<String, Flight>>>,
+    flights: Arc<StdMutex<HashMap<OutTradeNo, Flight>>>,
 }
 
 impl OrderSync {
@@ -101,30 +100,29 @@ impl OrderSync {
     }
 
     /// The poller's check of one order.
-    pub async fn check(&self, out_trade_no: &str) -> Result<CheckOutcome, SyncError> {
+    pub async fn check(&self, out_trade_no: &OutTradeNo) -> Result<CheckOutcome, SyncError> {
         let result = self.check_inner(out_trade_no).await;
         let label = result.as_ref().map_or("error", CheckOutcome::label);
         self.metrics.poll_checks.with_label_values(&[label]).inc();
         result
     }
 
-    async fn check_inner(&self, out_trade_no: &str) -> Result<CheckOutcome, SyncError> {
+    async fn check_inner(&self, out_trade_no: &OutTradeNo) -> Result<CheckOutcome, SyncError> {
         let Some(order) = self.db.order_by_no(out_trade_no).await? else {
             return Err(StorageError::NotFound.into());
         };
-        let status = order.status()?;
-        if status != OrderStatus::Notpay {
-            return Ok(CheckOutcome::AlreadyFinal(status));
+        if order.status != OrderStatus::Notpay {
+            return Ok(CheckOutcome::AlreadyFinal(order.status));
         }
-        let txn = match self.pay.query_order(out_trade_no).await {
-            Ok(txn) => Some(txn),
-            Err(err) if err.code() == Some("ORDER_NOT_EXIST") => None,
+        let report = match self.pay.query_order(out_trade_no).await {
+            Ok(report) => Some(report),
+            Err(err) if err.is_not_found() => None,
             Err(err) => return Err(err.into()),
         };
-        if let Some(outcome) = self.settle_from(&order, txn.as_ref(), "poll").await? {
+        if let Some(outcome) = self.settle_from(&order, report.as_ref(), "poll").await? {
             if matches!(outcome, CheckOutcome::Paid(ApplyOutcome::Anomaly(_))) {
                 tracing::warn!(
-                    order.out_trade_no = out_trade_no,
+                    order.out_trade_no = %out_trade_no,
                     "payment contradicts the order; polling stops, see anomalies"
                 );
                 self.db.stop_checks(order.id, self.clock.now_ms()).await?;
@@ -146,26 +144,26 @@ impl OrderSync {
     /// to it, which happens when prepay never reached it).
     async fn settle_from(
         &self,
-        order: &OrderRow,
-        txn: Option<&Transaction>,
+        order: &Order,
+        report: Option<&PaymentReport>,
         how: &str,
     ) -> Result<Option<CheckOutcome>, SyncError> {
-        let Some(txn) = txn else { return Ok(None) };
-        let evidence = format!("{how}:{}", txn.transaction_id.as_deref().unwrap_or(&txn.trade_state));
-        let outcome = match txn.trade_state.as_str() {
-            "SUCCESS" | "REFUND" => {
-                CheckOutcome::Paid(self.applier.apply_reported_payment(txn, EventSource::Poll, &evidence).await?)
+        let Some(report) = report else { return Ok(None) };
+        let reference = report.transaction_id.as_ref().map_or_else(|| report.status.to_string(), ToString::to_string);
+        let evidence = Evidence::new(EventSource::Poll, format!("{how}:{reference}"));
+        let outcome = match report.status {
+            OrderStatus::Success | OrderStatus::Refund => {
+                CheckOutcome::Paid(self.applier.apply(report, &evidence).await?)
             }
-            "CLOSED" | "REVOKED" => {
-                self.transition(order, OrderStatus::Closed, EventSource::Poll, &evidence, "closed at WeChat").await?;
+            OrderStatus::Closed => {
+                self.transition(order, OrderStatus::Closed, &evidence, "closed at WeChat").await?;
                 CheckOutcome::Closed
             }
-            "PAYERROR" => {
-                self.transition(order, OrderStatus::Payerror, EventSource::Poll, &evidence, &txn.trade_state_desc)
-                    .await?;
+            OrderStatus::Payerror => {
+                self.transition(order, OrderStatus::Payerror, &evidence, &report.status_detail).await?;
                 CheckOutcome::PayError
             }
-            _ => return Ok(None),
+            OrderStatus::Notpay => return Ok(None),
         };
         Ok(Some(outcome))
     }
@@ -173,7 +171,7 @@ impl OrderSync {
     /// Past `time_expire` and still unpaid: close at WeChat first (so the payer can no longer
     /// pay), then here. If the payer paid in between, WeChat refuses the close and the payment
     /// is applied instead.
-    async fn close_expired(&self, order: &OrderRow) -> Result<CheckOutcome, SyncError> {
+    async fn close_expired(&self, order: &Order) -> Result<CheckOutcome, SyncError> {
         match self.close_at_wechat(order, EventSource::Poll, "expired").await? {
             CloseOutcome::Closed | CloseOutcome::NotOpen(_) => Ok(CheckOutcome::Closed),
             CloseOutcome::AlreadyPaid => Ok(CheckOutcome::Paid(ApplyOutcome::Applied)),
@@ -181,39 +179,34 @@ impl OrderSync {
     }
 
     /// The owner cancels an unpaid order.
-    pub async fn close(&self, order: &OrderRow) -> Result<CloseOutcome, SyncError> {
-        let status = order.status()?;
-        if status != OrderStatus::Notpay {
-            return Ok(CloseOutcome::NotOpen(status));
+    pub async fn close(&self, order: &Order) -> Result<CloseOutcome, SyncError> {
+        if order.status != OrderStatus::Notpay {
+            return Ok(CloseOutcome::NotOpen(order.status));
         }
         self.close_at_wechat(order, EventSource::Api, "cancelled by the payer").await
     }
 
-    async fn close_at_wechat(
-        &self,
-        order: &OrderRow,
-        source: EventSource,
-        why: &str,
-    ) -> Result<CloseOutcome, SyncError> {
-        let evidence = match self.pay.close_order(&order.out_trade_no).await {
-            Ok(()) => "close:204",
+    async fn close_at_wechat(&self, order: &Order, source: EventSource, why: &str) -> Result<CloseOutcome, SyncError> {
+        let reference = match self.pay.close_order(&order.out_trade_no).await {
+            Ok(()) => "close:204".to_owned(),
             // WeChat never saw it (prepay failed): nothing to close there.
-            Err(err) if err.code() == Some("ORDER_NOT_EXIST") => "close:ORDER_NOT_EXIST",
-            Err(err) if err.code() == Some("ORDERPAID") => {
-                let txn = self.pay.query_order(&order.out_trade_no).await?;
-                let how = format!("query-after-close-{}", source.as_str());
-                return match self.settle_from(order, Some(&txn), &how).await? {
+            Err(err) if err.is_not_found() => format!("close:{}", err.code().unwrap_or("not-found")),
+            Err(err) if err.is_already_paid() => {
+                let report = self.pay.query_order(&order.out_trade_no).await?;
+                let how = format!("query-after-close-{source}");
+                return match self.settle_from(order, Some(&report), &how).await? {
                     Some(CheckOutcome::Paid(_)) => Ok(CloseOutcome::AlreadyPaid),
                     _ => Err(WechatError::Decode {
                         endpoint: "close_order",
-                        message: format!("ORDERPAID but the order queries as {}", txn.trade_state),
+                        message: format!("the payer paid first, but the order queries as {}", report.status),
                     }
                     .into()),
                 };
             }
             Err(err) => return Err(err.into()),
         };
-        match self.transition(order, OrderStatus::Closed, source, evidence, why).await? {
+        let evidence = Evidence::new(source, reference);
+        match self.transition(order, OrderStatus::Closed, &evidence, why).await? {
             TransitionOutcome::NotApplied { current, .. } if current != OrderStatus::Closed => {
                 Ok(CloseOutcome::NotOpen(current))
             }
@@ -223,10 +216,9 @@ impl OrderSync {
 
     async fn transition(
         &self,
-        order: &OrderRow,
+        order: &Order,
         to: OrderStatus,
-        source: EventSource,
-        evidence: &str,
+        evidence: &Evidence,
         note: &str,
     ) -> Result<TransitionOutcome, StorageError> {
         let now_ms = self.clock.now_ms();
@@ -234,8 +226,7 @@ impl OrderSync {
         let request = TransitionRequest {
             out_trade_no: &order.out_trade_no,
             to,
-            source,
-            evidence: Some(evidence),
+            evidence,
             transaction_id: None,
             paid_at_ms: None,
             note: Some(note),
@@ -244,8 +235,8 @@ impl OrderSync {
         let outcome = self.db.transition(&mut tx, &request).await?;
         tx.commit().await?;
         if matches!(outcome, TransitionOutcome::Applied { .. }) {
-            self.metrics.order_transitions.with_label_values(&[to.as_str(), source.as_str()]).inc();
-            tracing::info!(order.out_trade_no = %order.out_trade_no, to = to.as_str(), source = source.as_str(), evidence, "order status changed");
+            self.metrics.order_transitions.with_label_values(&[to.as_str(), evidence.source.as_str()]).inc();
+            tracing::info!(order.out_trade_no = %order.out_trade_no, to = %to, source = %evidence.source, evidence = %evidence.reference, "order status changed");
         }
         Ok(outcome)
     }
@@ -253,10 +244,8 @@ impl OrderSync {
     /// The owner asks for the order's status: for an unpaid order, ask WeChat first, at most
     /// once per order per `client_sync_cache_ms` however many requests arrive together (they
     /// wait for the one call). A failed call leaves the stored status, which is still honest.
-    pub async fn refresh(&self, order: OrderRow) -> Result<OrderRow, StorageError> {
-        // Final, or polling was stopped because WeChat's answer contradicts the order (an
-        // operator's case): asking again would only record the same anomaly again.
-        if order.status != OrderStatus::Notpay.as_str() || order.next_check_at_ms.is_none() {
+    pub async fn refresh(&self, order: Order) -> Result<Order, StorageError> {
+        if !order.is_awaiting_payment() {
             return Ok(order);
         }
         let flight = self.flight(&order.out_trade_no);
@@ -264,8 +253,8 @@ impl OrderSync {
         let fresh = Duration::from_millis(self.settings.client_sync_cache_ms);
         if last.is_none_or(|at| at.elapsed() >= fresh) {
             match self.pay.query_order(&order.out_trade_no).await {
-                Ok(txn) => {
-                    if let Err(err) = self.settle_from(&order, Some(&txn), "client-sync").await {
+                Ok(report) => {
+                    if let Err(err) = self.settle_from(&order, Some(&report), "client-sync").await {
                         tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "client sync could not apply");
                     }
                 }
@@ -279,7 +268,7 @@ impl OrderSync {
         Ok(self.db.order_by_no(&order.out_trade_no).await?.unwrap_or(order))
     }
 
-    fn flight(&self, out_trade_no: &str) -> Flight {
+    fn flight(&self, out_trade_no: &OutTradeNo) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if flights.len() >= MAX_FLIGHTS {
             let fresh = Duration::from_millis(self.settings.client_sync_cache_ms);
@@ -288,6 +277,6 @@ impl OrderSync {
                 Arc::strong_count(f) > 1 || f.try_lock().map_or(true, |at| at.is_some_and(|t| t.elapsed() < fresh))
             });
         }
-        Arc::clone(flights.entry(out_trade_no.to_owned()).or_default())
+        Arc::clone(flights.entry(out_trade_no.clone()).or_default())
     }
 }

@@ -9,7 +9,9 @@ use sqlx::FromRow;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Db, Dialect, StorageError, Tx};
+use crate::domain::{AnomalyKind, EventSource};
+
+use super::{Db, Dialect, StorageError, Tx, corrupt};
 
 /// A verified, decrypted notification ready to be stored.
 #[derive(Debug, Clone)]
@@ -90,8 +92,8 @@ pub struct Rejection<'a> {
 /// Evidence we refused to apply.
 #[derive(Debug, Clone)]
 pub struct Anomaly<'a> {
-    pub kind: &'a str,
-    pub source: &'a str,
+    pub kind: AnomalyKind,
+    pub source: EventSource,
     pub out_trade_no: Option<&'a str>,
     pub evidence: Option<&'a str>,
     pub ours: Option<&'a str>,
@@ -338,8 +340,8 @@ impl Db {
             "INSERT INTO anomalies (kind, source, out_trade_no, evidence, ours, theirs, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(a.kind)
-        .bind(a.source)
+        .bind(a.kind.as_str())
+        .bind(a.source.as_str())
         .bind(a.out_trade_no)
         .bind(a.evidence)
         .bind(a.ours)
@@ -354,12 +356,15 @@ impl Db {
     pub async fn anomalies(
         &self,
         out_trade_no: Option<&str>,
-    ) -> Result<Vec<(String, String, Option<String>)>, StorageError> {
-        Ok(sqlx::query_as(
+    ) -> Result<Vec<(AnomalyKind, EventSource, Option<String>)>, StorageError> {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
             "SELECT kind, source, out_trade_no FROM anomalies WHERE ($1 IS NULL OR out_trade_no = $1) ORDER BY id",
         )
         .bind(out_trade_no)
         .fetch_all(self.reader())
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|(kind, source, no)| Ok((kind.parse().map_err(corrupt)?, source.parse().map_err(corrupt)?, no)))
+            .collect()
     }
 }

@@ -4,22 +4,39 @@
 
 use sqlx::FromRow;
 
-use super::{Db, StorageError};
+use crate::domain::JobKind;
+use crate::domain::job::DeadJob;
+
+use super::{Db, StorageError, corrupt};
 
 #[derive(Debug, Clone, FromRow)]
-pub struct DeadJobRow {
-    pub id: i64,
-    pub kind: String,
-    pub payload: String,
-    pub attempts: i64,
-    pub last_error: String,
-    pub died_at_ms: i64,
+struct DeadJobRow {
+    id: i64,
+    kind: String,
+    payload: String,
+    attempts: i64,
+    last_error: String,
+    died_at_ms: i64,
+}
+
+impl TryFrom<DeadJobRow> for DeadJob {
+    type Error = StorageError;
+    fn try_from(r: DeadJobRow) -> Result<Self, StorageError> {
+        Ok(DeadJob {
+            id: r.id,
+            kind: r.kind.parse().map_err(corrupt)?,
+            payload: r.payload,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            died_at_ms: r.died_at_ms,
+        })
+    }
 }
 
 impl Db {
     pub async fn insert_dead_job(
         &self,
-        kind: &str,
+        kind: JobKind,
         payload: &str,
         attempts: i64,
         last_error: &str,
@@ -28,7 +45,7 @@ impl Db {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO dead_jobs (kind, payload, attempts, last_error, died_at_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(payload)
         .bind(attempts)
         .bind(last_error)
@@ -39,12 +56,13 @@ impl Db {
     }
 
     /// Dead jobs not yet retried, oldest first.
-    pub async fn dead_jobs(&self) -> Result<Vec<DeadJobRow>, StorageError> {
-        Ok(sqlx::query_as(
+    pub async fn dead_jobs(&self) -> Result<Vec<DeadJob>, StorageError> {
+        let rows: Vec<DeadJobRow> = sqlx::query_as(
             "SELECT id, kind, payload, attempts, last_error, died_at_ms FROM dead_jobs WHERE retried_at_ms IS NULL ORDER BY id",
         )
         .fetch_all(self.reader())
-        .await?)
+        .await?;
+        rows.into_iter().map(DeadJob::try_from).collect()
     }
 
     /// Claims a dead job for retry; false if it was already retried (or does not exist).
@@ -58,9 +76,11 @@ impl Db {
     }
 
     /// Open dead jobs by kind, for the `wxpay_jobs_dead` gauge.
-    pub async fn dead_job_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as("SELECT kind, COUNT(*) FROM dead_jobs WHERE retried_at_ms IS NULL GROUP BY kind")
-            .fetch_all(self.reader())
-            .await?)
+    pub async fn dead_job_counts(&self) -> Result<Vec<(JobKind, i64)>, StorageError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT kind, COUNT(*) FROM dead_jobs WHERE retried_at_ms IS NULL GROUP BY kind")
+                .fetch_all(self.reader())
+                .await?;
+        rows.into_iter().map(|(kind, n)| Ok((kind.parse().map_err(corrupt)?, n))).collect()
     }
 }

@@ -3,8 +3,13 @@
 //! `Db` speaks to SQLite (embedded) or PostgreSQL (cluster) through sqlx's `Any` driver, so one
 //! set of SQL statements (numbered `$n` parameters, `ON CONFLICT`, `RETURNING`, instants as
 //! Unix milliseconds) serves both; the few real differences (row locks) go through
-//! [`Dialect`]. Each table has its own file with the statements that touch it. No business
-//! rule lives here: callers decide which transition to attempt, this layer guards it.
+//! [`Dialect`]. Each table has its own file with the statements that touch it.
+//!
+//! This is one of the two edges where outside data becomes domain values: row structs stay
+//! private to their file and functions return `domain` types (a stored text the domain does
+//! not know is [`StorageError::Corrupt`]). No business rule lives here: services decide what to
+//! change (refund limits, which transition to attempt) and this layer runs the statements,
+//! guarding each status change with the domain's own transition table.
 
 mod error;
 pub mod events;
@@ -31,6 +36,16 @@ pub use error::StorageError;
 use crate::config::DatabaseSettings;
 
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// A stored value the domain refuses: the database and the code disagree.
+pub(crate) fn corrupt(err: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(err.to_string())
+}
+
+/// `'A', 'B'` for a status guard; the values are our own constants, never user input.
+pub(crate) fn in_list<T: std::fmt::Display>(values: &[T]) -> String {
+    values.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ")
+}
 
 /// The SQL differences between our two backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,60 +1,86 @@
 //! `orders`: creation, prepay bookkeeping, and the one guarded transition every status
 //! change goes through (row re-read under lock, `UPDATE ... WHERE status IN (allowed)`, and an
-//! `order_events` row in the same transaction).
+//! `order_events` row in the same transaction). Rows become [`Order`]s here; a stored value
+//! the domain does not know is [`StorageError::Corrupt`].
 
-use sqlx::FromRow;
+use sqlx::{AssertSqlSafe, FromRow};
 
-use crate::domain::{EventSource, OrderStatus};
-
-use sqlx::AssertSqlSafe;
+use crate::domain::{EventSource, Evidence, Fen, Order, OrderStatus, OutTradeNo, TransactionId};
 
 use super::events::NewEvent;
-use super::{Db, StorageError, Tx};
+use super::{Db, StorageError, Tx, corrupt, in_list};
 
 #[derive(Debug, Clone, FromRow)]
-pub struct OrderRow {
-    pub id: i64,
-    pub out_trade_no: String,
-    pub user_id: i64,
-    pub payer_openid: String,
-    pub product_id: String,
-    pub quantity: i64,
-    pub amount_fen: i64,
-    pub description: String,
-    pub status: String,
-    pub prepay_id: Option<String>,
-    pub prepay_at_ms: Option<i64>,
-    pub transaction_id: Option<String>,
-    pub time_expire_ms: i64,
-    pub paid_at_ms: Option<i64>,
-    pub closed_at_ms: Option<i64>,
-    pub refunded_fen: i64,
-    pub next_check_at_ms: Option<i64>,
-    pub check_attempts: i64,
-    pub version: i64,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
+struct OrderRow {
+    id: i64,
+    out_trade_no: String,
+    user_id: i64,
+    payer_openid: String,
+    product_id: String,
+    quantity: i64,
+    amount_fen: i64,
+    description: String,
+    status: String,
+    prepay_id: Option<String>,
+    prepay_at_ms: Option<i64>,
+    transaction_id: Option<String>,
+    time_expire_ms: i64,
+    paid_at_ms: Option<i64>,
+    closed_at_ms: Option<i64>,
+    refunded_fen: i64,
+    next_check_at_ms: Option<i64>,
+    check_attempts: i64,
+    version: i64,
+    created_at_ms: i64,
+    updated_at_ms: i64,
 }
 
 const COLUMNS: &str = "id, out_trade_no, user_id, payer_openid, product_id, quantity, amount_fen, description, status, \
     prepay_id, prepay_at_ms, transaction_id, time_expire_ms, paid_at_ms, closed_at_ms, refunded_fen, next_check_at_ms, \
     check_attempts, version, created_at_ms, updated_at_ms";
 
-impl OrderRow {
-    pub fn status(&self) -> Result<OrderStatus, StorageError> {
-        self.status.parse().map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+impl TryFrom<OrderRow> for Order {
+    type Error = StorageError;
+    fn try_from(r: OrderRow) -> Result<Self, StorageError> {
+        Ok(Order {
+            id: r.id,
+            out_trade_no: OutTradeNo::parse(&r.out_trade_no).map_err(corrupt)?,
+            user_id: r.user_id,
+            payer_openid: r.payer_openid,
+            product_id: r.product_id,
+            quantity: r.quantity,
+            amount: Fen(r.amount_fen),
+            description: r.description,
+            status: r.status.parse().map_err(corrupt)?,
+            prepay_id: r.prepay_id,
+            prepay_at_ms: r.prepay_at_ms,
+            transaction_id: r.transaction_id.as_deref().map(TransactionId::parse).transpose().map_err(corrupt)?,
+            time_expire_ms: r.time_expire_ms,
+            paid_at_ms: r.paid_at_ms,
+            closed_at_ms: r.closed_at_ms,
+            refunded: Fen(r.refunded_fen),
+            next_check_at_ms: r.next_check_at_ms,
+            check_attempts: r.check_attempts,
+            version: r.version,
+            created_at_ms: r.created_at_ms,
+            updated_at_ms: r.updated_at_ms,
+        })
     }
+}
+
+fn order(row: Option<OrderRow>) -> Result<Option<Order>, StorageError> {
+    row.map(Order::try_from).transpose()
 }
 
 /// An order about to be created (status NOTPAY).
 #[derive(Debug, Clone)]
 pub struct NewOrder<'a> {
-    pub out_trade_no: &'a str,
+    pub out_trade_no: &'a OutTradeNo,
     pub user_id: i64,
     pub payer_openid: &'a str,
     pub product_id: &'a str,
     pub quantity: i64,
-    pub amount_fen: i64,
+    pub amount: Fen,
     pub description: &'a str,
     pub time_expire_ms: i64,
     /// When the poller should first ask WeChat if nothing arrives before.
@@ -65,11 +91,10 @@ pub struct NewOrder<'a> {
 /// A status change to attempt, with its evidence.
 #[derive(Debug, Clone)]
 pub struct TransitionRequest<'a> {
-    pub out_trade_no: &'a str,
+    pub out_trade_no: &'a OutTradeNo,
     pub to: OrderStatus,
-    pub source: EventSource,
-    pub evidence: Option<&'a str>,
-    pub transaction_id: Option<&'a str>,
+    pub evidence: &'a Evidence,
+    pub transaction_id: Option<&'a TransactionId>,
     pub paid_at_ms: Option<i64>,
     pub note: Option<&'a str>,
     pub now_ms: i64,
@@ -94,27 +119,29 @@ pub enum TransitionOutcome {
 
 impl Db {
     /// Inserts a NOTPAY order and its creation event in one transaction.
-    pub async fn insert_order(&self, new: &NewOrder<'_>) -> Result<OrderRow, StorageError> {
+    pub async fn insert_order(&self, new: &NewOrder<'_>) -> Result<Order, StorageError> {
         let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO orders (out_trade_no, user_id, payer_openid, product_id, quantity, amount_fen, description,
                  status, time_expire_ms, next_check_at_ms, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'NOTPAY', $8, $9, $10, $10)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
              RETURNING {COLUMNS}"
         );
-        let order: OrderRow = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(new.out_trade_no)
+        let row: OrderRow = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(new.out_trade_no.as_str())
             .bind(new.user_id)
             .bind(new.payer_openid)
             .bind(new.product_id)
             .bind(new.quantity)
-            .bind(new.amount_fen)
+            .bind(new.amount.0)
             .bind(new.description)
+            .bind(OrderStatus::Notpay.as_str())
             .bind(new.time_expire_ms)
             .bind(new.first_check_at_ms)
             .bind(new.now_ms)
             .fetch_one(&mut *tx)
             .await?;
+        let order = Order::try_from(row)?;
         NewEvent {
             order_id: order.id,
             from: None,
@@ -141,20 +168,21 @@ impl Db {
         Ok(())
     }
 
-    pub async fn order_by_no(&self, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
+    pub async fn order_by_no(&self, out_trade_no: &OutTradeNo) -> Result<Option<Order>, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(self.reader()).await?)
+        order(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no.as_str()).fetch_optional(self.reader()).await?)
     }
 
     /// The order, re-read inside `tx` under a row lock (PostgreSQL) or the write lock (SQLite).
-    pub async fn lock_order(&self, tx: &mut Tx, out_trade_no: &str) -> Result<Option<OrderRow>, StorageError> {
+    pub async fn lock_order(&self, tx: &mut Tx, out_trade_no: &OutTradeNo) -> Result<Option<Order>, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}", self.dialect().for_update());
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no).fetch_optional(&mut **tx).await?)
+        order(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no.as_str()).fetch_optional(&mut **tx).await?)
     }
 
     /// The one way an order's status changes. Inside `tx`: lock the row, check the move is
-    /// allowed from its current status, update guarded by that status, and append an event
-    /// (applied or not). A duplicate or late message is therefore a recorded no-op.
+    /// allowed from its current status (the domain's rule), update guarded by that status, and
+    /// append an event (applied or not). A duplicate or late message is therefore a recorded
+    /// no-op.
     pub async fn transition(
         &self,
         tx: &mut Tx,
@@ -163,14 +191,15 @@ impl Db {
         let Some(order) = self.lock_order(tx, req.out_trade_no).await? else {
             return Ok(TransitionOutcome::NotFound);
         };
-        let current = order.status()?;
+        let current = order.status;
         let applied = if current.can_move_to(req.to) {
             let guard = in_list(req.to.allowed_from());
+            let closing = req.to == OrderStatus::Closed;
             let sql = format!(
                 "UPDATE orders SET status = $1,
                      transaction_id = COALESCE($2, transaction_id),
                      paid_at_ms = COALESCE($3, paid_at_ms),
-                     closed_at_ms = CASE WHEN $1 = 'CLOSED' THEN $4 ELSE closed_at_ms END,
+                     closed_at_ms = CASE WHEN $6 = 1 THEN $4 ELSE closed_at_ms END,
                      next_check_at_ms = NULL,
                      version = version + 1,
                      updated_at_ms = $4
@@ -178,10 +207,11 @@ impl Db {
             );
             let done = sqlx::query(AssertSqlSafe(sql))
                 .bind(req.to.as_str())
-                .bind(req.transaction_id)
+                .bind(req.transaction_id.map(TransactionId::as_str))
                 .bind(req.paid_at_ms)
                 .bind(req.now_ms)
                 .bind(order.id)
+                .bind(i64::from(closing))
                 .execute(&mut **tx)
                 .await?;
             done.rows_affected() == 1
@@ -193,8 +223,8 @@ impl Db {
             from: Some(current),
             to: req.to,
             applied,
-            source: req.source,
-            evidence: req.evidence,
+            source: req.evidence.source,
+            evidence: Some(&req.evidence.reference),
             note: req.note,
             now_ms: req.now_ms,
         }
@@ -207,13 +237,20 @@ impl Db {
         })
     }
 
-    /// Orders by status, for the `wxpay_orders` gauge.
-    pub async fn order_counts(&self) -> Result<Vec<(String, i64)>, StorageError> {
-        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(self.reader()).await?)
+    /// Adds a confirmed refund's amount to the order (inside the refund's transaction).
+    pub async fn add_refunded(&self, tx: &mut Tx, order_id: i64, amount: Fen) -> Result<(), StorageError> {
+        sqlx::query("UPDATE orders SET refunded_fen = refunded_fen + $2 WHERE id = $1")
+            .bind(order_id)
+            .bind(amount.0)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
-}
 
-/// `'A', 'B'` for a guard; statuses are our own constants, never user input.
-fn in_list(statuses: &[OrderStatus]) -> String {
-    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+    /// Orders by status, for the `wxpay_orders` gauge.
+    pub async fn order_counts(&self) -> Result<Vec<(OrderStatus, i64)>, StorageError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(self.reader()).await?;
+        rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
+    }
 }

@@ -4,13 +4,15 @@ use sqlx::FromRow;
 
 use crate::config::CatalogItem;
 
+use crate::domain::{Fen, Product};
+
 use super::{Db, StorageError};
 
 #[derive(Debug, Clone, FromRow)]
-pub struct ProductRow {
-    pub id: String,
-    pub name: String,
-    pub price_fen: i64,
+struct ProductRow {
+    id: String,
+    name: String,
+    price_fen: i64,
 }
 
 impl Db {
@@ -40,10 +42,12 @@ impl Db {
     }
 
     /// An active product, or `None` if unknown or withdrawn.
-    pub async fn active_product(&self, id: &str) -> Result<Option<ProductRow>, StorageError> {
-        Ok(sqlx::query_as("SELECT id, name, price_fen FROM products WHERE id = $1 AND active = 1")
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await?)
+    pub async fn active_product(&self, id: &str) -> Result<Option<Product>, StorageError> {
+        let row: Option<ProductRow> =
+            sqlx::query_as("SELECT id, name, price_fen FROM products WHERE id = $1 AND active = 1")
+                .bind(id)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(row.map(|r| Product { id: r.id, name: r.name, price: Fen(r.price_fen) }))
     }
 }

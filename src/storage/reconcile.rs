@@ -5,49 +5,82 @@
 use futures::TryStreamExt;
 use sqlx::FromRow;
 
-use super::{Db, StorageError};
+use crate::domain::{BillRun, BillRunStatus, Discrepancy, EventSource, Fen, PaidOrder};
 
-/// Our side of one paid order, as compact as comparison of a million rows needs.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
-pub struct PaidOrder {
-    pub out_trade_no: String,
-    pub amount_fen: i64,
-    pub status: String,
-    pub transaction_id: Option<String>,
-    pub refunded_fen: i64,
+use super::{Db, StorageError, corrupt, in_list};
+
+#[derive(Debug, FromRow)]
+struct PaidOrderRow {
+    out_trade_no: String,
+    amount_fen: i64,
+    transaction_id: Option<String>,
+    refunded_fen: i64,
 }
 
-/// One difference found, and what was done about it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, FromRow)]
-pub struct Discrepancy {
-    pub class: String,
-    pub out_trade_no: Option<String>,
-    pub transaction_id: Option<String>,
-    pub ours: Option<String>,
-    pub theirs: Option<String>,
-    pub bill_line: Option<i64>,
-    /// `healed` or `unexplained`.
-    pub resolution: String,
-    pub detail: String,
+#[derive(Debug, FromRow)]
+struct DiscrepancyRow {
+    class: String,
+    out_trade_no: Option<String>,
+    transaction_id: Option<String>,
+    ours: Option<String>,
+    theirs: Option<String>,
+    bill_line: Option<i64>,
+    resolution: String,
+    detail: String,
 }
 
-/// The outcome of one run of a date.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, FromRow)]
-pub struct BillRun {
-    pub bill_date: String,
-    /// clean | discrepancies | no_bill | not_ready | failed
-    pub status: String,
-    pub bill_rows: i64,
-    pub orders_compared: i64,
-    pub discrepancies: i64,
-    pub unexplained: i64,
-    pub healed: i64,
-    pub bill_sha1: Option<String>,
-    pub error: Option<String>,
-    pub attempts: i64,
-    pub started_at_ms: i64,
-    pub finished_at_ms: i64,
-    pub next_attempt_at_ms: Option<i64>,
+impl TryFrom<DiscrepancyRow> for Discrepancy {
+    type Error = StorageError;
+    fn try_from(r: DiscrepancyRow) -> Result<Self, StorageError> {
+        Ok(Discrepancy {
+            class: r.class.parse().map_err(corrupt)?,
+            out_trade_no: r.out_trade_no,
+            transaction_id: r.transaction_id,
+            ours: r.ours,
+            theirs: r.theirs,
+            bill_line: r.bill_line,
+            resolution: r.resolution.parse().map_err(corrupt)?,
+            detail: r.detail,
+        })
+    }
+}
+
+#[derive(Debug, FromRow)]
+struct BillRunRow {
+    bill_date: String,
+    status: String,
+    bill_rows: i64,
+    orders_compared: i64,
+    discrepancies: i64,
+    unexplained: i64,
+    healed: i64,
+    bill_sha1: Option<String>,
+    error: Option<String>,
+    attempts: i64,
+    started_at_ms: i64,
+    finished_at_ms: i64,
+    next_attempt_at_ms: Option<i64>,
+}
+
+impl TryFrom<BillRunRow> for BillRun {
+    type Error = StorageError;
+    fn try_from(r: BillRunRow) -> Result<Self, StorageError> {
+        Ok(BillRun {
+            bill_date: r.bill_date,
+            status: r.status.parse().map_err(corrupt)?,
+            bill_rows: r.bill_rows,
+            orders_compared: r.orders_compared,
+            discrepancies: r.discrepancies,
+            unexplained: r.unexplained,
+            healed: r.healed,
+            bill_sha1: r.bill_sha1,
+            error: r.error,
+            attempts: r.attempts,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_attempt_at_ms: r.next_attempt_at_ms,
+        })
+    }
 }
 
 const RUN_COLUMNS: &str = "bill_date, status, bill_rows, orders_compared, discrepancies, unexplained, healed, \
@@ -64,8 +97,8 @@ impl Db {
         to_ms: i64,
         mut each: impl FnMut(PaidOrder),
     ) -> Result<u64, StorageError> {
-        let mut rows = sqlx::query_as::<_, PaidOrder>(
-            "SELECT out_trade_no, amount_fen, status, transaction_id, refunded_fen FROM orders
+        let mut rows = sqlx::query_as::<_, PaidOrderRow>(
+            "SELECT out_trade_no, amount_fen, transaction_id, refunded_fen FROM orders
              WHERE paid_at_ms >= $1 AND paid_at_ms < $2",
         )
         .bind(from_ms)
@@ -73,7 +106,12 @@ impl Db {
         .fetch(self.reader());
         let mut n = 0;
         while let Some(row) = rows.try_next().await? {
-            each(row);
+            each(PaidOrder {
+                out_trade_no: row.out_trade_no,
+                amount: Fen(row.amount_fen),
+                transaction_id: row.transaction_id,
+                refunded: Fen(row.refunded_fen),
+            });
             n += 1;
         }
         Ok(n)
@@ -83,9 +121,10 @@ impl Db {
     pub async fn healed_by_bill(&self, evidence: &str) -> Result<Vec<String>, StorageError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT o.out_trade_no FROM order_events e JOIN orders o ON o.id = e.order_id
-             WHERE e.source = 'bill' AND e.applied = 1 AND e.evidence = $1",
+             WHERE e.source = $2 AND e.applied = 1 AND e.evidence = $1",
         )
         .bind(evidence)
+        .bind(EventSource::Bill.as_str())
         .fetch_all(self.reader())
         .await?;
         Ok(rows.into_iter().map(|(no,)| no).collect())
@@ -104,7 +143,7 @@ impl Db {
         );
         sqlx::query(sqlx::AssertSqlSafe(upsert))
             .bind(&run.bill_date)
-            .bind(&run.status)
+            .bind(run.status.as_str())
             .bind(run.bill_rows)
             .bind(run.orders_compared)
             .bind(run.discrepancies)
@@ -145,13 +184,13 @@ impl Db {
             for d in chunk {
                 query = query
                     .bind(&run.bill_date)
-                    .bind(&d.class)
+                    .bind(d.class.as_str())
                     .bind(&d.out_trade_no)
                     .bind(&d.transaction_id)
                     .bind(&d.ours)
                     .bind(&d.theirs)
                     .bind(d.bill_line)
-                    .bind(&d.resolution)
+                    .bind(d.resolution.as_str())
                     .bind(&d.detail)
                     .bind(run.finished_at_ms);
             }
@@ -163,33 +202,38 @@ impl Db {
 
     pub async fn bill_run(&self, bill_date: &str) -> Result<Option<BillRun>, StorageError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM bill_runs WHERE bill_date = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(bill_date).fetch_optional(self.reader()).await?)
+        let row: Option<BillRunRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(bill_date).fetch_optional(self.reader()).await?;
+        row.map(BillRun::try_from).transpose()
     }
 
     /// Runs of dates on or after `from_date` (YYYY-MM-DD sorts as text).
     pub async fn bill_runs_since(&self, from_date: &str) -> Result<Vec<BillRun>, StorageError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM bill_runs WHERE bill_date >= $1 ORDER BY bill_date");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(from_date).fetch_all(self.reader()).await?)
+        let rows: Vec<BillRunRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(from_date).fetch_all(self.reader()).await?;
+        rows.into_iter().map(BillRun::try_from).collect()
     }
 
     pub async fn discrepancies_of(&self, bill_date: &str) -> Result<Vec<Discrepancy>, StorageError> {
-        Ok(sqlx::query_as(
+        let rows: Vec<DiscrepancyRow> = sqlx::query_as(
             "SELECT class, out_trade_no, transaction_id, ours, theirs, bill_line, resolution, detail
              FROM discrepancies WHERE bill_date = $1 ORDER BY id",
         )
         .bind(bill_date)
         .fetch_all(self.reader())
-        .await?)
+        .await?;
+        rows.into_iter().map(Discrepancy::try_from).collect()
     }
 
     /// (finished_at of the latest successful run, unexplained discrepancies of runs since
     /// `from_date`), for the reconcile gauges.
     pub async fn reconcile_health(&self, from_date: &str) -> Result<(Option<i64>, i64), StorageError> {
-        let (last,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(finished_at_ms) FROM bill_runs WHERE status IN ('clean', 'discrepancies', 'no_bill')",
-        )
-        .fetch_one(self.reader())
-        .await?;
+        let sql = format!(
+            "SELECT MAX(finished_at_ms) FROM bill_runs WHERE status IN ({})",
+            in_list(&BillRunStatus::FINISHED)
+        );
+        let (last,): (Option<i64>,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(self.reader()).await?;
         let (unexplained,): (Option<i64>,) =
             sqlx::query_as("SELECT CAST(SUM(unexplained) AS BIGINT) FROM bill_runs WHERE bill_date >= $1")
                 .bind(from_date)

@@ -4,16 +4,31 @@ use sqlx::FromRow;
 
 use sqlx::AssertSqlSafe;
 
+use crate::domain::User;
+
 use super::{Db, StorageError};
 
 #[derive(Debug, Clone, FromRow)]
-pub struct UserRow {
-    pub id: i64,
-    pub openid: String,
-    pub unionid: Option<String>,
-    pub nickname: Option<String>,
-    pub avatar_url: Option<String>,
-    pub created_at_ms: i64,
+struct UserRow {
+    id: i64,
+    openid: String,
+    unionid: Option<String>,
+    nickname: Option<String>,
+    avatar_url: Option<String>,
+    created_at_ms: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: r.id,
+            openid: r.openid,
+            unionid: r.unionid,
+            nickname: r.nickname,
+            avatar_url: r.avatar_url,
+            created_at_ms: r.created_at_ms,
+        }
+    }
 }
 
 const COLUMNS: &str = "id, openid, unionid, nickname, avatar_url, created_at_ms";
@@ -27,7 +42,7 @@ impl Db {
         unionid: Option<&str>,
         session_key_enc: &str,
         now_ms: i64,
-    ) -> Result<UserRow, StorageError> {
+    ) -> Result<User, StorageError> {
         let sql = format!(
             "INSERT INTO users (openid, unionid, session_key_enc, created_at_ms, updated_at_ms)
              VALUES ($1, $2, $3, $4, $4)
@@ -37,18 +52,20 @@ impl Db {
                  updated_at_ms = excluded.updated_at_ms
              RETURNING {COLUMNS}"
         );
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
+        let row: UserRow = sqlx::query_as(AssertSqlSafe(sql))
             .bind(openid)
             .bind(unionid)
             .bind(session_key_enc)
             .bind(now_ms)
             .fetch_one(self.writer())
-            .await?)
+            .await?;
+        Ok(row.into())
     }
 
-    pub async fn user(&self, id: i64) -> Result<UserRow, StorageError> {
+    pub async fn user(&self, id: i64) -> Result<User, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_one(self.reader()).await?)
+        let row: UserRow = sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_one(self.reader()).await?;
+        Ok(row.into())
     }
 
     /// The encrypted session_key, for the one place that decrypts user data with it.
@@ -64,16 +81,17 @@ impl Db {
         nickname: Option<&str>,
         avatar_url: Option<&str>,
         now_ms: i64,
-    ) -> Result<UserRow, StorageError> {
+    ) -> Result<User, StorageError> {
         let sql = format!(
             "UPDATE users SET nickname = $2, avatar_url = $3, updated_at_ms = $4 WHERE id = $1 RETURNING {COLUMNS}"
         );
-        Ok(sqlx::query_as(AssertSqlSafe(sql))
+        let row: UserRow = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
             .bind(nickname)
             .bind(avatar_url)
             .bind(now_ms)
             .fetch_one(self.writer())
-            .await?)
+            .await?;
+        Ok(row.into())
     }
 }

@@ -4,6 +4,7 @@
 //! (`_seconds`), `_total` on counters. Label values are bounded sets (route templates, job
 //! kinds, outcome classes): never an order number, openid or raw URL.
 
+use crate::domain::{BillRunStatus, DiscrepancyClass, JobKind, Resolution};
 use std::sync::Arc;
 
 use prometheus::{
@@ -245,13 +246,15 @@ impl MetricHandles {
         self.touch(&self.poll_checks, outcomes);
         self.touch(&self.rate_limit_waits, &[&["local"], &["shared"]]);
         self.touch(&self.refunds, &[&["requested"], &["succeeded"], &["closed"], &["abnormal"], &["refused"]]);
-        self.touch(&self.reconcile_runs, &[&["clean"], &["discrepancies"], &["no_bill"], &["not_ready"], &["failed"]]);
-        for class in crate::services::reconcile::compare::class::ALL {
-            for resolution in ["healed", "unexplained"] {
-                let _ = self.reconcile_discrepancies.with_label_values(&[class, resolution]);
+        for status in BillRunStatus::ALL {
+            let _ = self.reconcile_runs.with_label_values(&[status.as_str()]);
+        }
+        for class in DiscrepancyClass::ALL {
+            for resolution in Resolution::ALL {
+                let _ = self.reconcile_discrepancies.with_label_values(&[class.as_str(), resolution.as_str()]);
             }
         }
-        for kind in ["apply_notification", "check_order", "check_refund"] {
+        for kind in JobKind::ALL.map(JobKind::as_str) {
             let _ = self.jobs_started.with_label_values(&[kind]);
             for outcome in ["succeeded", "retried", "dead"] {
                 let _ = self.jobs_finished.with_label_values(&[kind, outcome]);

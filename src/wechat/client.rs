@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::clock::Clock;
 use crate::telemetry::metrics::Metrics;
 
+use super::convert;
 use super::error::WechatError;
 use super::keys::Credentials;
 use super::ratelimit::RateLimiter;
@@ -19,8 +20,10 @@ use super::sign;
 use super::verify::SignedHeaders;
 use super::wire::bill::BillInfo;
 use super::wire::error::ErrorBody;
-use super::wire::pay::{CloseRequest, JsapiPrepayRequest, PrepayResponse, Transaction};
-use super::wire::refund::{Refund, RefundRequest};
+use super::wire::pay::{CloseRequest, JsapiPrepayRequest, Payer, PrepayAmount, PrepayResponse, Transaction};
+use super::wire::refund::{Refund as WireRefund, RefundRequest, RefundRequestAmount};
+use crate::domain::time::{from_ms, to_wechat_rfc3339};
+use crate::domain::{Fen, Order, OutRefundNo, OutTradeNo, PaymentReport, Refund, RefundReport, TransactionId};
 
 const AGENT: &str = concat!("wxpay-recon/", env!("CARGO_PKG_VERSION"));
 
@@ -39,6 +42,21 @@ pub struct PayClient {
     clock: Clock,
     metrics: Metrics,
     limiter: Option<RateLimiter>,
+}
+
+/// What a refund application sends besides the refund itself.
+#[derive(Debug, Clone)]
+pub struct RefundApplication<'a> {
+    pub refund: &'a Refund,
+    /// The order's total (WeChat checks it against the payment).
+    pub order_total: Fen,
+    pub transaction_id: Option<&'a TransactionId>,
+    pub notify_url: &'a str,
+}
+
+fn refund_report(endpoint: &'static str, body: &[u8]) -> Result<RefundReport, WechatError> {
+    let refund: WireRefund = decode(endpoint, body)?;
+    convert::refund_report(&refund).map_err(|e| WechatError::Decode { endpoint, message: e.to_string() })
 }
 
 /// A verified 2xx answer: status and raw body.
@@ -75,22 +93,37 @@ impl PayClient {
         &self.creds
     }
 
-    /// `POST /v3/pay/transactions/jsapi`: a prepay_id for `wx.requestPayment`.
-    pub async fn prepay(&self, request: &JsapiPrepayRequest) -> Result<PrepayResponse, WechatError> {
-        let body = serde_json::to_string(request).map_err(|e| WechatError::Sign(e.to_string()))?;
+    /// `POST /v3/pay/transactions/jsapi`: a prepay_id for `wx.requestPayment`. The same order
+    /// always sends the same parameters, so WeChat treats a repeat as the same order.
+    pub async fn prepay(&self, order: &Order, notify_url: &str) -> Result<String, WechatError> {
+        let request = JsapiPrepayRequest {
+            appid: self.creds.appid.clone(),
+            mchid: self.creds.mchid.clone(),
+            description: order.description.clone(),
+            out_trade_no: order.out_trade_no.to_string(),
+            time_expire: Some(to_wechat_rfc3339(from_ms(order.time_expire_ms))),
+            attach: None,
+            notify_url: notify_url.to_owned(),
+            amount: PrepayAmount { total: order.amount.0, currency: Some("CNY".into()) },
+            payer: Payer { openid: order.payer_openid.clone() },
+        };
+        let body = serde_json::to_string(&request).map_err(|e| WechatError::Sign(e.to_string()))?;
         let answer = self.send("jsapi_prepay", Method::POST, "/v3/pay/transactions/jsapi", Some(body)).await?;
-        decode("jsapi_prepay", &answer.body)
+        let prepay: PrepayResponse = decode("jsapi_prepay", &answer.body)?;
+        Ok(prepay.prepay_id)
     }
 
     /// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=`: WeChat's view of one order.
-    pub async fn query_order(&self, out_trade_no: &str) -> Result<Transaction, WechatError> {
+    pub async fn query_order(&self, out_trade_no: &OutTradeNo) -> Result<PaymentReport, WechatError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}", self.creds.mchid);
         let answer = self.send("query_order", Method::GET, &path, None).await?;
-        decode("query_order", &answer.body)
+        let txn: Transaction = decode("query_order", &answer.body)?;
+        convert::payment_report(&txn)
+            .map_err(|e| WechatError::Decode { endpoint: "query_order", message: e.to_string() })
     }
 
     /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success.
-    pub async fn close_order(&self, out_trade_no: &str) -> Result<(), WechatError> {
+    pub async fn close_order(&self, out_trade_no: &OutTradeNo) -> Result<(), WechatError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
         let body = serde_json::to_string(&CloseRequest { mchid: self.creds.mchid.clone() })
             .map_err(|e| WechatError::Sign(e.to_string()))?;
@@ -103,17 +136,30 @@ impl PayClient {
     }
 
     /// `POST /v3/refund/domestic/refunds`: apply for a refund (idempotent by out_refund_no).
-    pub async fn refund(&self, request: &RefundRequest) -> Result<Refund, WechatError> {
-        let body = serde_json::to_string(request).map_err(|e| WechatError::Sign(e.to_string()))?;
+    pub async fn refund(&self, application: &RefundApplication<'_>) -> Result<RefundReport, WechatError> {
+        let refund = application.refund;
+        let request = RefundRequest {
+            transaction_id: application.transaction_id.map(ToString::to_string),
+            out_trade_no: refund.out_trade_no.to_string(),
+            out_refund_no: refund.out_refund_no.to_string(),
+            reason: refund.reason.clone(),
+            notify_url: Some(application.notify_url.to_owned()),
+            amount: RefundRequestAmount {
+                refund: refund.amount.0,
+                total: application.order_total.0,
+                currency: "CNY".into(),
+            },
+        };
+        let body = serde_json::to_string(&request).map_err(|e| WechatError::Sign(e.to_string()))?;
         let answer = self.send("refund", Method::POST, "/v3/refund/domestic/refunds", Some(body)).await?;
-        decode("refund", &answer.body)
+        refund_report("refund", &answer.body)
     }
 
     /// `GET /v3/refund/domestic/refunds/{out_refund_no}`: WeChat's view of one refund.
-    pub async fn query_refund(&self, out_refund_no: &str) -> Result<Refund, WechatError> {
+    pub async fn query_refund(&self, out_refund_no: &OutRefundNo) -> Result<RefundReport, WechatError> {
         let path = format!("/v3/refund/domestic/refunds/{out_refund_no}");
         let answer = self.send("query_refund", Method::GET, &path, None).await?;
-        decode("query_refund", &answer.body)
+        refund_report("query_refund", &answer.body)
     }
 
     /// `GET /v3/bill/tradebill`: where the ALL bill of `bill_date` (`YYYY-MM-DD`, a Shanghai

@@ -57,6 +57,26 @@ impl WechatError {
         }
     }
 
+    /// WeChat does not know the order or refund named in the call (it never reached WeChat).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.code(), Some("ORDER_NOT_EXIST" | "RESOURCE_NOT_EXISTS"))
+    }
+
+    /// A close refused because the payer paid first.
+    pub fn is_already_paid(&self) -> bool {
+        self.code() == Some("ORDERPAID")
+    }
+
+    /// The day's bill is not generated yet.
+    pub fn is_bill_not_ready(&self) -> bool {
+        self.code() == Some("STATEMENT_CREATING")
+    }
+
+    /// The day had no trades, so WeChat has no bill for it.
+    pub fn is_no_bill(&self) -> bool {
+        self.code() == Some("NO_STATEMENT_EXIST")
+    }
+
     /// Bounded outcome label for `wxpay_wechat_calls_total`.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ pub mod devkeys;
 pub mod error;
 pub mod keys;
 pub mod login;
+pub mod notification;
 pub mod ratelimit;
 pub mod sign;
 pub mod verify;

@@ -12,8 +12,8 @@ use chrono::{Days, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Asia::Shanghai;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::BillRun;
 use crate::services::reconcile::{Quiet, Reconciler};
-use crate::storage::reconcile::BillRun;
 
 use super::context::SharedContext;
 
@@ -23,9 +23,7 @@ pub const LEASE: &str = "reconciler";
 fn needs_run(run: Option<&BillRun>, now_ms: i64) -> bool {
     match run {
         None => true,
-        Some(run) => {
-            matches!(run.status.as_str(), "not_ready" | "failed") && run.next_attempt_at_ms.is_none_or(|t| t <= now_ms)
-        }
+        Some(run) => !run.status.is_finished() && run.next_attempt_at_ms.is_none_or(|t| t <= now_ms),
     }
 }
 
@@ -100,6 +98,7 @@ async fn tick(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::BillRunStatus;
     use crate::domain::time::{parse_rfc3339, to_ms};
 
     fn at(s: &str) -> i64 {
@@ -123,7 +122,7 @@ mod tests {
     fn unfinished_runs_are_retried_when_due() {
         let mut run = BillRun {
             bill_date: "2026-11-24".into(),
-            status: "not_ready".into(),
+            status: BillRunStatus::NotReady,
             bill_rows: 0,
             orders_compared: 0,
             discrepancies: 0,
@@ -138,7 +137,7 @@ mod tests {
         };
         assert!(!needs_run(Some(&run), 999));
         assert!(needs_run(Some(&run), 1000));
-        run.status = "clean".into();
+        run.status = BillRunStatus::Clean;
         assert!(!needs_run(Some(&run), 5000));
         assert!(needs_run(None, 0));
     }

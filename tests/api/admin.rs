@@ -21,7 +21,13 @@ async fn job_board_needs_the_admin_token_and_shows_queues_and_dead_jobs(backend:
     let id = app
         .state
         .db
-        .insert_dead_job("apply_notification", payload, 8, "database: <locked> & gone", env.clock.now_ms())
+        .insert_dead_job(
+            wxpay_recon::domain::JobKind::ApplyNotification,
+            payload,
+            8,
+            "database: <locked> & gone",
+            env.clock.now_ms(),
+        )
         .await
         .unwrap();
 

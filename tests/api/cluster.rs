@@ -34,16 +34,16 @@ async fn seed_orders(env: &TestEnv, db: &Db, api: &str, n: usize) -> Vec<String>
     let user = db.upsert_user("oLoadTestUser000000000000001", None, "v1:unused", now).await.unwrap();
     let orders: Vec<String> = (0..n).map(|i| format!("LOAD{now}{i:08}")).collect();
     futures::stream::iter(&orders)
-        .for_each_concurrent(16, |no| {
+        .for_each_concurrent(16, |text| {
             let user = &user;
             async move {
                 db.insert_order(&NewOrder {
-                    out_trade_no: no,
+                    out_trade_no: &trade_no(text),
                     user_id: user.id,
                     payer_openid: &user.openid,
                     product_id: "sticker",
                     quantity: 1,
-                    amount_fen: 1,
+                    amount: wxpay_recon::domain::Fen(1),
                     description: "Sticker",
                     time_expire_ms: now + 7_200_000,
                     first_check_at_ms: now + 3_600_000,

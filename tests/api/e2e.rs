@@ -31,7 +31,7 @@ async fn login_order_pay_notify_reaches_success(backend: Backend) {
     let paid = client.wait_for_status(&order.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
     assert!(paid["transaction_id"].as_str().is_some_and(|t| t.len() == 28 && t.starts_with("4200")), "{paid}");
 
-    let row = app.state.db.order_by_no(&order.out_trade_no).await.unwrap().unwrap();
+    let row = app.state.db.order_by_no(&trade_no(&order.out_trade_no)).await.unwrap().unwrap();
     let events = app.state.db.order_events(row.id).await.unwrap();
     let trail: Vec<(String, String, i64)> =
         events.iter().map(|e| (e.source.clone(), e.to_status.clone(), e.applied)).collect();

@@ -20,6 +20,11 @@ use wxpay_recon::startup::{Application, Roles};
 use wxpay_recon::telemetry::metrics::Metrics;
 use wxpay_recon::wechat::devkeys::DevKeys;
 
+/// An order number from a test's string (panics on a malformed one: a test bug).
+pub fn trade_no(text: &str) -> wxpay_recon::domain::OutTradeNo {
+    wxpay_recon::domain::OutTradeNo::parse(text).expect("test order number")
+}
+
 pub const ALL_ROLES: Roles = Roles { api: true, worker: true };
 
 /// `server.admin_token` of every test app.

@@ -95,7 +95,8 @@ async fn bad_notifications_are_rejected_or_flagged_and_never_applied(backend: Ba
         scalar(&app.state, "SELECT COUNT(*) FROM order_events WHERE applied = 1 AND to_status = 'SUCCESS'").await,
         0
     );
-    let mut kinds: Vec<String> = app.state.db.anomalies(None).await.unwrap().into_iter().map(|a| a.0).collect();
+    let mut kinds: Vec<String> =
+        app.state.db.anomalies(None).await.unwrap().into_iter().map(|a| a.0.to_string()).collect();
     kinds.sort();
     assert_eq!(kinds, vec!["amount_mismatch".to_owned(), "unknown_order".to_owned()]);
     let counted = |reason: &str| app.metrics.notify_rejected.with_label_values(&[reason]).get();
@@ -154,7 +155,7 @@ async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops(backen
         scalar(&app.state, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await == 2
     })
     .await;
-    let row = app.state.db.order_by_no(&order.out_trade_no).await.unwrap().unwrap();
+    let row = app.state.db.order_by_no(&trade_no(&order.out_trade_no)).await.unwrap().unwrap();
     let events = app.state.db.order_events(row.id).await.unwrap();
     let applied: Vec<_> = events.iter().filter(|e| e.applied == 1 && e.to_status == "SUCCESS").collect();
     assert_eq!(applied.len(), 1, "applied exactly once: {events:?}");

@@ -187,7 +187,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     app.state
         .db
         .insert_dead_job(
-            "apply_notification",
+            wxpay_recon::domain::JobKind::ApplyNotification,
             &payload,
             8,
             "observability test: attempts exhausted",

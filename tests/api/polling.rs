@@ -36,7 +36,7 @@ async fn wait_for_count(app: &TestApp, status: &str, expected: i64, timeout: Dur
 
 /// (source, to_status, applied) of each event of an order.
 async fn trail(app: &TestApp, no: &str) -> Vec<(String, String, i64)> {
-    let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
+    let order = app.state.db.order_by_no(&trade_no(no)).await.unwrap().unwrap();
     let events = app.state.db.order_events(order.id).await.unwrap();
     events.into_iter().map(|e| (e.source, e.to_status, e.applied)).collect()
 }
@@ -69,7 +69,7 @@ async fn polling_alone_settles_paid_orders_and_closes_expired_ones(backend: Back
     assert_eq!(count_status(&app, "NOTPAY").await, 50);
     let paid_trail = trail(&app, &paid[0]).await;
     assert_eq!(paid_trail, vec![("api".into(), "NOTPAY".into(), 1), ("poll".into(), "SUCCESS".into(), 1)]);
-    let row = app.state.db.order_by_no(&paid[0]).await.unwrap().unwrap();
+    let row = app.state.db.order_by_no(&trade_no(&paid[0])).await.unwrap().unwrap();
     assert!(row.transaction_id.is_some() && row.paid_at_ms.is_some() && row.next_check_at_ms.is_none(), "{row:?}");
     // The unpaid ones are checked in the same wave (possibly just after the last payment).
     eventually("every unpaid order checked once", Duration::from_secs(30), || async {
@@ -80,7 +80,7 @@ async fn polling_alone_settles_paid_orders_and_closes_expired_ones(backend: Back
         n == 50
     })
     .await;
-    let pending = app.state.db.order_by_no(&unpaid[0]).await.unwrap().unwrap();
+    let pending = app.state.db.order_by_no(&trade_no(&unpaid[0])).await.unwrap().unwrap();
     assert_eq!(pending.check_attempts, 1, "checked once, rescheduled");
     assert!(pending.next_check_at_ms.unwrap() > env.clock.now_ms() + 50_000, "next check on the schedule");
 

@@ -10,8 +10,8 @@ use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::Asia::Shanghai;
 use serde_json::{Value, json};
 use wxpay_recon::domain::time::wechat_date;
+use wxpay_recon::domain::{BillRun, Discrepancy};
 use wxpay_recon::services::reconcile::Quiet;
-use wxpay_recon::storage::reconcile::{BillRun, Discrepancy};
 
 use crate::helpers::*;
 
@@ -64,7 +64,7 @@ fn advance_to_next_morning(env: &TestEnv, day: NaiveDate, hh: u32, mm: u32) {
 /// (class, resolution, out_trade_no) of a day's discrepancies, sorted.
 fn classes(found: &[Discrepancy]) -> Vec<(String, String, Option<String>)> {
     let mut out: Vec<_> =
-        found.iter().map(|d| (d.class.clone(), d.resolution.clone(), d.out_trade_no.clone())).collect();
+        found.iter().map(|d| (d.class.to_string(), d.resolution.to_string(), d.out_trade_no.clone())).collect();
     out.sort();
     out
 }
@@ -121,8 +121,8 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
         "{first:?}"
     );
     assert!(first.bill_sha1.is_some());
-    let healed = app.state.db.order_by_no(&missed[0]).await.unwrap().unwrap();
-    assert_eq!(healed.status, "SUCCESS");
+    let healed = app.state.db.order_by_no(&trade_no(&missed[0])).await.unwrap().unwrap();
+    assert_eq!(healed.status.as_str(), "SUCCESS");
     let events = app.state.db.order_events(healed.id).await.unwrap();
     let last = events.last().unwrap();
     assert_eq!((last.source.as_str(), last.to_status.as_str(), last.applied), ("bill", "SUCCESS", 1));
@@ -136,7 +136,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     assert_eq!(second.attempts, 2);
 
     // Each class injected into the bill once is reported once.
-    let partly_id = app.state.db.order_by_no(&partly).await.unwrap().unwrap().id;
+    let partly_id = app.state.db.order_by_no(&trade_no(&partly)).await.unwrap().unwrap().id;
     let partly_refund = app.state.db.refunds_of_order(partly_id).await.unwrap().remove(0).out_refund_no;
     set_chaos(
         &env,
@@ -164,7 +164,7 @@ async fn a_day_reconciles_and_every_injected_class_is_found_once(backend: Backen
     expected.sort();
     assert_eq!(classes(&found), expected);
     assert_eq!((third.status.as_str(), third.unexplained, third.healed), ("discrepancies", 6, 1));
-    let amount = found.iter().find(|d| d.class == "amount_mismatch").unwrap();
+    let amount = found.iter().find(|d| d.class.as_str() == "amount_mismatch").unwrap();
     assert_eq!((amount.ours.as_deref(), amount.theirs.as_deref()), (Some("1"), Some("2")));
     assert!(amount.bill_line.is_some_and(|l| l >= 2));
 
@@ -206,7 +206,7 @@ async fn a_bill_that_fails_verification_applies_nothing(backend: Backend) {
         assert_eq!(count_status(&app, "SUCCESS").await, 5, "{corruption}: nothing applied");
         assert!(work_dir_is_empty(&env), "{corruption}: the temporary bill is gone");
         let run = app.state.db.bill_run(&day.to_string()).await.unwrap().unwrap();
-        assert_eq!(run.status, "failed", "{corruption}");
+        assert_eq!(run.status.as_str(), "failed", "{corruption}");
         assert!(run.error.as_deref().is_some_and(|e| e.contains(expected)), "{run:?}");
         assert!(run.next_attempt_at_ms.is_some(), "a failed run is retried later");
     }
@@ -242,7 +242,7 @@ async fn payments_around_shanghai_midnight_land_on_their_own_day(backend: Backen
     for (day, no) in [(before, &numbers[0]), (after, &numbers[1])] {
         let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
         assert_eq!((run.status.as_str(), run.bill_rows, run.orders_compared), ("clean", 1, 1), "{day}: {run:?}");
-        let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
+        let order = app.state.db.order_by_no(&trade_no(no)).await.unwrap().unwrap();
         assert_eq!(wechat_date(wxpay_recon::domain::time::from_ms(order.paid_at_ms.unwrap())), day);
     }
 }
@@ -269,21 +269,21 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
     // 08:30 the next morning: the run is attempted, WeChat is still creating the bill.
     advance_to_next_morning(&env, day, 8, 30);
     eventually("a not_ready run", Duration::from_secs(30), || async {
-        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status == "not_ready")
+        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status.as_str() == "not_ready")
     })
     .await;
     // The days before had no trade: caught up as no_bill.
     for back in [2, 3] {
         let earlier = day.checked_sub_days(Days::new(back - 1)).unwrap().to_string();
         eventually("earlier days caught up", Duration::from_secs(30), || async {
-            app.state.db.bill_run(&earlier).await.unwrap().is_some_and(|r| r.status == "no_bill")
+            app.state.db.bill_run(&earlier).await.unwrap().is_some_and(|r| r.status.as_str() == "no_bill")
         })
         .await;
     }
     // Past the retry interval and 09:00 (09:10): the bill is there.
     env.clock.advance(Duration::from_secs(40 * 60));
     eventually("a clean run", Duration::from_secs(30), || async {
-        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status == "clean")
+        app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status.as_str() == "clean")
     })
     .await;
     let run = app.state.db.bill_run(&bill_date).await.unwrap().unwrap();

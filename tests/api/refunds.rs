@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::helpers::*;
 
 async fn refunded(app: &TestApp, no: &str) -> (String, i64) {
-    let order = app.state.db.order_by_no(no).await.unwrap().unwrap();
-    (order.status, order.refunded_fen)
+    let order = app.state.db.order_by_no(&trade_no(no)).await.unwrap().unwrap();
+    (order.status.to_string(), order.refunded.0)
 }
 
 async fn partial_and_full_refunds_move_money_once(backend: Backend) {
@@ -50,10 +50,10 @@ async fn partial_and_full_refunds_move_money_once(backend: Backend) {
     let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
     assert_eq!(status, 409, "nothing left");
 
-    let order = app.state.db.order_by_no(&a).await.unwrap().unwrap();
+    let order = app.state.db.order_by_no(&trade_no(&a)).await.unwrap().unwrap();
     let refunds = app.state.db.refunds_of_order(order.id).await.unwrap();
     assert_eq!(
-        refunds.iter().map(|r| (r.status.as_str(), r.amount_fen)).collect::<Vec<_>>(),
+        refunds.iter().map(|r| (r.status.as_str(), r.amount.0)).collect::<Vec<_>>(),
         vec![("SUCCESS", 1000), ("SUCCESS", 5800)]
     );
     assert!(refunds.iter().all(|r| r.refund_id.as_deref().is_some_and(|id| id.starts_with("50") && id.len() == 29)));
@@ -96,7 +96,7 @@ async fn a_refund_whose_notification_is_lost_is_settled_by_polling(backend: Back
         refunded(&app, &b).await == ("REFUND".into(), 6800)
     })
     .await;
-    let order = app.state.db.order_by_no(&b).await.unwrap().unwrap();
+    let order = app.state.db.order_by_no(&trade_no(&b)).await.unwrap().unwrap();
     let events = app.state.db.order_events(order.id).await.unwrap();
     assert_eq!(events.last().map(|e| (e.source.as_str(), e.to_status.as_str())), Some(("poll", "REFUND")));
 }
@@ -111,9 +111,16 @@ async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
     client.pay(&no).await.unwrap();
     client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
     let path = format!("/api/orders/{no}/refund");
-    let order_id = app.state.db.order_by_no(&no).await.unwrap().unwrap().id;
+    let order_id = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap().id;
     let statuses = || async {
-        app.state.db.refunds_of_order(order_id).await.unwrap().into_iter().map(|r| r.status).collect::<Vec<_>>()
+        app.state
+            .db
+            .refunds_of_order(order_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.status.to_string())
+            .collect::<Vec<_>>()
     };
 
     set_chaos(&env, json!({ "refund_outcome": "CLOSED" })).await;
@@ -143,7 +150,43 @@ async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
     assert_eq!(outcomes.0, 2, "both went through the inbox and the worker");
 }
 
+/// Two operators (or one retrying client) sending the same out_refund_no at once: the unique
+/// key decides, and nobody gets a 500. The same request twice is the same refund; the same
+/// number for another amount is a 409.
+async fn concurrent_refunds_with_one_number_never_fail(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    client.pay(&no).await.unwrap();
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let path = format!("/api/orders/{no}/refund");
+
+    let same = json!({"amount_fen": 100, "out_refund_no": "RACE-SAME-1"});
+    let answers =
+        futures::future::join_all((0..8).map(|_| admin_post(&app.base, &path, Some(ADMIN_TOKEN), same.clone()))).await;
+    for (status, body) in &answers {
+        assert!(matches!(status, 201 | 202), "the same request is the same refund: {status} {body}");
+        assert_eq!(body["out_refund_no"], "RACE-SAME-1", "{body}");
+    }
+
+    let answers = futures::future::join_all((1..=8).map(|i| {
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 100 + i, "out_refund_no": "RACE-DIFF-1"}))
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses.iter().filter(|s| matches!(s, 201 | 202)).count(), 1, "one amount wins: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 7, "the others are told why: {statuses:?}");
+    let conflict = answers.iter().find(|(s, _)| *s == 409).map(|(_, b)| b.clone()).unwrap();
+    assert!(conflict["message"].as_str().unwrap().contains("RACE-DIFF-1"), "{conflict}");
+
+    let order = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap();
+    let refunds = app.state.db.refunds_of_order(order.id).await.unwrap();
+    assert_eq!(refunds.len(), 2, "one refund per number: {refunds:?}");
+}
+
 crate::both_profiles!(
+    concurrent_refunds_with_one_number_never_fail,
     closed_and_abnormal_refunds_move_no_money,
     partial_and_full_refunds_move_money_once,
     a_refund_whose_notification_is_lost_is_settled_by_polling

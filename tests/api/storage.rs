@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 
 use wxpay_recon::config::CatalogItem;
-use wxpay_recon::domain::{EventSource, OrderStatus};
-use wxpay_recon::storage::Db;
+use wxpay_recon::domain::{EventSource, Evidence, Fen, JobKind, OrderStatus, TransactionId};
 use wxpay_recon::storage::inbox::NewInboxRow;
 use wxpay_recon::storage::orders::{NewOrder, TransitionOutcome, TransitionRequest};
+use wxpay_recon::storage::{Db, StorageError};
 
 use crate::helpers::*;
 
@@ -22,12 +22,12 @@ async fn order(db: &Db, no: &str) -> i64 {
     db.seed_products(&[CatalogItem { id: "p".into(), name: "P".into(), price_fen: 100 }], 0).await.unwrap();
     let user = db.upsert_user(&format!("openid-{no}"), None, "v1:x", 0).await.unwrap();
     db.insert_order(&NewOrder {
-        out_trade_no: no,
+        out_trade_no: &trade_no(no),
         user_id: user.id,
         payer_openid: &user.openid,
         product_id: "p",
         quantity: 1,
-        amount_fen: 100,
+        amount: Fen(100),
         description: "P",
         time_expire_ms: 10_000,
         first_check_at_ms: 1_000,
@@ -110,12 +110,13 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
         let db = db.clone();
         async move {
             let mut tx = db.begin().await.unwrap();
+            let (no, evidence) = (trade_no("ORDER000001"), Evidence::new(source, "ev"));
+            let txid = TransactionId::parse("4200").unwrap();
             let req = TransitionRequest {
-                out_trade_no: "ORDER000001",
+                out_trade_no: &no,
                 to,
-                source,
-                evidence: Some("ev"),
-                transaction_id: Some("4200"),
+                evidence: &evidence,
+                transaction_id: Some(&txid),
                 paid_at_ms: Some(7),
                 note: None,
                 now_ms: 9,
@@ -141,9 +142,9 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
         attempt(OrderStatus::Refund, EventSource::Api).await,
         TransitionOutcome::Applied { order_id: id, from: OrderStatus::Success }
     );
-    let order = db.order_by_no("ORDER000001").await.unwrap().unwrap();
+    let order = db.order_by_no(&trade_no("ORDER000001")).await.unwrap().unwrap();
     assert_eq!(
-        (order.status.as_str(), order.paid_at_ms, order.transaction_id.as_deref(), order.version),
+        (order.status.as_str(), order.paid_at_ms, order.transaction_id.as_ref().map(|t| t.as_str()), order.version),
         ("REFUND", Some(7), Some("4200"), 2)
     );
     assert_eq!(order.next_check_at_ms, None, "a final order is no longer polled");
@@ -161,11 +162,11 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
         ]
     );
     let mut tx = db.begin().await.unwrap();
+    let (nope, evidence) = (trade_no("NOPE00000001"), Evidence::new(EventSource::Notify, "ev"));
     let missing = TransitionRequest {
-        out_trade_no: "NOPE00000001",
+        out_trade_no: &nope,
         to: OrderStatus::Success,
-        source: EventSource::Notify,
-        evidence: None,
+        evidence: &evidence,
         transaction_id: None,
         paid_at_ms: None,
         note: None,
@@ -202,12 +203,31 @@ async fn leases_expire_and_release_only_their_own(backend: Backend) {
     assert!(db.try_lease("sweeper", "c", 2_100, 1_000).await.unwrap());
 }
 
+/// A stored text the domain does not know is reported as corrupt data, naming the value,
+/// never a panic and never a guess. (Raw SQL on purpose: no storage call writes bad data.)
+async fn unknown_stored_values_are_corrupt_not_a_panic(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    order(&db, "ORDER000002").await;
+    sqlx::query("UPDATE orders SET status = 'PAID' WHERE out_trade_no = 'ORDER000002'")
+        .execute(db.writer())
+        .await
+        .unwrap();
+    let err = db.order_by_no(&trade_no("ORDER000002")).await.expect_err("unknown status");
+    assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains(r#"unknown order status "PAID""#), "{err}");
+    db.insert_dead_job(JobKind::CheckOrder, "{}", 1, "x", 1).await.unwrap();
+    sqlx::query("UPDATE dead_jobs SET kind = 'mystery'").execute(db.writer()).await.unwrap();
+    let err = db.dead_jobs().await.expect_err("unknown kind");
+    assert!(err.to_string().contains("mystery"), "{err}");
+}
+
 async fn dead_jobs_sessions_and_users(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
-    let id = db.insert_dead_job("apply_notification", "{}", 8, "boom", 1).await.unwrap();
-    db.insert_dead_job("apply_notification", "{}", 8, "boom", 2).await.unwrap();
-    assert_eq!(db.dead_job_counts().await.unwrap(), vec![("apply_notification".to_owned(), 2)]);
+    let id = db.insert_dead_job(JobKind::ApplyNotification, "{}", 8, "boom", 1).await.unwrap();
+    db.insert_dead_job(JobKind::ApplyNotification, "{}", 8, "boom", 2).await.unwrap();
+    assert_eq!(db.dead_job_counts().await.unwrap(), vec![(JobKind::ApplyNotification, 2)]);
     assert!(db.mark_dead_job_retried(id, 3).await.unwrap());
     assert!(!db.mark_dead_job_retried(id, 4).await.unwrap(), "retried once");
     assert_eq!(db.dead_jobs().await.unwrap().len(), 1);
@@ -293,4 +313,5 @@ crate::both_profiles!(
     sweeper_claims_are_disjoint_and_once_per_age,
     leases_expire_and_release_only_their_own,
     dead_jobs_sessions_and_users,
+    unknown_stored_values_are_corrupt_not_a_panic,
 );

@@ -5,44 +5,18 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::bill::{BillRow, BillSummary};
-use crate::storage::reconcile::{Discrepancy, PaidOrder};
+use crate::domain::{
+    Discrepancy, DiscrepancyClass as Class, Fen, OrderStatus, OutTradeNo, PaidOrder, PaymentReport, Resolution,
+};
+use crate::wechat::convert::{self, BillEntry, ConvertError};
 
 use super::ours::OursTable;
 
-/// A bill payment row whose order is not among our payments of that day.
+/// A bill payment whose order is not among our payments of that day.
 #[derive(Debug, Clone)]
 pub struct Unmatched {
     pub line: u64,
-    pub row: BillRow,
-}
-
-/// Discrepancy classes; stable strings (metrics labels, reports, alerts).
-pub mod class {
-    pub const MISSING_HERE: &str = "missing_here";
-    pub const MISSING_AT_WECHAT: &str = "missing_at_wechat";
-    pub const AMOUNT_MISMATCH: &str = "amount_mismatch";
-    pub const STATUS_MISMATCH: &str = "status_mismatch";
-    pub const TRANSACTION_MISMATCH: &str = "transaction_mismatch";
-    pub const REFUND_MISMATCH: &str = "refund_mismatch";
-    pub const DUPLICATE_ROW: &str = "duplicate_row";
-    pub const SUMMARY_MISMATCH: &str = "summary_mismatch";
-    pub const PAID_AFTER_CLOSE: &str = "paid_after_close";
-    pub const DATE_MISMATCH: &str = "date_mismatch";
-    pub const UNKNOWN_ORDER: &str = "unknown_order";
-
-    pub const ALL: [&str; 11] = [
-        MISSING_HERE,
-        MISSING_AT_WECHAT,
-        AMOUNT_MISMATCH,
-        STATUS_MISMATCH,
-        TRANSACTION_MISMATCH,
-        REFUND_MISMATCH,
-        DUPLICATE_ROW,
-        SUMMARY_MISMATCH,
-        PAID_AFTER_CLOSE,
-        DATE_MISMATCH,
-        UNKNOWN_ORDER,
-    ];
+    pub report: PaymentReport,
 }
 
 /// Running totals of the detail rows, checked against the bill's own summary.
@@ -58,8 +32,8 @@ struct Totals {
 /// One of our refunds applied for on the bill's day.
 #[derive(Debug)]
 struct OurRefund {
-    out_trade_no: String,
-    amount_fen: i64,
+    out_trade_no: OutTradeNo,
+    amount: Fen,
     seen: bool,
 }
 
@@ -85,17 +59,8 @@ pub struct Comparison {
     pub unmatched: Vec<Unmatched>,
 }
 
-fn unexplained(class: &str, no: Option<&str>, detail: String) -> Discrepancy {
-    Discrepancy {
-        class: class.to_owned(),
-        out_trade_no: no.map(str::to_owned),
-        transaction_id: None,
-        ours: None,
-        theirs: None,
-        bill_line: None,
-        resolution: "unexplained".into(),
-        detail,
-    }
+fn unexplained(class: Class, no: Option<&str>, detail: String) -> Discrepancy {
+    Discrepancy::unexplained(class, no, detail)
 }
 
 impl Comparator {
@@ -119,26 +84,30 @@ impl Comparator {
     }
 
     /// One of our refunds applied for on the bill's day (CLOSED ones are not in bills).
-    pub fn add_our_refund(&mut self, out_refund_no: String, out_trade_no: String, amount_fen: i64) {
-        self.our_refunds.insert(out_refund_no, OurRefund { out_trade_no, amount_fen, seen: false });
+    pub fn add_our_refund(&mut self, out_refund_no: String, out_trade_no: OutTradeNo, amount: Fen) {
+        self.our_refunds.insert(out_refund_no, OurRefund { out_trade_no, amount, seen: false });
     }
 
     pub fn ours_count(&self) -> usize {
         self.ours.len()
     }
 
-    /// One detail row of the bill, at `line`.
-    pub fn row(&mut self, line: u64, row: BillRow) {
+    /// One detail row of the bill, at `line`. A row that does not read as a payment, a
+    /// refund or a revocation is refused (the run fails; nothing is guessed).
+    pub fn row(&mut self, line: u64, row: &BillRow) -> Result<(), ConvertError> {
         self.totals.count += 1;
         self.totals.settlement_total_fen += row.settlement_total_fen;
         self.totals.refund_total_fen += row.refund_fen;
         self.totals.fee_e5 += row.fee_e5;
         self.totals.order_total_fen += row.order_total_fen;
-        match row.trade_state.as_str() {
-            "SUCCESS" => self.payment_row(line, row),
-            "REFUND" => self.refund_row(line, &row),
-            _ => self.revoked_row(line, &row),
+        match convert::bill_entry(row)? {
+            BillEntry::Payment(report) => self.payment_row(line, row, report),
+            BillEntry::Refund { out_trade_no, out_refund_no, amount } => {
+                self.refund_row(line, row, &out_trade_no, &out_refund_no, amount);
+            }
+            BillEntry::Revoked { out_trade_no } => self.revoked_row(line, row, &out_trade_no),
         }
+        Ok(())
     }
 
     fn at(mut d: Discrepancy, line: u64, row: &BillRow) -> Discrepancy {
@@ -147,76 +116,78 @@ impl Comparator {
         d
     }
 
-    fn payment_row(&mut self, line: u64, row: BillRow) {
-        let no = row.out_trade_no.as_str();
+    fn payment_row(&mut self, line: u64, row: &BillRow, report: PaymentReport) {
+        let no = report.out_trade_no.as_str();
         let Some(ours) = self.ours.get_mut(no) else {
             if self.other_keys.insert(format!("pay:{no}")) {
-                self.unmatched.push(Unmatched { line, row });
+                self.unmatched.push(Unmatched { line, report });
             } else {
-                let d = unexplained(class::DUPLICATE_ROW, Some(no), "payment row appears twice".into());
-                self.found.push(Self::at(d, line, &row));
+                let d = unexplained(Class::DuplicateRow, Some(no), "payment row appears twice".into());
+                self.found.push(Self::at(d, line, row));
             }
             return;
         };
         if ours.seen {
-            let d = unexplained(class::DUPLICATE_ROW, Some(no), "payment row appears twice".into());
-            self.found.push(Self::at(d, line, &row));
+            let d = unexplained(Class::DuplicateRow, Some(no), "payment row appears twice".into());
+            self.found.push(Self::at(d, line, row));
             return;
         }
         ours.seen = true;
         if self.healed_before.contains(no) {
             let mut d =
-                unexplained(class::MISSING_HERE, Some(no), "paid at WeChat, missed here; healed from this bill".into());
-            d.resolution = "healed".into();
-            self.found.push(Self::at(d, line, &row));
+                unexplained(Class::MissingHere, Some(no), "paid at WeChat, missed here; healed from this bill".into());
+            d.resolution = Resolution::Healed;
+            self.found.push(Self::at(d, line, row));
         }
-        if ours.amount_fen != row.order_total_fen {
-            let mut d = unexplained(class::AMOUNT_MISMATCH, Some(no), "order amount differs".into());
-            d.ours = Some(ours.amount_fen.to_string());
-            d.theirs = Some(row.order_total_fen.to_string());
-            self.found.push(Self::at(d, line, &row));
+        if Some(ours.amount) != report.amount {
+            let mut d = unexplained(Class::AmountMismatch, Some(no), "order amount differs".into());
+            d.ours = Some(ours.amount.0.to_string());
+            d.theirs = Some(report.amount.map_or(0, |a| a.0).to_string());
+            self.found.push(Self::at(d, line, row));
         }
-        if !ours.transaction_matches(&row.transaction_id) {
-            let mut d = unexplained(class::TRANSACTION_MISMATCH, Some(no), "transaction_id differs".into());
+        let theirs = report.transaction_id.as_ref().map_or("", |t| t.as_str());
+        if !ours.transaction_matches(theirs) {
+            let mut d = unexplained(Class::TransactionMismatch, Some(no), "transaction_id differs".into());
             d.ours = Some("another transaction_id (see `order show`)".into());
-            d.theirs = Some(row.transaction_id.clone());
-            self.found.push(Self::at(d, line, &row));
+            d.theirs = Some(theirs.to_owned());
+            self.found.push(Self::at(d, line, row));
         }
     }
 
-    fn refund_row(&mut self, line: u64, row: &BillRow) {
-        let no = row.out_trade_no.as_str();
-        if !self.other_keys.insert(format!("refund:{}", row.out_refund_no)) {
-            let d = unexplained(class::DUPLICATE_ROW, Some(no), "refund row appears twice".into());
+    fn refund_row(&mut self, line: u64, row: &BillRow, out_trade_no: &OutTradeNo, out_refund_no: &str, amount: Fen) {
+        let no = out_trade_no.as_str();
+        if !self.other_keys.insert(format!("refund:{out_refund_no}")) {
+            let d = unexplained(Class::DuplicateRow, Some(no), "refund row appears twice".into());
             self.found.push(Self::at(d, line, row));
             return;
         }
-        let Some(ours) = self.our_refunds.get_mut(&row.out_refund_no) else {
-            let refunded = self.ours.get(no).map_or(0, |o| o.refunded_fen);
-            let detail = format!("refund {} is not one we applied for that day", row.out_refund_no);
-            let mut d = unexplained(class::REFUND_MISMATCH, Some(no), detail);
+        let Some(ours) = self.our_refunds.get_mut(out_refund_no) else {
+            let refunded = self.ours.get(no).map_or(0, |o| o.refunded.0);
+            let detail = format!("refund {out_refund_no} is not one we applied for that day");
+            let mut d = unexplained(Class::RefundMismatch, Some(no), detail);
             d.ours = Some(refunded.to_string());
-            d.theirs = Some(row.refund_fen.to_string());
+            d.theirs = Some(amount.0.to_string());
             self.found.push(Self::at(d, line, row));
             return;
         };
         ours.seen = true;
-        if ours.amount_fen != row.refund_fen || ours.out_trade_no != no {
-            let detail = format!("refund {} differs", row.out_refund_no);
-            let mut d = unexplained(class::REFUND_MISMATCH, Some(no), detail);
-            d.ours = Some(format!("{} {}", ours.out_trade_no, ours.amount_fen));
-            d.theirs = Some(format!("{no} {}", row.refund_fen));
+        if ours.amount != amount || ours.out_trade_no != *out_trade_no {
+            let detail = format!("refund {out_refund_no} differs");
+            let mut d = unexplained(Class::RefundMismatch, Some(no), detail);
+            d.ours = Some(format!("{} {}", ours.out_trade_no, ours.amount.0));
+            d.theirs = Some(format!("{no} {}", amount.0));
             self.found.push(Self::at(d, line, row));
         }
     }
 
-    fn revoked_row(&mut self, line: u64, row: &BillRow) {
-        let no = row.out_trade_no.as_str();
+    fn revoked_row(&mut self, line: u64, row: &BillRow, out_trade_no: &OutTradeNo) {
+        let no = out_trade_no.as_str();
         if let Some(ours) = self.ours.get_mut(no) {
             ours.seen = true;
         }
-        let mut d = unexplained(class::STATUS_MISMATCH, Some(no), "WeChat reports the payment revoked".into());
-        d.ours = Some("SUCCESS".into());
+        let mut d = unexplained(Class::StatusMismatch, Some(no), "WeChat reports the payment revoked".into());
+        d.ours = Some(OrderStatus::Success.to_string());
+        // WeChat's own word for it, as the bill prints it.
         d.theirs = Some(row.trade_state.clone());
         self.found.push(Self::at(d, line, row));
     }
@@ -232,7 +203,7 @@ impl Comparator {
             order_total_fen: summary.order_total_fen,
         };
         if theirs != self.totals {
-            let mut d = unexplained(class::SUMMARY_MISMATCH, None, "the summary does not add up the rows".into());
+            let mut d = unexplained(Class::SummaryMismatch, None, "the summary does not add up the rows".into());
             d.bill_line = i64::try_from(line).ok();
             d.ours = Some(format!("{:?}", self.totals));
             d.theirs = Some(format!("{theirs:?}"));
@@ -244,16 +215,16 @@ impl Comparator {
     pub fn finish(mut self) -> Comparison {
         let orders_compared = self.ours.len() as u64;
         for (no, ours) in self.ours.unseen() {
-            let mut d = unexplained(class::MISSING_AT_WECHAT, Some(&no), "paid here, absent from WeChat's bill".into());
-            d.ours = Some(ours.amount_fen.to_string());
+            let mut d = unexplained(Class::MissingAtWechat, Some(&no), "paid here, absent from WeChat's bill".into());
+            d.ours = Some(ours.amount.0.to_string());
             self.found.push(d);
         }
         let mut absent: Vec<(&String, &OurRefund)> = self.our_refunds.iter().filter(|(_, r)| !r.seen).collect();
         absent.sort_by(|a, b| a.0.cmp(b.0));
         for (out_refund_no, refund) in absent {
             let detail = format!("refund {out_refund_no} applied for here, absent from WeChat's bill");
-            let mut d = unexplained(class::REFUND_MISMATCH, Some(&refund.out_trade_no), detail);
-            d.ours = Some(refund.amount_fen.to_string());
+            let mut d = unexplained(Class::RefundMismatch, Some(refund.out_trade_no.as_str()), detail);
+            d.ours = Some(refund.amount.0.to_string());
             self.found.push(d);
         }
         Comparison { rows: self.totals.count, orders_compared, discrepancies: self.found, unmatched: self.unmatched }
@@ -261,5 +232,164 @@ impl Comparator {
 
     pub fn summary_seen(&self) -> bool {
         self.summary_seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TXID: &str = "4200000001202611240000000001";
+
+    fn paid(no: &str, amount: i64, txid: Option<&str>) -> PaidOrder {
+        PaidOrder {
+            out_trade_no: no.into(),
+            amount: Fen(amount),
+            transaction_id: txid.map(str::to_owned),
+            refunded: Fen(0),
+        }
+    }
+
+    fn payment(no: &str, amount: i64, txid: &str) -> BillRow {
+        BillRow {
+            trade_time: "2026-11-24 10:00:00".into(),
+            appid: "wxapp".into(),
+            mchid: "1900000001".into(),
+            transaction_id: txid.into(),
+            out_trade_no: no.into(),
+            openid: "o".into(),
+            trade_state: "SUCCESS".into(),
+            settlement_total_fen: amount,
+            order_total_fen: amount,
+            ..BillRow::default()
+        }
+    }
+
+    fn refund(no: &str, out_refund_no: &str, amount: i64) -> BillRow {
+        BillRow {
+            trade_state: "REFUND".into(),
+            settlement_total_fen: 0,
+            order_total_fen: 0,
+            out_refund_no: out_refund_no.into(),
+            refund_fen: amount,
+            ..payment(no, 0, TXID)
+        }
+    }
+
+    /// Feeds rows (and a summary that adds them up unless `summary_delta`) and returns the
+    /// classes found, sorted, with the unmatched rows.
+    fn compare(ours: &[PaidOrder], refunds: &[(&str, &str, i64)], rows: &[BillRow], summary_delta: i64) -> Comparison {
+        let mut c = Comparator::new(HashSet::from(["HEALED0001".to_owned()]));
+        for o in ours {
+            c.add_ours(o.clone());
+        }
+        for (refund_no, no, amount) in refunds {
+            c.add_our_refund((*refund_no).into(), OutTradeNo::parse(no).expect("no"), Fen(*amount));
+        }
+        for (i, row) in rows.iter().enumerate() {
+            c.row(i as u64 + 2, row).expect("row");
+        }
+        let summary = BillSummary {
+            count: rows.len() as u64,
+            settlement_total_fen: rows.iter().map(|r| r.settlement_total_fen).sum::<i64>() + summary_delta,
+            refund_total_fen: rows.iter().map(|r| r.refund_fen).sum(),
+            fee_e5: 0,
+            order_total_fen: rows.iter().map(|r| r.order_total_fen).sum(),
+            ..BillSummary::default()
+        };
+        c.summary(rows.len() as u64 + 4, &summary);
+        c.finish()
+    }
+
+    fn classes(found: &Comparison) -> Vec<(Class, Resolution)> {
+        let mut out: Vec<_> = found.discrepancies.iter().map(|d| (d.class, d.resolution)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_matching_day_is_clean() {
+        let found = compare(&[paid("ORDER0001", 100, Some(TXID))], &[], &[payment("ORDER0001", 100, TXID)], 0);
+        assert_eq!(classes(&found), vec![]);
+        assert_eq!((found.rows, found.orders_compared, found.unmatched.len()), (1, 1, 0));
+    }
+
+    #[test]
+    fn each_row_level_class_is_found_once() {
+        let cases: Vec<(&str, Vec<PaidOrder>, Vec<BillRow>, Class)> = vec![
+            (
+                "amount",
+                vec![paid("ORDER0001", 100, None)],
+                vec![payment("ORDER0001", 101, TXID)],
+                Class::AmountMismatch,
+            ),
+            (
+                "transaction",
+                vec![paid("ORDER0001", 100, Some("4200000009"))],
+                vec![payment("ORDER0001", 100, TXID)],
+                Class::TransactionMismatch,
+            ),
+            (
+                "duplicate",
+                vec![paid("ORDER0001", 100, None)],
+                vec![payment("ORDER0001", 100, TXID), payment("ORDER0001", 100, TXID)],
+                Class::DuplicateRow,
+            ),
+            ("missing at WeChat", vec![paid("ORDER0001", 100, None)], vec![], Class::MissingAtWechat),
+            (
+                "revoked",
+                vec![paid("ORDER0001", 100, None)],
+                vec![BillRow { trade_state: "REVOKED".into(), ..payment("ORDER0001", 100, TXID) }],
+                Class::StatusMismatch,
+            ),
+        ];
+        for (name, ours, rows, class) in cases {
+            let found = compare(&ours, &[], &rows, 0);
+            assert_eq!(classes(&found), vec![(class, Resolution::Unexplained)], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_payment_we_do_not_have_is_left_for_the_database() {
+        let found = compare(&[], &[], &[payment("ORDER0002", 100, TXID)], 0);
+        assert_eq!(classes(&found), vec![]);
+        let unmatched = found.unmatched.first().expect("unmatched");
+        assert_eq!((unmatched.line, unmatched.report.out_trade_no.as_str()), (2, "ORDER0002"));
+        assert_eq!(unmatched.report.amount, Some(Fen(100)));
+    }
+
+    #[test]
+    fn an_order_an_earlier_run_healed_is_reported_healed_again() {
+        let found = compare(&[paid("HEALED0001", 100, None)], &[], &[payment("HEALED0001", 100, TXID)], 0);
+        assert_eq!(classes(&found), vec![(Class::MissingHere, Resolution::Healed)]);
+    }
+
+    #[test]
+    fn refunds_must_be_ours_of_the_day_and_agree() {
+        let ours = [paid("ORDER0001", 100, None)];
+        let row = |amount| refund("ORDER0001", "R1", amount);
+        assert_eq!(classes(&compare(&ours, &[("R1", "ORDER0001", 40)], &[row(40)], 0)), vec![]);
+        let differs = compare(&ours, &[("R1", "ORDER0001", 40)], &[row(39)], 0);
+        assert_eq!(classes(&differs), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
+        let not_ours = compare(&ours, &[], &[row(40)], 0);
+        assert_eq!(classes(&not_ours), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
+        let absent = compare(&ours, &[("R1", "ORDER0001", 40)], &[], 0);
+        assert_eq!(classes(&absent).len(), 2, "the refund and the payment are both absent");
+        assert!(absent.discrepancies.iter().any(|d| d.class == Class::RefundMismatch));
+    }
+
+    #[test]
+    fn a_summary_that_does_not_add_up_is_found() {
+        let ours = [paid("ORDER0001", 100, None)];
+        let found = compare(&ours, &[], &[payment("ORDER0001", 100, TXID)], 7);
+        assert_eq!(classes(&found), vec![(Class::SummaryMismatch, Resolution::Unexplained)]);
+    }
+
+    #[test]
+    fn a_row_that_is_no_payment_refund_or_revocation_is_refused() {
+        let mut c = Comparator::new(HashSet::new());
+        let row = BillRow { trade_state: "PAID".into(), ..payment("ORDER0001", 100, TXID) };
+        let err = c.row(2, &row).expect_err("unknown state");
+        assert!(err.to_string().contains("PAID"), "{err}");
     }
 }

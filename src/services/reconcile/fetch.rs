@@ -39,8 +39,8 @@ pub async fn fetch(
 ) -> Result<Fetched, ReconcileError> {
     let info = match pay.trade_bill(bill_date).await {
         Ok(info) => info,
-        Err(err) if err.code() == Some("NO_STATEMENT_EXIST") => return Ok(Fetched::Empty),
-        Err(err) if err.code() == Some("STATEMENT_CREATING") => return Ok(Fetched::NotReady),
+        Err(err) if err.is_no_bill() => return Ok(Fetched::Empty),
+        Err(err) if err.is_bill_not_ready() => return Ok(Fetched::NotReady),
         Err(err) => return Err(err.into()),
     };
     if !info.hash_type.eq_ignore_ascii_case("SHA1") {

@@ -17,19 +17,20 @@ use std::sync::Arc;
 use chrono::{Days, NaiveDate};
 use tracing::Instrument;
 
-use crate::bill::{BillItem, BillReader, BillRow};
+use crate::bill::{BillItem, BillReader};
 use crate::clock::Clock;
 use crate::config::ReconcileSettings;
-use crate::domain::EventSource;
-use crate::domain::time::{from_ms, parse_rfc3339, to_ms, to_wechat_rfc3339, wechat_date, wechat_day_start};
-use crate::storage::reconcile::{BillRun, Discrepancy};
+use crate::domain::time::{from_ms, to_ms, to_wechat_rfc3339, wechat_date, wechat_day_start};
+use crate::domain::{
+    AnomalyKind, BillRun, BillRunStatus, Discrepancy, DiscrepancyClass as Class, EventSource, Evidence, OrderStatus,
+    Resolution,
+};
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::wire::pay::{Payer, Transaction, TransactionAmount};
 use crate::wechat::{PayClient, WechatError};
 
 use super::apply::{Applier, ApplyOutcome};
-use compare::{Comparator, Comparison, Unmatched, class};
+use compare::{Comparator, Comparison, Unmatched};
 use fetch::Fetched;
 
 #[derive(Debug, thiserror::Error)]
@@ -109,16 +110,16 @@ impl Reconciler {
         let (run, found) = match result {
             Ok(Outcome::Compared { comparison, sha1 }) => {
                 let found = comparison.discrepancies;
-                let healed = found.iter().filter(|d| d.resolution == "healed").count() as i64;
+                let healed = found.iter().filter(|d| d.resolution == Resolution::Healed).count() as i64;
                 let unexplained = found.len() as i64 - healed;
                 let status = match (&sha1, found.is_empty()) {
-                    (_, false) => "discrepancies",
-                    (None, true) => "no_bill",
-                    (Some(_), true) => "clean",
+                    (_, false) => BillRunStatus::Discrepancies,
+                    (None, true) => BillRunStatus::NoBill,
+                    (Some(_), true) => BillRunStatus::Clean,
                 };
                 let run = BillRun {
                     bill_date: bill_date.clone(),
-                    status: status.into(),
+                    status,
                     bill_rows: i64::try_from(comparison.rows).unwrap_or(i64::MAX),
                     orders_compared: i64::try_from(comparison.orders_compared).unwrap_or(i64::MAX),
                     discrepancies: found.len() as i64,
@@ -138,14 +139,15 @@ impl Reconciler {
                     tracing::warn!("bill not available now; the day's earlier results stand");
                     return Ok(done);
                 }
-                (self.unfinished(&bill_date, "not_ready", None, started_at_ms, finished_at_ms + retry_ms), Vec::new())
+                let next = finished_at_ms + retry_ms;
+                (self.unfinished(&bill_date, BillRunStatus::NotReady, None, started_at_ms, next), Vec::new())
             }
             Err(err) => {
                 tracing::error!(error = %err, "reconciliation failed");
-                self.metrics.reconcile_runs.with_label_values(&["failed"]).inc();
+                self.metrics.reconcile_runs.with_label_values(&[BillRunStatus::Failed.as_str()]).inc();
                 let run = self.unfinished(
                     &bill_date,
-                    "failed",
+                    BillRunStatus::Failed,
                     Some(err.to_string()),
                     started_at_ms,
                     finished_at_ms + retry_ms,
@@ -162,7 +164,7 @@ impl Reconciler {
         self.db.save_bill_run(&run, &found).await?;
         let saved = self.db.bill_run(&bill_date).await?.unwrap_or(run);
         self.metrics.reconcile_runs.with_label_values(&[saved.status.as_str()]).inc();
-        if saved.status != "not_ready" {
+        if saved.status != BillRunStatus::NotReady {
             self.metrics.reconcile_rows.inc_by(u64::try_from(saved.bill_rows).unwrap_or(0));
             for d in &found {
                 self.metrics
@@ -180,17 +182,13 @@ impl Reconciler {
 
     /// The day's recorded run if it finished (clean, discrepancies or no bill).
     async fn finished_run(&self, bill_date: &str) -> Result<Option<BillRun>, StorageError> {
-        Ok(self
-            .db
-            .bill_run(bill_date)
-            .await?
-            .filter(|run| matches!(run.status.as_str(), "clean" | "discrepancies" | "no_bill")))
+        Ok(self.db.bill_run(bill_date).await?.filter(|run| run.status.is_finished()))
     }
 
-    fn unfinished(&self, date: &str, status: &str, error: Option<String>, started: i64, next: i64) -> BillRun {
+    fn unfinished(&self, date: &str, status: BillRunStatus, error: Option<String>, started: i64, next: i64) -> BillRun {
         BillRun {
             bill_date: date.to_owned(),
-            status: status.into(),
+            status,
             bill_rows: 0,
             orders_compared: 0,
             discrepancies: 0,
@@ -218,15 +216,16 @@ impl Reconciler {
         let fetched =
             fetch::fetch(&self.pay, bill_date, &self.settings.work_dir, self.settings.max_bill_bytes, &on_bytes)
                 .await?;
-        let evidence = format!("bill:{bill_date}");
-        let healed_before: HashSet<String> = self.db.healed_by_bill(&evidence).await?.into_iter().collect();
+        let evidence = Evidence::new(EventSource::Bill, format!("bill:{bill_date}"));
+        let healed_before: HashSet<String> = self.db.healed_by_bill(&evidence.reference).await?.into_iter().collect();
         let mut comparator = Comparator::new(healed_before);
         let from_ms = to_ms(wechat_day_start(date));
         let to_ms_ = to_ms(wechat_day_start(date.checked_add_days(Days::new(1)).unwrap_or(date)));
         self.db.for_each_paid_order(from_ms, to_ms_, |order| comparator.add_ours(order)).await?;
         for refund in self.db.refunds_requested_between(from_ms, to_ms_).await? {
-            if refund.status != "CLOSED" {
-                comparator.add_our_refund(refund.out_refund_no, refund.out_trade_no, refund.amount_fen);
+            // A refund that holds an amount is in WeChat's bill; a CLOSED one never is.
+            if refund.status.holds_amount() {
+                comparator.add_our_refund(refund.out_refund_no.into(), refund.out_trade_no, refund.amount);
             }
         }
         let (comparator, sha1) = match fetched {
@@ -250,7 +249,7 @@ impl Reconciler {
                 comparison.orders_compared += 1;
                 continue;
             };
-            if d.resolution == "healed" {
+            if d.resolution == Resolution::Healed {
                 // Healed now: one of our payments of the day from here on, as a re-run sees it.
                 comparison.orders_compared += 1;
             }
@@ -264,65 +263,62 @@ impl Reconciler {
     async fn resolve_unmatched(
         &self,
         item: &Unmatched,
-        evidence: &str,
+        evidence: &Evidence,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Option<Discrepancy>, ReconcileError> {
-        let row = &item.row;
+        let report = &item.report;
+        let amount = report.amount.map_or(0, |a| a.0);
         let mut d = Discrepancy {
-            class: class::MISSING_HERE.into(),
-            out_trade_no: Some(row.out_trade_no.clone()),
-            transaction_id: Some(row.transaction_id.clone()),
+            class: Class::MissingHere,
+            out_trade_no: Some(report.out_trade_no.to_string()),
+            transaction_id: report.transaction_id.as_ref().map(ToString::to_string),
             ours: None,
-            theirs: Some(format!("SUCCESS {}", row.order_total_fen)),
+            theirs: Some(format!("{} {amount}", report.status)),
             bill_line: i64::try_from(item.line).ok(),
-            resolution: "unexplained".into(),
+            resolution: Resolution::Unexplained,
             detail: String::new(),
         };
-        let Some(order) = self.db.order_by_no(&row.out_trade_no).await? else {
-            d.class = class::UNKNOWN_ORDER.into();
+        let Some(order) = self.db.order_by_no(&report.out_trade_no).await? else {
+            d.class = Class::UnknownOrder;
             d.detail = "paid at WeChat for an order we never created".into();
             return Ok(Some(d));
         };
-        d.ours = Some(format!("{} {}", order.status, order.amount_fen));
-        match order.status.as_str() {
-            "NOTPAY" => {
-                let txn = transaction_of(row);
-                match self.applier.apply_reported_payment(&txn, EventSource::Bill, evidence).await? {
-                    ApplyOutcome::Applied => {
-                        self.metrics.reconcile_healed.inc();
-                        d.resolution = "healed".into();
-                        d.detail = "paid at WeChat, missed here; healed from this bill".into();
-                    }
-                    // Recorded meanwhile (a notification won the race): nothing to explain.
-                    ApplyOutcome::Duplicate | ApplyOutcome::AlreadyProcessed => return Ok(None),
-                    ApplyOutcome::Anomaly(kind) => {
-                        d.class = match kind {
-                            "amount_mismatch" => class::AMOUNT_MISMATCH,
-                            "paid_after_close" => class::PAID_AFTER_CLOSE,
-                            "transaction_mismatch" => class::TRANSACTION_MISMATCH,
-                            _ => class::STATUS_MISMATCH,
-                        }
-                        .into();
-                        d.detail = format!("payment not applied ({kind}): see anomalies");
-                    }
-                    other => {
-                        d.class = class::STATUS_MISMATCH.into();
-                        d.detail = format!("payment not applied ({})", other.label());
-                    }
+        d.ours = Some(format!("{} {}", order.status, order.amount.0));
+        match order.status {
+            OrderStatus::Notpay => match self.applier.apply(report, evidence).await? {
+                ApplyOutcome::Applied => {
+                    self.metrics.reconcile_healed.inc();
+                    d.resolution = Resolution::Healed;
+                    d.detail = "paid at WeChat, missed here; healed from this bill".into();
                 }
-            }
-            "CLOSED" => {
-                d.class = class::PAID_AFTER_CLOSE.into();
+                // Recorded meanwhile (a notification won the race): nothing to explain.
+                ApplyOutcome::Duplicate | ApplyOutcome::AlreadyProcessed => return Ok(None),
+                ApplyOutcome::Anomaly(kind) => {
+                    d.class = match kind {
+                        AnomalyKind::AmountMismatch => Class::AmountMismatch,
+                        AnomalyKind::PaidAfterClose => Class::PaidAfterClose,
+                        AnomalyKind::TransactionMismatch => Class::TransactionMismatch,
+                        _ => Class::StatusMismatch,
+                    };
+                    d.detail = format!("payment not applied ({kind}): see anomalies");
+                }
+                other => {
+                    d.class = Class::StatusMismatch;
+                    d.detail = format!("payment not applied ({})", other.label());
+                }
+            },
+            OrderStatus::Closed => {
+                d.class = Class::PaidAfterClose;
                 d.detail = "paid at WeChat for an order closed here: refund or honour it".into();
             }
             _ => {
                 let paid = order.paid_at_ms.unwrap_or(0);
                 if paid < from_ms || paid >= to_ms {
-                    d.class = class::DATE_MISMATCH.into();
+                    d.class = Class::DateMismatch;
                     d.detail = format!("paid here at {}", to_wechat_rfc3339(from_ms_checked(paid)));
                 } else {
-                    d.class = class::STATUS_MISMATCH.into();
+                    d.class = Class::StatusMismatch;
                     d.detail = format!("order is {} here", order.status);
                 }
             }
@@ -358,7 +354,7 @@ fn compare_file(
         match item.map_err(|e| ReconcileError::Bill(e.to_string()))? {
             BillItem::Row(row) => {
                 rows += 1;
-                comparator.row(line, row);
+                comparator.row(line, &row).map_err(|e| ReconcileError::Bill(format!("line {line}: {e}")))?;
                 if rows.is_multiple_of(PROGRESS_EVERY) {
                     progress.rows(rows);
                 }
@@ -371,32 +367,4 @@ fn compare_file(
         return Err(ReconcileError::Bill("the bill ends without its summary (truncated?)".into()));
     }
     Ok(comparator)
-}
-
-/// The transaction a bill row reports, in the shape the applier checks.
-fn transaction_of(row: &BillRow) -> Transaction {
-    let success_time = chrono::NaiveDateTime::parse_from_str(&row.trade_time, "%Y-%m-%d %H:%M:%S")
-        .ok()
-        .and_then(|t| t.and_local_timezone(chrono_tz::Asia::Shanghai).single())
-        .map(|t| t.to_rfc3339())
-        .and_then(|s| parse_rfc3339(&s).map(to_wechat_rfc3339));
-    Transaction {
-        appid: row.appid.clone(),
-        mchid: row.mchid.clone(),
-        out_trade_no: row.out_trade_no.clone(),
-        transaction_id: Some(row.transaction_id.clone()),
-        trade_type: Some(row.trade_type.clone()),
-        trade_state: "SUCCESS".into(),
-        trade_state_desc: String::new(),
-        bank_type: Some(row.bank_type.clone()),
-        attach: Some(row.attach.clone()),
-        success_time,
-        payer: Some(Payer { openid: row.openid.clone() }),
-        amount: Some(TransactionAmount {
-            total: Some(row.order_total_fen),
-            payer_total: Some(row.settlement_total_fen),
-            currency: Some(row.currency.clone()),
-            payer_currency: Some(row.currency.clone()),
-        }),
-    }
 }

@@ -5,15 +5,15 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::storage::reconcile::PaidOrder;
+use crate::domain::{Fen, PaidOrder};
 
 /// One of our payments, as the comparison needs it.
 #[derive(Debug, Clone)]
 pub struct OurPayment {
     key_start: u32,
     key_len: u32,
-    pub amount_fen: i64,
-    pub refunded_fen: i64,
+    pub amount: Fen,
+    pub refunded: Fen,
     txid_hash: Option<u64>,
     /// A payment row for it has been seen in the bill.
     pub seen: bool,
@@ -46,8 +46,8 @@ impl OursTable {
         self.entries.push(OurPayment {
             key_start,
             key_len: u32::try_from(order.out_trade_no.len()).unwrap_or(0),
-            amount_fen: order.amount_fen,
-            refunded_fen: order.refunded_fen,
+            amount: order.amount,
+            refunded: order.refunded,
             txid_hash: order.transaction_id.as_deref().map(hash),
             seen: false,
         });
@@ -106,10 +106,9 @@ mod tests {
     fn paid(no: &str, amount: i64, txid: Option<&str>) -> PaidOrder {
         PaidOrder {
             out_trade_no: no.into(),
-            amount_fen: amount,
-            status: "SUCCESS".into(),
+            amount: Fen(amount),
             transaction_id: txid.map(str::to_owned),
-            refunded_fen: 0,
+            refunded: Fen(0),
         }
     }
 
@@ -119,7 +118,7 @@ mod tests {
         table.push(paid("B2", 200, Some("T2")));
         table.push(paid("A1", 100, None));
         table.push(paid("C3", 300, Some("T3")));
-        assert_eq!(table.get("A1").map(|p| p.amount_fen), Some(100));
+        assert_eq!(table.get("A1").map(|p| p.amount), Some(Fen(100)));
         assert!(table.get("A").is_none() && table.get("A10").is_none());
         let b = table.get_mut("B2").expect("B2");
         assert!(b.transaction_matches("T2") && !b.transaction_matches("T9"));

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::storage::reconcile::{BillRun, Discrepancy};
+use crate::domain::{BillRun, Discrepancy};
 
 pub fn write(dir: &Path, run: &BillRun, found: &[Discrepancy]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -4,6 +4,6 @@ use super::JobError;
 use crate::worker::context::JobContext;
 
 pub async fn run(ctx: &JobContext, inbox_id: i64) -> Result<(), JobError> {
-    ctx.applier.apply(inbox_id).await?;
+    ctx.applier.apply_stored(inbox_id).await?;
     Ok(())
 }

@@ -63,17 +63,24 @@ impl From<SyncError> for JobError {
 impl From<RefundError> for JobError {
     fn from(err: RefundError) -> Self {
         match err {
-            RefundError::Wechat(e) | RefundError::Refused(e) => e.into(),
+            RefundError::Wechat(e) | RefundError::RefusedByWechat(e) => e.into(),
             RefundError::Storage(e) => e.into(),
             other => Self { message: other.to_string(), failure: None },
         }
     }
 }
 
+impl JobError {
+    /// A payload that cannot be what its kind says: retrying cannot help.
+    fn bad_payload(err: impl std::fmt::Display) -> Self {
+        Self { message: format!("bad job payload: {err}"), failure: None }
+    }
+}
+
 /// Runs one execution of a job and decides what happens after a failure: re-enqueue with
 /// backoff (our policy, identical on both queue backends) or the dead-letter table.
 pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError> {
-    let kind = envelope.job.kind();
+    let kind = envelope.job.kind().as_str();
     let span =
         tracing::info_span!("job", job.kind = kind, job.id = %envelope.job.subject(), job.attempt = envelope.attempt);
     async move {
@@ -122,7 +129,7 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
 /// Moves a job to the dead-letter table (visible in metrics and `wxpay-recon jobs dead`).
 async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<(), BoxDynError> {
     let kind = envelope.job.kind();
-    ctx.metrics.jobs_finished.with_label_values(&[kind, "dead"]).inc();
+    ctx.metrics.jobs_finished.with_label_values(&[kind.as_str(), "dead"]).inc();
     tracing::error!(error = message, "job is dead after {} attempt(s)", envelope.attempt);
     let payload = serde_json::to_string(&envelope.job)?;
     ctx.db

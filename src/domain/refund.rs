@@ -1,0 +1,184 @@
+//! Refunds: their state machine and the rule of how much of an order may still be refunded.
+
+use crate::text_enum;
+
+use super::ids::{OutRefundNo, OutTradeNo};
+use super::money::Fen;
+use super::order::{Order, OrderStatus};
+
+text_enum! {
+    /// A refund's status: ours (`REQUESTED`, before WeChat acknowledged the application) then
+    /// WeChat's refund `status` values.
+    pub enum RefundStatus ("refund status") {
+        /// Recorded here; WeChat has not acknowledged the application yet (or we do not know
+        /// whether it did: the poller asks).
+        Requested => "REQUESTED",
+        /// WeChat accepted the application; the money is on its way.
+        Processing => "PROCESSING",
+        /// The money reached the payer. Final.
+        Success => "SUCCESS",
+        /// WeChat closed it without paying. Final; its amount is free to refund again.
+        Closed => "CLOSED",
+        /// WeChat could not pay it out (the payer's account is closed, say): an operator
+        /// resolves it in the merchant console. Final for us, no money moved.
+        Abnormal => "ABNORMAL",
+    }
+}
+
+impl RefundStatus {
+    /// Statuses the poller still asks WeChat about.
+    pub const OPEN: [RefundStatus; 2] = [RefundStatus::Requested, RefundStatus::Processing];
+
+    pub fn is_final(self) -> bool {
+        !Self::OPEN.contains(&self)
+    }
+
+    /// Allowed moves: open statuses move forward, final ones never move.
+    pub fn can_move_to(self, to: RefundStatus) -> bool {
+        match self {
+            RefundStatus::Requested => to != RefundStatus::Requested,
+            RefundStatus::Processing => !matches!(to, RefundStatus::Requested | RefundStatus::Processing),
+            RefundStatus::Success | RefundStatus::Closed | RefundStatus::Abnormal => false,
+        }
+    }
+
+    /// Whether the refund's amount is taken from what is left to refund on its order: every
+    /// refund but a CLOSED one may still (or did) move money.
+    pub fn holds_amount(self) -> bool {
+        self != RefundStatus::Closed
+    }
+}
+
+/// One refund as our books hold it. Instants are Unix milliseconds (UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub id: i64,
+    pub out_refund_no: OutRefundNo,
+    pub order_id: i64,
+    pub out_trade_no: OutTradeNo,
+    pub amount: Fen,
+    pub reason: Option<String>,
+    pub status: RefundStatus,
+    /// WeChat's refund number, once it acknowledged the application.
+    pub refund_id: Option<String>,
+    pub requested_at_ms: i64,
+    pub success_at_ms: Option<i64>,
+    pub next_check_at_ms: Option<i64>,
+    pub check_attempts: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Why a refund cannot be applied for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefundRefusal {
+    #[error("amount must be a positive number of fen")]
+    BadAmount,
+    #[error("order is {0}: only paid orders can be refunded")]
+    NotPaid(OrderStatus),
+    #[error("refund of {} fen is more than the {} fen left to refund", asked.0, left.0)]
+    TooMuch { asked: Fen, left: Fen },
+}
+
+/// May `amount` be refunded on `order`, given `held` (the sum of its refunds that hold an
+/// amount, see [`RefundStatus::holds_amount`])? Checked under the order's lock.
+pub fn check_refund(order: &Order, held: Fen, amount: Fen) -> Result<(), RefundRefusal> {
+    if amount.0 <= 0 {
+        return Err(RefundRefusal::BadAmount);
+    }
+    if !order.status.is_paid() {
+        return Err(RefundRefusal::NotPaid(order.status));
+    }
+    let left = Fen(order.amount.0.saturating_sub(held.0));
+    if amount > left {
+        return Err(RefundRefusal::TooMuch { asked: amount, left });
+    }
+    Ok(())
+}
+
+/// May a confirmed refund of `amount` move money on `order`? Never past the order's amount.
+pub fn check_refund_success(order: &Order, amount: Fen) -> Result<(), String> {
+    match order.refunded.0.checked_add(amount.0) {
+        Some(total) if total <= order.amount.0 => Ok(()),
+        _ => Err(format!("refunds would exceed the order: {} + {} > {}", order.refunded.0, amount.0, order.amount.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn statuses_round_trip_and_final_ones_stay() {
+        for status in RefundStatus::ALL {
+            assert_eq!(status.as_str().parse::<RefundStatus>(), Ok(status));
+            assert_eq!(status.is_final(), !RefundStatus::OPEN.contains(&status));
+            if status.is_final() {
+                assert!(RefundStatus::ALL.iter().all(|to| !status.can_move_to(*to)), "{status}");
+            }
+        }
+        assert!(RefundStatus::Requested.can_move_to(RefundStatus::Processing));
+        assert!(!RefundStatus::Processing.can_move_to(RefundStatus::Requested));
+        assert!("DONE".parse::<RefundStatus>().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn no_sequence_of_reports_moves_a_final_refund(
+            reports in proptest::collection::vec(proptest::sample::select(RefundStatus::ALL.to_vec()), 0..30)
+        ) {
+            let mut status = RefundStatus::Requested;
+            for to in reports {
+                let before = status;
+                if before.can_move_to(to) {
+                    status = to;
+                }
+                if before.is_final() {
+                    prop_assert_eq!(status, before);
+                }
+            }
+        }
+    }
+
+    fn order(status: OrderStatus, amount: i64, refunded: i64) -> Order {
+        Order {
+            id: 1,
+            out_trade_no: OutTradeNo::parse("ORDER0001").expect("no"),
+            user_id: 1,
+            payer_openid: "o".into(),
+            product_id: "p".into(),
+            quantity: 1,
+            amount: Fen(amount),
+            description: String::new(),
+            status,
+            prepay_id: None,
+            prepay_at_ms: None,
+            transaction_id: None,
+            time_expire_ms: 0,
+            paid_at_ms: None,
+            closed_at_ms: None,
+            refunded: Fen(refunded),
+            next_check_at_ms: None,
+            check_attempts: 0,
+            version: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn refund_limits() {
+        let paid = order(OrderStatus::Success, 1000, 0);
+        assert_eq!(check_refund(&paid, Fen(0), Fen(1000)), Ok(()));
+        assert_eq!(
+            check_refund(&paid, Fen(400), Fen(601)),
+            Err(RefundRefusal::TooMuch { asked: Fen(601), left: Fen(600) })
+        );
+        assert_eq!(check_refund(&paid, Fen(0), Fen(0)), Err(RefundRefusal::BadAmount));
+        let unpaid = order(OrderStatus::Notpay, 1000, 0);
+        assert_eq!(check_refund(&unpaid, Fen(0), Fen(1)), Err(RefundRefusal::NotPaid(OrderStatus::Notpay)));
+        assert!(check_refund_success(&order(OrderStatus::Refund, 1000, 600), Fen(400)).is_ok());
+        assert!(check_refund_success(&order(OrderStatus::Refund, 1000, 600), Fen(401)).is_err());
+        assert!(check_refund_success(&order(OrderStatus::Refund, 1000, i64::MAX), Fen(1)).is_err());
+    }
+}
