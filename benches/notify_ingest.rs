@@ -251,7 +251,7 @@ fn rsa_verify_rate(sim_keys: &SimKeys) -> f64 {
 
 /// One INSERT + COMMIT per transaction from `concurrency` tasks for `duration`.
 async fn single_row_commit_rate(settings: &DatabaseSettings, concurrency: usize, duration: Duration) -> f64 {
-    let db = Db::connect(&DatabaseSettings { max_connections: 16, ..settings.clone() }).await.unwrap();
+    let db = wxpay_recon::deps::database(&DatabaseSettings { max_connections: 16, ..settings.clone() }).await.unwrap();
     db.writer()
         .execute("CREATE TABLE IF NOT EXISTS bench_commit (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         .await

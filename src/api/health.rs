@@ -32,10 +32,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) => "ok".to_owned(),
         Err(e) => format!("error: {e}"),
     };
-    let (database, queue) = match tokio::time::timeout(CHECK_TIMEOUT, state.operations.readiness()).await {
-        Ok((db, queue)) => (answer(db), answer(queue)),
-        Err(_) => ("error: timed out".to_owned(), "error: timed out".to_owned()),
-    };
+    let (db, queue) = state.operations.readiness(CHECK_TIMEOUT).await;
+    let (database, queue) = (answer(db), answer(queue));
     let status = if database == "ok" && queue == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { database, queue }))
 }

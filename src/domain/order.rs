@@ -102,6 +102,34 @@ impl Order {
     }
 }
 
+/// An unpaid order of 68.00 for tests of the rules that take an order.
+#[cfg(test)]
+pub(crate) fn sample_order(status: OrderStatus, amount: i64, refunded: i64) -> Order {
+    Order {
+        id: 1,
+        out_trade_no: OutTradeNo::parse("ORDER0001").unwrap_or_else(|e| unreachable!("{e}")),
+        user_id: 1,
+        payer_openid: "openid-a".into(),
+        product_id: "p".into(),
+        quantity: 1,
+        amount: Fen(amount),
+        description: String::new(),
+        status,
+        prepay_id: None,
+        prepay_at_ms: None,
+        transaction_id: None,
+        time_expire_ms: 0,
+        paid_at_ms: None,
+        closed_at_ms: None,
+        refunded: Fen(refunded),
+        next_check_at_ms: None,
+        check_attempts: 0,
+        version: 0,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,29 +107,7 @@ mod tests {
     }
 
     fn order() -> Order {
-        Order {
-            id: 1,
-            out_trade_no: OutTradeNo::parse("ORDER0001").expect("no"),
-            user_id: 1,
-            payer_openid: "openid-a".into(),
-            product_id: "p".into(),
-            quantity: 1,
-            amount: Fen(6800),
-            description: String::new(),
-            status: OrderStatus::Notpay,
-            prepay_id: None,
-            prepay_at_ms: None,
-            transaction_id: None,
-            time_expire_ms: 0,
-            paid_at_ms: None,
-            closed_at_ms: None,
-            refunded: Fen(0),
-            next_check_at_ms: None,
-            check_attempts: 0,
-            version: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        crate::domain::order::sample_order(OrderStatus::Notpay, 6800, 0)
     }
 
     fn report() -> PaymentReport {

@@ -225,8 +225,10 @@ impl JobQueue {
                 };
                 let pending = count("LLEN", keys.active_jobs_list()).await.map_err(|e| unavailable(&e))?;
                 let scheduled = count("ZCARD", keys.scheduled_jobs_set()).await.map_err(|e| unavailable(&e))?;
-                let done = count("ZCARD", keys.done_jobs_set()).await.map_err(|e| unavailable(&e))?;
-                let failed = count("ZCARD", keys.dead_jobs_set()).await.map_err(|e| unavailable(&e))?;
+                // Plain sets: apalis-redis 1.0.0 adds finished ids with SADD (lua/handle_results.lua);
+                // ZCARD on them fails with WRONGTYPE once the first job finishes.
+                let done = count("SCARD", keys.done_jobs_set()).await.map_err(|e| unavailable(&e))?;
+                let failed = count("SCARD", keys.dead_jobs_set()).await.map_err(|e| unavailable(&e))?;
                 // One inflight set per worker, `<queue>:inflight:<worker>`: found with SCAN
                 // (never KEYS, which blocks a shared Redis).
                 let pattern = format!("{}:*", keys.inflight_jobs_set());

@@ -3,6 +3,8 @@
 //! than this process (refreshed when `/metrics` is scraped). Handlers reach storage and the
 //! queue only through here.
 
+use std::time::Duration;
+
 use chrono::Days;
 
 use crate::clock::Clock;
@@ -35,10 +37,15 @@ impl Operations {
         Self { db, queue, clock, metrics, reconcile_window_days }
     }
 
-    /// (database, queue): each `Ok` or the reason it is not reachable.
-    pub async fn readiness(&self) -> (Result<(), String>, Result<(), String>) {
-        let (db, queue) = tokio::join!(self.db.ping(), self.queue.ping());
-        (db.map_err(|e| e.to_string()), queue.map_err(|e| e.to_string()))
+    /// (database, queue): each `Ok` or the reason it is not reachable, each checked on its own
+    /// within `timeout` (a queue that hangs must not make the database look down).
+    pub async fn readiness(&self, timeout: Duration) -> (Result<(), String>, Result<(), String>) {
+        let (db, queue) = tokio::join!(
+            tokio::time::timeout(timeout, self.db.ping()),
+            tokio::time::timeout(timeout, self.queue.ping())
+        );
+        let answer = |result: Result<Result<(), String>, _>| result.unwrap_or_else(|_| Err("timed out".to_owned()));
+        (answer(db.map(|r| r.map_err(|e| e.to_string()))), answer(queue.map(|r| r.map_err(|e| e.to_string()))))
     }
 
     pub async fn dead_jobs(&self) -> Result<Vec<DeadJob>, StorageError> {

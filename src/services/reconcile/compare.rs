@@ -366,7 +366,8 @@ mod tests {
 
     #[test]
     fn refunds_must_be_ours_of_the_day_and_agree() {
-        let ours = [paid("ORDER0001", 100, None)];
+        // The payment was on an earlier day: only its refunds are in this bill.
+        let ours = [];
         let row = |amount| refund("ORDER0001", "R1", amount);
         assert_eq!(classes(&compare(&ours, &[("R1", "ORDER0001", 40)], &[row(40)], 0)), vec![]);
         let differs = compare(&ours, &[("R1", "ORDER0001", 40)], &[row(39)], 0);
@@ -374,8 +375,7 @@ mod tests {
         let not_ours = compare(&ours, &[], &[row(40)], 0);
         assert_eq!(classes(&not_ours), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
         let absent = compare(&ours, &[("R1", "ORDER0001", 40)], &[], 0);
-        assert_eq!(classes(&absent).len(), 2, "the refund and the payment are both absent");
-        assert!(absent.discrepancies.iter().any(|d| d.class == Class::RefundMismatch));
+        assert_eq!(classes(&absent), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
     }
 
     #[test]
