@@ -438,6 +438,63 @@ where
     }
 }
 
+/// Returns once a poll sweep that read the clock after this call has run to its end: whatever
+/// was due by then has been claimed, queued for a check and counted in
+/// `wxpay_poll_claimed_total`. So "nothing was claimed" after this is a fact, not a guess about
+/// timing. A sweep is seen through the poller's lease, which every sweep renews before it
+/// claims. Sweeps run one after the other: the second renewal seen after this call comes from
+/// a sweep that started after the first one had finished (so it read the clock after this
+/// call), and the third shows that this second sweep has finished too.
+pub async fn wait_for_poll_sweep(app: &TestApp) {
+    // No library function reads a lease (the service only takes, renews and releases them).
+    async fn lease(app: &TestApp) -> Option<i64> {
+        sqlx::query_as::<_, (i64,)>("SELECT expires_at_ms FROM leases WHERE name = $1")
+            .bind(wxpay_recon::worker::poller::LEASE)
+            .fetch_optional(app.state.db.reader())
+            .await
+            .expect("read the poller's lease")
+            .map(|(expires,)| expires)
+    }
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    let mut seen = lease(app).await;
+    for renewal in 1..=3 {
+        loop {
+            let now = lease(app).await;
+            if now.is_some() && now != seen {
+                seen = now;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for poll sweep renewal {renewal} of 3"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until every execution of `kind` jobs this app started has finished (succeeded,
+/// scheduled its retry, or died), as `wxpay_jobs_started_total` and `wxpay_jobs_finished_total`
+/// count them. A retry is queued by the failing execution before it finishes, so after this
+/// `jobs_finished{outcome="retried"}` says whether any is waiting. (`JobQueue::stats` would say
+/// it more directly, but on Redis it fails with WRONGTYPE once a job is done or dead.)
+pub async fn wait_for_jobs_settled(app: &TestApp, kind: &str) {
+    eventually(&format!("every {kind} execution finished"), Duration::from_secs(30), || async {
+        let finished: u64 = ["succeeded", "retried", "dead"]
+            .iter()
+            .map(|outcome| app.metrics.jobs_finished.with_label_values(&[kind, outcome]).get())
+            .sum();
+        app.metrics.jobs_started.with_label_values(&[kind]).get() == finished
+    })
+    .await;
+}
+
+/// Every notification the simulator registered (delivered, dropped or still on its way).
+pub async fn sim_notifications(env: &TestEnv) -> Vec<Value> {
+    reqwest::get(format!("{}/sim/notifications", env.sim.base_url())).await.unwrap().json().await.unwrap()
+}
+
 /// One scalar from the app database.
 pub async fn scalar(state: &AppState, sql: &'static str) -> i64 {
     let (value,): (i64,) = sqlx::query_as(sql).fetch_one(state.db.reader()).await.expect(sql);
