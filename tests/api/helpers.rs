@@ -636,10 +636,11 @@ pub async fn pay_all(env: &TestEnv, numbers: &[String]) {
 }
 
 pub async fn count_status(app: &TestApp, status: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
-        .bind(status)
-        .fetch_one(app.state.db.reader())
-        .await
-        .unwrap();
-    n
+    orders_with_status(&app.state.db, status).await
+}
+
+/// How many orders are in `status` (what the `wxpay_orders` gauge reads).
+pub async fn orders_with_status(db: &Db, status: &str) -> i64 {
+    let counts = db.order_counts().await.expect("order counts");
+    counts.into_iter().find(|(s, _)| s == status).map_or(0, |(_, n)| n)
 }
