@@ -18,6 +18,8 @@ async fn job_board_needs_the_admin_token_and_shows_queues_and_dead_jobs(backend:
     // Test apps run with `helpers::ADMIN_TOKEN` as `server.admin_token`.
     let app = env.spawn_app(ALL_ROLES).await;
     let payload = r#"{"kind":"apply_notification","inbox_id":42}"#;
+    // The board is about dead jobs: this one stays for the page to show.
+    app.expect_dead_jobs();
     let id = app
         .state
         .db

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -12,11 +13,12 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use wxpay_recon::api::AppState;
 use wxpay_recon::clock::Clock;
-use wxpay_recon::config::Settings;
+use wxpay_recon::config::{DatabaseSettings, Settings};
 use wxpay_recon::demo::MiniProgram;
 use wxpay_recon::sim::notifier::{PlainNotification, envelope_body, signed_headers};
 use wxpay_recon::sim::{SimConfig, SimKeys, SimServer};
 use wxpay_recon::startup::{Application, Roles};
+use wxpay_recon::storage::Db;
 use wxpay_recon::telemetry::metrics::Metrics;
 use wxpay_recon::wechat::devkeys::DevKeys;
 
@@ -236,13 +238,22 @@ impl TestEnv {
     pub async fn spawn_app_with(&self, roles: Roles, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = self.settings();
         tweak(&mut settings);
+        let database = settings.database.clone();
         let metrics = Metrics::new();
         let app = Application::build(settings, self.clock.clone(), roles, metrics.clone()).await.expect("app builds");
         let base = app.base_url();
         let state = app.state.clone();
         let stop = CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
-        TestApp { base, state, metrics, stop }
+        TestApp {
+            base,
+            state,
+            metrics,
+            stop,
+            database,
+            dead_jobs_expected: AtomicBool::new(false),
+            unapplied_allowed: AtomicBool::new(false),
+        }
     }
 
     /// A mini-program client of `app`, logged in as a new user.
@@ -370,22 +381,105 @@ impl Output {
     }
 }
 
+/// An in-process app. When it is dropped at the end of a test that did not fail, it asserts
+/// that nothing was left behind: no dead job (`wxpay-recon jobs dead` would list none) and no
+/// notification stored but not applied (after giving the still-running worker a few seconds to
+/// apply what is in flight). A test that means to leave either says so first
+/// ([`Self::expect_dead_jobs`], [`Self::allow_unapplied`]).
 pub struct TestApp {
     pub base: String,
     pub state: AppState,
     pub metrics: Metrics,
     stop: CancellationToken,
+    database: DatabaseSettings,
+    dead_jobs_expected: AtomicBool,
+    unapplied_allowed: AtomicBool,
 }
+
+/// How long the teardown check waits for the worker to apply notifications still in flight.
+const TEARDOWN_INBOX_WAIT: Duration = Duration::from_secs(10);
 
 impl TestApp {
     /// POSTs a notification exactly as given; returns (status, body).
     pub async fn post_notify(&self, headers: &[(&str, String)], body: impl Into<reqwest::Body>) -> (u16, Value) {
         post_notify(&self.base, headers, body).await
     }
+
+    /// This test leaves dead jobs on purpose: the teardown does not check the dead-letter list.
+    pub fn expect_dead_jobs(&self) {
+        self.dead_jobs_expected.store(true, Ordering::Relaxed);
+    }
+
+    /// This test leaves inbox entries unapplied on purpose: the teardown does not check the inbox.
+    #[expect(dead_code, reason = "no test leaves notifications unapplied today; this is how one would say so")]
+    pub fn allow_unapplied(&self) {
+        self.unapplied_allowed.store(true, Ordering::Relaxed);
+    }
+
+    /// What the test left behind that it did not announce, one line each (empty: clean).
+    async fn leftovers(database: &DatabaseSettings, check_dead: bool, check_inbox: bool) -> Vec<String> {
+        let db = match Db::connect(database).await {
+            Ok(db) => db,
+            Err(err) => return vec![format!("teardown cannot open the database: {err}")],
+        };
+        let mut found = Vec::new();
+        if check_inbox {
+            // The worker still runs: what arrived last may be applying right now.
+            let deadline = Instant::now() + TEARDOWN_INBOX_WAIT;
+            loop {
+                match db.inbox_backlog().await {
+                    Ok((0, _)) => break,
+                    Ok((n, oldest)) if Instant::now() >= deadline => {
+                        found.push(format!(
+                            "{n} inbox notification(s) still unapplied after {TEARDOWN_INBOX_WAIT:?} \
+                             (oldest received at {oldest:?} ms); call app.allow_unapplied() if this test means it"
+                        ));
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(err) => {
+                        found.push(format!("teardown cannot read the inbox: {err}"));
+                        break;
+                    }
+                }
+            }
+        }
+        if check_dead {
+            match db.dead_jobs().await {
+                Ok(dead) => found.extend(dead.into_iter().map(|job| {
+                    format!(
+                        "dead job {} ({}, {} attempt(s)): {} -- payload {}; call app.expect_dead_jobs() if this test means it",
+                        job.id, job.kind, job.attempts, job.last_error, job.payload
+                    )
+                })),
+                Err(err) => found.push(format!("teardown cannot list dead jobs: {err}")),
+            }
+        }
+        db.close().await;
+        found
+    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        let check_dead = !self.dead_jobs_expected.load(Ordering::Relaxed);
+        let check_inbox = !self.unapplied_allowed.load(Ordering::Relaxed);
+        // A failing test already says what went wrong; a second panic would abort the process.
+        if !std::thread::panicking() && (check_dead || check_inbox) {
+            let database = self.database.clone();
+            // Drop runs outside async context: a short-lived runtime on its own thread, while the
+            // app keeps running on the test's runtime (so in-flight notifications can still apply).
+            let found = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("teardown runtime");
+                rt.block_on(Self::leftovers(&database, check_dead, check_inbox))
+            })
+            .join()
+            .unwrap_or_else(|_| vec!["the teardown check itself panicked".to_owned()]);
+            if !found.is_empty() {
+                self.stop.cancel();
+                panic!("the test left work behind:\n  {}", found.join("\n  "));
+            }
+        }
         self.stop.cancel();
     }
 }
@@ -443,6 +537,63 @@ where
     }
 }
 
+/// Returns once a poll sweep that read the clock after this call has run to its end: whatever
+/// was due by then has been claimed, queued for a check and counted in
+/// `wxpay_poll_claimed_total`. So "nothing was claimed" after this is a fact, not a guess about
+/// timing. A sweep is seen through the poller's lease, which every sweep renews before it
+/// claims. Sweeps run one after the other: the second renewal seen after this call comes from
+/// a sweep that started after the first one had finished (so it read the clock after this
+/// call), and the third shows that this second sweep has finished too.
+pub async fn wait_for_poll_sweep(app: &TestApp) {
+    // No library function reads a lease (the service only takes, renews and releases them).
+    async fn lease(app: &TestApp) -> Option<i64> {
+        sqlx::query_as::<_, (i64,)>("SELECT expires_at_ms FROM leases WHERE name = $1")
+            .bind(wxpay_recon::worker::poller::LEASE)
+            .fetch_optional(app.state.db.reader())
+            .await
+            .expect("read the poller's lease")
+            .map(|(expires,)| expires)
+    }
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    let mut seen = lease(app).await;
+    for renewal in 1..=3 {
+        loop {
+            let now = lease(app).await;
+            if now.is_some() && now != seen {
+                seen = now;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for poll sweep renewal {renewal} of 3"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until every execution of `kind` jobs this app started has finished (succeeded,
+/// scheduled its retry, or died), as `wxpay_jobs_started_total` and `wxpay_jobs_finished_total`
+/// count them. A retry is queued by the failing execution before it finishes, so after this
+/// `jobs_finished{outcome="retried"}` says whether any is waiting. (`JobQueue::stats` would say
+/// it more directly, but on Redis it fails with WRONGTYPE once a job is done or dead.)
+pub async fn wait_for_jobs_settled(app: &TestApp, kind: &str) {
+    eventually(&format!("every {kind} execution finished"), Duration::from_secs(30), || async {
+        let finished: u64 = ["succeeded", "retried", "dead"]
+            .iter()
+            .map(|outcome| app.metrics.jobs_finished.with_label_values(&[kind, outcome]).get())
+            .sum();
+        app.metrics.jobs_started.with_label_values(&[kind]).get() == finished
+    })
+    .await;
+}
+
+/// Every notification the simulator registered (delivered, dropped or still on its way).
+pub async fn sim_notifications(env: &TestEnv) -> Vec<Value> {
+    reqwest::get(format!("{}/sim/notifications", env.sim.base_url())).await.unwrap().json().await.unwrap()
+}
+
 /// One scalar from the app database.
 pub async fn scalar(state: &AppState, sql: &'static str) -> i64 {
     let (value,): (i64,) = sqlx::query_as(sql).fetch_one(state.db.reader()).await.expect(sql);
@@ -490,10 +641,11 @@ pub async fn pay_all(env: &TestEnv, numbers: &[String]) {
 }
 
 pub async fn count_status(app: &TestApp, status: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = $1")
-        .bind(status)
-        .fetch_one(app.state.db.reader())
-        .await
-        .unwrap();
-    n
+    orders_with_status(&app.state.db, status).await
+}
+
+/// How many orders are in `status` (what the `wxpay_orders` gauge reads).
+pub async fn orders_with_status(db: &Db, status: &str) -> i64 {
+    let counts = db.order_counts().await.expect("order counts");
+    counts.into_iter().find(|(s, _)| s.as_str() == status).map_or(0, |(_, n)| n)
 }

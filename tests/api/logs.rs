@@ -67,8 +67,14 @@ async fn serve_logs_json_lines_with_span_ids_and_no_secret() {
         .await
         .unwrap();
 
-    // Let the last job's lines out, then stop the process and read its output to the end.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The last job's line is out (the order's status commits before the worker logs it), then
+    // stop the process and read its output to the end.
+    eventually("the worker logged the applied notification", Duration::from_secs(30), || async {
+        output.lines().iter().any(|(stream, line)| {
+            *stream == Stream::Stderr && line.contains("notification applied") && line.contains(&order.out_trade_no)
+        })
+    })
+    .await;
     process.sigkill();
     process.wait_output().await;
     let lines = output.lines();

@@ -15,4 +15,5 @@ mod observability;
 mod polling;
 mod reconcile;
 mod refunds;
+mod schema;
 mod storage;

@@ -184,6 +184,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     // What the worker writes when a job exhausts its attempts (`worker::jobs::bury`); the
     // `wxpay_jobs_dead` gauge only has series while dead jobs exist.
     let payload = serde_json::to_string(&Job::ApplyNotification { inbox_id: 0 }).unwrap();
+    app.expect_dead_jobs();
     app.state
         .db
         .insert_dead_job(

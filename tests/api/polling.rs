@@ -58,10 +58,15 @@ async fn polling_alone_settles_paid_orders_and_closes_expired_ones(backend: Back
     let numbers = create_orders(&client, 200).await;
     let (paid, unpaid) = numbers.split_at(150);
     pay_all(&env, paid).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count_status(&app, "NOTPAY").await, 200, "no notification arrives and nothing is due yet");
+    // The simulator decides each notification's fate when the payment is made: all dropped...
     let stats: Value = reqwest::get(format!("{}/sim/stats", env.sim.base_url())).await.unwrap().json().await.unwrap();
     assert_eq!(stats["notifications_dropped"], 150, "{stats}");
+    assert_eq!(stats["notifications"], 150, "none is on its way: {stats}");
+    // ...and a whole poll sweep after the payments finds nothing due within the grace period.
+    wait_for_poll_sweep(&app).await;
+    assert_eq!(app.metrics.poll_claimed.get(), 0, "nothing is due yet");
+    assert_eq!(app.metrics.notify_received.get(), 0, "no notification arrives");
+    assert_eq!(count_status(&app, "NOTPAY").await, 200, "no notification arrives and nothing is due yet");
 
     // Past the grace period: the poller finds the paid orders.
     env.clock.advance(Duration::from_secs(61));
@@ -73,11 +78,11 @@ async fn polling_alone_settles_paid_orders_and_closes_expired_ones(backend: Back
     assert!(row.transaction_id.is_some() && row.paid_at_ms.is_some() && row.next_check_at_ms.is_none(), "{row:?}");
     // The unpaid ones are checked in the same wave (possibly just after the last payment).
     eventually("every unpaid order checked once", Duration::from_secs(30), || async {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders WHERE status = 'NOTPAY' AND check_attempts = 1")
-            .fetch_one(app.state.db.reader())
-            .await
-            .unwrap();
-        n == 50
+        let numbers: Vec<_> = unpaid.iter().map(|no| trade_no(no)).collect();
+        let rows = join_all(numbers.iter().map(|no| app.state.db.order_by_no(no))).await;
+        rows.into_iter()
+            .map(|row| row.unwrap().unwrap())
+            .all(|o| o.status.as_str() == "NOTPAY" && o.check_attempts == 1)
     })
     .await;
     let pending = app.state.db.order_by_no(&trade_no(&unpaid[0])).await.unwrap().unwrap();
@@ -216,7 +221,12 @@ async fn dead_check_is_listed_and_retried_from_the_cli(backend: Backend) {
         app.state.db.dead_jobs().await.unwrap().len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Every check that started has finished, and none of them queued a retry: nothing about
+    // this order is left to run (the poller will not claim it again for a day).
+    wait_for_jobs_settled(&app, "check_order").await;
+    assert_eq!(app.metrics.jobs_finished.with_label_values(&["check_order", "retried"]).get(), 0);
+    assert_eq!(app.metrics.jobs_started.with_label_values(&["check_order"]).get(), 1);
+    assert_eq!(app.state.db.dead_jobs().await.unwrap()[0].attempts, 1, "dead after its first attempt");
     assert_eq!(sim_calls(&env, Some(&final_no)).await.len(), 1, "a final error is not retried");
 
     // A retryable error is retried until the attempts run out.
@@ -283,9 +293,17 @@ async fn status_requests_ask_wechat_once_and_owners_can_cancel(backend: Backend)
     // Unpaid: concurrent requests share one query; after the cache lapses, one more.
     join_all((0..10).map(|_| client.order(open_no))).await;
     assert_eq!(sim_calls(&env, Some(open_no)).await.len(), 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(client.order(open_no).await.unwrap()["status"], "NOTPAY");
-    assert_eq!(sim_calls(&env, Some(open_no)).await.len(), 2);
+    // Keep asking: requests inside the cache window do not reach WeChat; the first one after it
+    // lapses does, exactly once.
+    eventually("a status request after the cache lapsed asks WeChat again", Duration::from_secs(10), || async {
+        assert_eq!(client.order(open_no).await.unwrap()["status"], "NOTPAY");
+        sim_calls(&env, Some(open_no)).await.len() >= 2
+    })
+    .await;
+    let calls = sim_calls(&env, Some(open_no)).await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let gap = calls[1]["at_ms"].as_i64().unwrap() - calls[0]["at_ms"].as_i64().unwrap();
+    assert!(gap >= 290, "asked again {gap} ms after the first query, inside the 300 ms cache");
 
     // Cancel: closed at WeChat and here; a second cancel and a paid order's cancel are 409.
     let closed = client.post("close", &format!("/api/orders/{cancel_no}/close"), json!({})).await.unwrap();

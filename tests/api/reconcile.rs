@@ -10,8 +10,9 @@ use chrono::{Days, NaiveDate, TimeZone};
 use chrono_tz::Asia::Shanghai;
 use serde_json::{Value, json};
 use wxpay_recon::domain::time::wechat_date;
-use wxpay_recon::domain::{BillRun, Discrepancy};
+use wxpay_recon::domain::{BillRun, Discrepancy, EventSource, Evidence, OrderStatus};
 use wxpay_recon::services::reconcile::Quiet;
+use wxpay_recon::storage::orders::{TransitionOutcome, TransitionRequest};
 
 use crate::helpers::*;
 
@@ -302,12 +303,22 @@ async fn the_cli_reports_and_exits_non_zero_on_unexplained(backend: Backend) {
     let no = create_orders(&client, 1).await.remove(0);
     let yesterday = wechat_date(env.clock.now()).checked_sub_days(Days::new(1)).unwrap();
     let paid_at = Shanghai.from_local_datetime(&yesterday.and_hms_opt(12, 0, 0).unwrap()).unwrap().timestamp_millis();
-    sqlx::query("UPDATE orders SET status = 'SUCCESS', paid_at_ms = $1, transaction_id = 'T1' WHERE out_trade_no = $2")
-        .bind(paid_at)
-        .bind(&no)
-        .execute(app.state.db.writer())
-        .await
-        .unwrap();
+    // Our books say it was paid (an operator's word, through the one guarded transition).
+    let mut tx = app.state.db.begin().await.unwrap();
+    let (order_no, evidence) = (trade_no(&no), Evidence::new(EventSource::Ops, "test: paid yesterday"));
+    let txid = wxpay_recon::domain::TransactionId::parse("T1").unwrap();
+    let request = TransitionRequest {
+        out_trade_no: &order_no,
+        to: OrderStatus::Success,
+        evidence: &evidence,
+        transaction_id: Some(&txid),
+        paid_at_ms: Some(paid_at),
+        note: None,
+        now_ms: env.clock.now_ms(),
+    };
+    let outcome = app.state.db.transition(&mut tx, &request).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(matches!(outcome, TransitionOutcome::Applied { .. }), "{outcome:?}");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
         .args(["reconcile", "--date", &yesterday.to_string()])
         .envs(env.env_vars())

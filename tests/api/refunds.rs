@@ -89,7 +89,17 @@ async fn a_refund_whose_notification_is_lost_is_settled_by_polling(backend: Back
     let (status, _) =
         admin_post(&app.base, &format!("/api/orders/{b}/refund"), Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await;
     assert_eq!(status, 201);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // WeChat finishes the refund and its notification is dropped...
+    eventually("the refund's notification is dropped", Duration::from_secs(20), || async {
+        sim_notifications(&env)
+            .await
+            .iter()
+            .any(|n| n["out_trade_no"] == b.as_str() && n["event_type"] == "REFUND.SUCCESS" && n["dropped"] == true)
+    })
+    .await;
+    // ...and a whole poll sweep after that finds nothing due within the grace period.
+    wait_for_poll_sweep(&app).await;
+    assert_eq!(app.metrics.poll_claimed.get(), 0, "the refund is not due for a check yet");
     assert_eq!(refunded(&app, &b).await, ("SUCCESS".into(), 0), "no notification: nothing moves yet");
     env.clock.advance(Duration::from_secs(61));
     eventually("polling settles the refund", Duration::from_secs(30), || async {

@@ -247,7 +247,7 @@ async fn dead_jobs_sessions_and_users(backend: Backend) {
 async fn a_poll_sweep_costs_what_is_due(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
-    order(&db, "SEEDORDER0").await;
+    let seed_order = order(&db, "SEEDORDER0").await;
     let now: i64 = 1_000_000_000;
     // next_check far in the future for all, except every 100th which is due at `now - 1`.
     let seed = match backend {
@@ -265,10 +265,7 @@ async fn a_poll_sweep_costs_what_is_due(backend: Backend) {
         }
     };
     sqlx::query(seed).execute(db.writer()).await.unwrap();
-    sqlx::query("UPDATE orders SET next_check_at_ms = NULL WHERE out_trade_no = 'SEEDORDER0'")
-        .execute(db.writer())
-        .await
-        .unwrap();
+    db.stop_checks(seed_order, 0).await.unwrap();
     if backend == Backend::Cluster {
         sqlx::query("ANALYZE orders").execute(db.writer()).await.unwrap();
     }
