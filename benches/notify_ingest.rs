@@ -26,7 +26,6 @@ use wxpay_recon::config::{DatabaseSettings, Settings};
 use wxpay_recon::sim::SimKeys;
 use wxpay_recon::sim::notifier::{Headers, PlainNotification, envelope_body, signed_headers};
 use wxpay_recon::startup::{Application, Roles};
-use wxpay_recon::storage::Db;
 use wxpay_recon::telemetry::metrics::Metrics;
 use wxpay_recon::wechat::devkeys::DevKeys;
 
