@@ -49,6 +49,34 @@ async fn job_board_needs_the_admin_token_and_shows_queues_and_dead_jobs(backend:
     assert!(page.contains("PENDING_JOBS") || page.contains("pending"), "{page}");
 }
 
+/// Once jobs have finished, the queue statistics still read (on Redis apalis keeps finished ids
+/// in plain sets: counting them as sorted sets failed with WRONGTYPE and blinded the board and
+/// the `wxpay_queue_jobs` gauge after the first payment).
+async fn queue_statistics_read_after_jobs_finish(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    client.pay(&no).await.unwrap();
+    client.wait_for_status(&no, "SUCCESS", std::time::Duration::from_secs(20)).await.unwrap();
+    eventually("the apply job is counted done", std::time::Duration::from_secs(20), || async {
+        let apply = format!("{}.apply", env.prefix);
+        app.state.operations.queues().await.into_iter().any(|q| {
+            q.name == apply
+                && q.stats.as_ref().is_ok_and(|stats| {
+                    stats.iter().any(|s| s.title == "DONE_JOBS" && s.value.trim().parse::<f64>().unwrap_or(0.0) >= 1.0)
+                })
+        })
+    })
+    .await;
+    for queue in app.state.operations.queues().await {
+        assert!(queue.stats.is_ok(), "{}: {:?}", queue.name, queue.stats);
+    }
+    let (status, page) = get(&app.base, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!page.contains("unavailable"), "{page}");
+}
+
 async fn job_board_is_refused_without_a_configured_token(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app_with(ALL_ROLES, |s| s.server.admin_token = None).await;
@@ -56,6 +84,7 @@ async fn job_board_is_refused_without_a_configured_token(backend: Backend) {
 }
 
 crate::both_profiles!(
+    queue_statistics_read_after_jobs_finish,
     job_board_needs_the_admin_token_and_shows_queues_and_dead_jobs,
     job_board_is_refused_without_a_configured_token
 );
