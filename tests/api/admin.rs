@@ -56,9 +56,7 @@ async fn queue_statistics_read_after_jobs_finish(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, _) = env.client(&app).await;
-    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
-    client.pay(&no).await.unwrap();
-    client.wait_for_status(&no, "SUCCESS", std::time::Duration::from_secs(20)).await.unwrap();
+    paid_coffee(&client).await;
     eventually("the apply job is counted done", std::time::Duration::from_secs(20), || async {
         let apply = format!("{}.apply", env.prefix);
         app.state.operations.queues().await.into_iter().any(|q| {

@@ -640,6 +640,14 @@ pub async fn pay_all(env: &TestEnv, numbers: &[String]) {
     assert_eq!(paid["paid"], numbers.len(), "{paid}");
 }
 
+/// A coffee ordered, paid through the simulator and seen SUCCESS by its owner: its number.
+pub async fn paid_coffee(client: &MiniProgram) -> String {
+    let no = client.create_order("coffee", 1).await.expect("order").out_trade_no;
+    client.pay(&no).await.expect("pay");
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.expect("paid");
+    no
+}
+
 pub async fn count_status(app: &TestApp, status: &str) -> i64 {
     orders_with_status(&app.state.db, status).await
 }

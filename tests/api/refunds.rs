@@ -117,9 +117,7 @@ async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, _) = env.client(&app).await;
-    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
-    client.pay(&no).await.unwrap();
-    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let no = paid_coffee(&client).await;
     let path = format!("/api/orders/{no}/refund");
     let order_id = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap().id;
     let statuses = || async {
@@ -167,9 +165,7 @@ async fn concurrent_refunds_with_one_number_never_fail(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let (client, _) = env.client(&app).await;
-    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
-    client.pay(&no).await.unwrap();
-    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let no = paid_coffee(&client).await;
     let path = format!("/api/orders/{no}/refund");
 
     let same = json!({"amount_fen": 100, "out_refund_no": "RACE-SAME-1"});
