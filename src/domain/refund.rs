@@ -19,27 +19,40 @@ text_enum! {
         Success => "SUCCESS",
         /// WeChat closed it without paying. Final; its amount is free to refund again.
         Closed => "CLOSED",
-        /// WeChat could not pay it out (the payer's account is closed, say): an operator
-        /// resolves it in the merchant console. Final for us, no money moved.
+        /// WeChat could not pay it out (the payer's account is closed, say): no money moved
+        /// yet. An operator resolves it in the merchant console, after which WeChat may still
+        /// report it SUCCESS; it keeps its amount until then.
         Abnormal => "ABNORMAL",
     }
 }
 
 impl RefundStatus {
-    /// Statuses the poller still asks WeChat about.
+    /// Statuses the poller still asks WeChat about (WeChat has not said how it ends).
     pub const OPEN: [RefundStatus; 2] = [RefundStatus::Requested, RefundStatus::Processing];
 
-    pub fn is_final(self) -> bool {
-        !Self::OPEN.contains(&self)
+    pub fn is_open(self) -> bool {
+        Self::OPEN.contains(&self)
     }
 
-    /// Allowed moves: open statuses move forward, final ones never move.
+    /// Nothing can change it any more.
+    pub fn is_final(self) -> bool {
+        Self::ALL.iter().all(|to| !self.can_move_to(*to))
+    }
+
+    /// Allowed moves: open statuses move forward; ABNORMAL may still become SUCCESS once an
+    /// operator resolves it at WeChat; SUCCESS and CLOSED never move.
     pub fn can_move_to(self, to: RefundStatus) -> bool {
         match self {
             RefundStatus::Requested => to != RefundStatus::Requested,
             RefundStatus::Processing => !matches!(to, RefundStatus::Requested | RefundStatus::Processing),
-            RefundStatus::Success | RefundStatus::Closed | RefundStatus::Abnormal => false,
+            RefundStatus::Abnormal => to == RefundStatus::Success,
+            RefundStatus::Success | RefundStatus::Closed => false,
         }
+    }
+
+    /// The statuses a refund may be in for a move to `self`.
+    pub fn allowed_from(self) -> Vec<RefundStatus> {
+        Self::ALL.into_iter().filter(|from| from.can_move_to(self)).collect()
     }
 
     /// Whether the refund's amount is taken from what is left to refund on its order: every
@@ -112,11 +125,15 @@ mod tests {
     fn statuses_round_trip_and_final_ones_stay() {
         for status in RefundStatus::ALL {
             assert_eq!(status.as_str().parse::<RefundStatus>(), Ok(status));
-            assert_eq!(status.is_final(), !RefundStatus::OPEN.contains(&status));
-            if status.is_final() {
-                assert!(RefundStatus::ALL.iter().all(|to| !status.can_move_to(*to)), "{status}");
-            }
+            assert_eq!(status.is_open(), RefundStatus::OPEN.contains(&status));
+            assert!(!status.is_open() || !status.is_final(), "{status}");
         }
+        assert!(RefundStatus::Success.is_final() && RefundStatus::Closed.is_final());
+        assert!(!RefundStatus::Abnormal.is_final() && !RefundStatus::Abnormal.is_open());
+        assert_eq!(
+            RefundStatus::Success.allowed_from(),
+            RefundStatus::ALL[..2].iter().copied().chain([RefundStatus::Abnormal]).collect::<Vec<_>>()
+        );
         assert!(RefundStatus::Requested.can_move_to(RefundStatus::Processing));
         assert!(!RefundStatus::Processing.can_move_to(RefundStatus::Requested));
         assert!("DONE".parse::<RefundStatus>().is_err());

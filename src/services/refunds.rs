@@ -200,7 +200,7 @@ impl RefundService {
         let Some(refund) = self.db.refund_by_no(out_refund_no).await? else {
             return Err(RefundError::Storage(StorageError::NotFound));
         };
-        if refund.status.is_final() {
+        if !refund.status.is_open() {
             return Ok(());
         }
         let report = match self.pay.query_refund(out_refund_no).await {
@@ -231,7 +231,7 @@ impl RefundService {
         source: EventSource,
         how: &str,
     ) -> Result<(), RefundError> {
-        if report.status.is_final() {
+        if !report.status.is_open() {
             let evidence = Evidence::new(source, format!("{how}:{}", report.refund_id));
             let outcome = self.applier.apply_refund(report, &evidence).await?;
             if report.status != RefundStatus::Success && outcome == super::apply::ApplyOutcome::Applied {

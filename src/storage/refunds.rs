@@ -155,8 +155,8 @@ impl Db {
         Ok(())
     }
 
-    /// Moves an open refund to a final `status`, in `tx`; false when it was no longer open.
-    /// SUCCESS also records WeChat's number and the success time.
+    /// Moves a refund to `status` from any status allowed to move there (the domain's table),
+    /// in `tx`; false when it was not in one. SUCCESS also records WeChat's number and time.
     pub async fn finish_refund(
         &self,
         tx: &mut Tx,
@@ -169,7 +169,7 @@ impl Db {
             "UPDATE refunds SET status = $2, refund_id = COALESCE($3, refund_id), success_at_ms = $4,
                  next_check_at_ms = NULL, updated_at_ms = $5
              WHERE out_refund_no = $1 AND status IN ({})",
-            in_list(&RefundStatus::OPEN)
+            in_list(&status.allowed_from())
         );
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(out_refund_no.as_str())
