@@ -25,9 +25,10 @@
 //! - `telemetry`, `clock`, `shutdown`, `vault`: cross-cutting pieces (`telemetry` a leaf
 //!   that may name domain values).
 //!
-//! Dependencies point inward: `cli` -> `startup` -> `deps` -> {`api`, `worker`} -> `services`
-//! -> {`domain`, `storage`, `wechat`, `queue`}; `sim` uses `wechat`'s wire and crypto and its
-//! chaos knobs from `config`.
+//! Dependencies point inward: `cli` -> `startup` -> {`api`, `worker`} -> `services` ->
+//! {`domain`, `storage`, `wechat`, `queue`}; `deps` (used by `startup` and `cli`) builds the
+//! shared pieces and the services every role needs; `sim` uses `wechat`'s wire and crypto and
+//! its chaos knobs from `config`.
 
 pub mod api;
 pub mod bill;

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::RefundStatus;
+
 /// A way a `/v3` call can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,7 +101,8 @@ impl Chaos {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }
         }
-        if self.refund_outcome.as_deref().is_some_and(|o| !matches!(o, "SUCCESS" | "CLOSED" | "ABNORMAL")) {
+        let final_outcome = |o: &str| o.parse::<RefundStatus>().is_ok_and(|s| !s.is_open());
+        if self.refund_outcome.as_deref().is_some_and(|o| !final_outcome(o)) {
             return Err("refund_outcome must be SUCCESS, CLOSED or ABNORMAL".into());
         }
         if self.fault_rate > 0.0 && self.fault_modes.is_empty() {

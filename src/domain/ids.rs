@@ -75,7 +75,7 @@ identifier!(
 );
 
 identifier!(
-    /// WeChat's payment number (`transaction_id`, 32 digits in practice; up to 32 characters).
+    /// WeChat's payment number (`transaction_id`: 28 digits in practice; up to 32 characters).
     TransactionId,
     InvalidTransactionId,
     "transaction_id (1-32 letters or digits)",

@@ -31,7 +31,8 @@ pub enum ApplyOutcome {
     Duplicate,
     /// The evidence contradicts our books; recorded as an anomaly, not applied.
     Anomaly(AnomalyKind),
-    /// A report this version does not act on (kept in the inbox).
+    /// A report this version does not act on (a notification stays in the inbox; a refund
+    /// still processing is the caller's to schedule).
     Ignored,
     /// Another worker processed the notification first.
     AlreadyProcessed,
@@ -265,6 +266,10 @@ impl Applier {
             return self.refuse(tx, evidence, refuse(AnomalyKind::MchidMismatch, detail)).await;
         }
         let Some(refund) = self.db.lock_refund(tx, &report.out_refund_no).await? else {
+            if report.status != RefundStatus::Success {
+                // No money moves either way: nothing here to end (as before the typed core).
+                return Ok((ApplyOutcome::Duplicate, Some(format!("no refund {} here", report.out_refund_no))));
+            }
             let detail = format!("no refund {} here", report.out_refund_no);
             return self.refuse(tx, evidence, refuse(AnomalyKind::UnknownRefund, detail)).await;
         };
@@ -294,7 +299,11 @@ impl Applier {
                 }
                 let success_ms = report.success_time.map_or(now_ms, |t| t.timestamp_millis());
                 let success = Some((report.refund_id.as_str(), success_ms));
-                self.db.finish_refund(tx, &refund.out_refund_no, RefundStatus::Success, success, now_ms).await?;
+                if !self.db.finish_refund(tx, &refund.out_refund_no, RefundStatus::Success, success, now_ms).await? {
+                    // Cannot happen under the row lock unless the guard and the check disagree.
+                    let detail = format!("refund {} did not move to SUCCESS", refund.out_refund_no);
+                    return self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await;
+                }
                 self.db.add_refunded(tx, order.id, refund.amount).await?;
                 let note = format!("refund {}: {} fen", refund.out_refund_no, refund.amount.0);
                 let request = TransitionRequest {

@@ -15,7 +15,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::wechat::client::RefundApplication;
 use crate::wechat::{PayClient, WechatError};
 
-use super::apply::Applier;
+use super::apply::{Applier, ApplyOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefundError {
@@ -79,6 +79,9 @@ impl RefundService {
     /// with the same number (after a timeout, say, or concurrently) returns the refund
     /// already recorded.
     pub async fn request(&self, req: &RefundRequest<'_>) -> Result<Refund, RefundError> {
+        if req.amount.0 <= 0 {
+            return Err(RefundRefusal::BadAmount.into());
+        }
         let Ok(out_trade_no) = OutTradeNo::parse(req.out_trade_no) else {
             return Err(RefundError::NoOrder);
         };
@@ -103,7 +106,7 @@ impl RefundService {
                     .ok_or_else(|| RefundError::RefundNoReused(out_refund_no.to_string()));
             }
             Err(err) => {
-                if matches!(err, RefundError::Refused(_) | RefundError::NoOrder) {
+                if matches!(err, RefundError::Refused(_) | RefundError::NoOrder | RefundError::RefundNoReused(_)) {
                     self.metrics.refunds.with_label_values(&["refused"]).inc();
                 }
                 return Err(err);
@@ -152,6 +155,15 @@ impl RefundService {
         let now_ms = self.clock.now_ms();
         let mut tx = self.db.begin().await?;
         let order = self.db.lock_order(&mut tx, out_trade_no).await?.ok_or(RefundError::NoOrder)?;
+        // The same request, recorded meanwhile by a concurrent one that held this lock first:
+        // answer it (its amount is already held, so the limit check would refuse it).
+        if let Some(existing) = self.db.lock_refund(&mut tx, out_refund_no).await? {
+            return if existing.out_trade_no == *out_trade_no && existing.amount == req.amount {
+                Ok(existing)
+            } else {
+                Err(RefundError::RefundNoReused(out_refund_no.to_string()))
+            };
+        }
         let held = self.db.refunds_held(&mut tx, order.id).await?;
         check_refund(&order, held, req.amount)?;
         let new = NewRefund {
@@ -217,6 +229,11 @@ impl RefundService {
                     Err(err) => return Err(err.into()),
                 }
             }
+            // A status we do not know is not a final one we know: still processing, say so.
+            Err(err) if err.is_unrecognised() => {
+                tracing::error!(refund.out_refund_no = %refund.out_refund_no, error = %err, "WeChat answered a refund status this version does not know; checked again later");
+                return Ok(self.schedule_next_check(&refund, None, EventSource::Poll).await?);
+            }
             Err(err) => return Err(err.into()),
         };
         self.act(&refund, &report, EventSource::Poll, "refund-query").await
@@ -233,19 +250,36 @@ impl RefundService {
     ) -> Result<(), RefundError> {
         if !report.status.is_open() {
             let evidence = Evidence::new(source, format!("{how}:{}", report.refund_id));
-            let outcome = self.applier.apply_refund(report, &evidence).await?;
-            if report.status != RefundStatus::Success && outcome == super::apply::ApplyOutcome::Applied {
-                tracing::warn!(refund.out_refund_no = %refund.out_refund_no, status = %report.status, "refund did not go through");
+            match self.applier.apply_refund(report, &evidence).await? {
+                ApplyOutcome::Applied if report.status != RefundStatus::Success => {
+                    tracing::warn!(refund.out_refund_no = %refund.out_refund_no, status = %report.status, "refund did not go through");
+                }
+                // WeChat's answer contradicts our refund: recorded once as an anomaly; asking
+                // again would only record it again. An operator's case from here.
+                ApplyOutcome::Anomaly(_) => {
+                    self.db.stop_refund_checks(&refund.out_refund_no, self.clock.now_ms()).await?
+                }
+                _ => {}
             }
             return Ok(());
         }
+        Ok(self.schedule_next_check(refund, Some(&report.refund_id), source).await?)
+    }
+
+    /// Still processing at WeChat: PROCESSING, checked again on the schedule.
+    async fn schedule_next_check(
+        &self,
+        refund: &Refund,
+        refund_id: Option<&str>,
+        source: EventSource,
+    ) -> Result<(), StorageError> {
         let now_ms = self.clock.now_ms();
         let delay = i64::try_from(self.poll.delay_after(refund.check_attempts + 1).as_millis()).unwrap_or(60_000);
         let wait = if refund.status == RefundStatus::Requested { self.grace_ms } else { delay };
         self.db
             .update_refund_pending(&RefundPending {
                 out_refund_no: &refund.out_refund_no,
-                refund_id: Some(&report.refund_id),
+                refund_id,
                 next_check_at_ms: now_ms.saturating_add(wait),
                 counted: source == EventSource::Poll,
                 now_ms,

@@ -117,6 +117,12 @@ impl OrderSync {
         let report = match self.pay.query_order(out_trade_no).await {
             Ok(report) => Some(report),
             Err(err) if err.is_not_found() => None,
+            // A state we do not know is not a final one we know: keep checking on the schedule
+            // (and close at expiry, which queries again if WeChat refuses), and say so.
+            Err(err) if err.is_unrecognised() => {
+                tracing::error!(order.out_trade_no = %out_trade_no, error = %err, "WeChat answered a state this version does not know; treated as still open");
+                None
+            }
             Err(err) => return Err(err.into()),
         };
         if let Some(outcome) = self.settle_from(&order, report.as_ref(), "poll").await? {

@@ -54,7 +54,14 @@ impl TryFrom<OrderRow> for Order {
             status: r.status.parse().map_err(corrupt)?,
             prepay_id: r.prepay_id,
             prepay_at_ms: r.prepay_at_ms,
-            transaction_id: r.transaction_id.as_deref().map(TransactionId::parse).transpose().map_err(corrupt)?,
+            // Older versions could store an empty text for "none yet".
+            transaction_id: r
+                .transaction_id
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(TransactionId::parse)
+                .transpose()
+                .map_err(corrupt)?,
             time_expire_ms: r.time_expire_ms,
             paid_at_ms: r.paid_at_ms,
             closed_at_ms: r.closed_at_ms,

@@ -182,6 +182,16 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Takes a refund off the poll (WeChat's answer contradicts it: an operator's case).
+    pub async fn stop_refund_checks(&self, out_refund_no: &OutRefundNo, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE refunds SET next_check_at_ms = NULL, updated_at_ms = $2 WHERE out_refund_no = $1")
+            .bind(out_refund_no.as_str())
+            .bind(now_ms)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
     /// Claims refunds due for a check (see `claim_due_orders`).
     pub async fn claim_due_refunds(
         &self,

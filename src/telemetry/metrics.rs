@@ -4,7 +4,7 @@
 //! (`_seconds`), `_total` on counters. Label values are bounded sets (route templates, job
 //! kinds, outcome classes): never an order number, openid or raw URL.
 
-use crate::domain::{BillRunStatus, DiscrepancyClass, JobKind, Resolution};
+use crate::domain::{AnomalyKind, BillRunStatus, DiscrepancyClass, JobKind, Resolution};
 use std::sync::Arc;
 
 use prometheus::{
@@ -248,6 +248,9 @@ impl MetricHandles {
         self.touch(&self.refunds, &[&["requested"], &["succeeded"], &["closed"], &["abnormal"], &["refused"]]);
         for status in BillRunStatus::ALL {
             let _ = self.reconcile_runs.with_label_values(&[status.as_str()]);
+        }
+        for kind in AnomalyKind::ALL {
+            let _ = self.anomalies.with_label_values(&[kind.as_str()]);
         }
         for class in DiscrepancyClass::ALL {
             for resolution in Resolution::ALL {

@@ -56,7 +56,7 @@ pub struct RefundApplication<'a> {
 
 fn refund_report(endpoint: &'static str, body: &[u8]) -> Result<RefundReport, WechatError> {
     let refund: WireRefund = decode(endpoint, body)?;
-    convert::refund_report(&refund).map_err(|e| WechatError::Decode { endpoint, message: e.to_string() })
+    convert::refund_report(&refund).map_err(|e| WechatError::Unrecognised { endpoint, message: e.to_string() })
 }
 
 /// A verified 2xx answer: status and raw body.
@@ -119,7 +119,7 @@ impl PayClient {
         let answer = self.send("query_order", Method::GET, &path, None).await?;
         let txn: Transaction = decode("query_order", &answer.body)?;
         convert::payment_report(&txn)
-            .map_err(|e| WechatError::Decode { endpoint: "query_order", message: e.to_string() })
+            .map_err(|e| WechatError::Unrecognised { endpoint: "query_order", message: e.to_string() })
     }
 
     /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success.

@@ -15,6 +15,10 @@ pub enum WechatError {
     Signature { endpoint: &'static str, source: VerifyError },
     #[error("{endpoint}: unexpected response: {message}")]
     Decode { endpoint: &'static str, message: String },
+    /// A well-formed answer carrying a value this version does not know (a new `trade_state`,
+    /// say): the caller decides what an unknown state means for it, never a guess here.
+    #[error("{endpoint}: unrecognised value: {message}")]
+    Unrecognised { endpoint: &'static str, message: String },
     #[error("request signing failed: {0}")]
     Sign(String),
 }
@@ -39,7 +43,7 @@ impl WechatError {
             WechatError::Api { status, code, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
             }
-            WechatError::Decode { .. } | WechatError::Sign(_) => false,
+            WechatError::Decode { .. } | WechatError::Unrecognised { .. } | WechatError::Sign(_) => false,
         }
     }
 
@@ -55,6 +59,11 @@ impl WechatError {
             WechatError::Api { code, .. } => Some(code),
             _ => None,
         }
+    }
+
+    /// The answer carried a value this version does not know.
+    pub fn is_unrecognised(&self) -> bool {
+        matches!(self, WechatError::Unrecognised { .. })
     }
 
     /// WeChat does not know the order or refund named in the call (it never reached WeChat).
@@ -86,7 +95,7 @@ impl WechatError {
             WechatError::Api { status, .. } if *status >= 500 => "server_error",
             WechatError::Api { .. } => "client_error",
             WechatError::Signature { .. } => "bad_signature",
-            WechatError::Decode { .. } | WechatError::Sign(_) => "decode_error",
+            WechatError::Decode { .. } | WechatError::Unrecognised { .. } | WechatError::Sign(_) => "decode_error",
         }
     }
 }

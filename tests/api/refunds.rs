@@ -189,6 +189,17 @@ async fn concurrent_refunds_with_one_number_never_fail(backend: Backend) {
     let order = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap();
     let refunds = app.state.db.refunds_of_order(order.id).await.unwrap();
     assert_eq!(refunds.len(), 2, "one refund per number: {refunds:?}");
+
+    // The same request for everything that is left: the first takes it all, the others are
+    // the same refund (not "more than what is left").
+    let left = 6800 - refunds.iter().map(|r| r.amount.0).sum::<i64>();
+    let all = json!({"amount_fen": left, "out_refund_no": "RACE-ALL-1"});
+    let answers =
+        futures::future::join_all((0..4).map(|_| admin_post(&app.base, &path, Some(ADMIN_TOKEN), all.clone()))).await;
+    for (status, body) in &answers {
+        assert!(matches!(status, 201 | 202), "the same request is the same refund: {status} {body}");
+    }
+    assert_eq!(app.state.db.refunds_of_order(order.id).await.unwrap().len(), 3);
 }
 
 crate::both_profiles!(
