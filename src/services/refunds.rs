@@ -87,13 +87,8 @@ impl RefundService {
         };
         let now = self.clock.now();
         let out_refund_no = match req.out_refund_no {
-            Some(no) => {
-                let no = OutRefundNo::parse(no).map_err(|e| RefundError::BadRefundNo(e.to_string()))?;
-                if let Some(existing) = self.same_refund(&no, &out_trade_no, req.amount).await? {
-                    return Ok(existing);
-                }
-                no
-            }
+            // The same request again is answered by `record`, under the order's lock.
+            Some(no) => OutRefundNo::parse(no).map_err(|e| RefundError::BadRefundNo(e.to_string()))?,
             None => OutRefundNo::generate(now, &mut rand::rng()),
         };
         let refund = match self.record(&out_trade_no, &out_refund_no, req).await {
@@ -106,7 +101,7 @@ impl RefundService {
                     .ok_or_else(|| RefundError::RefundNoReused(out_refund_no.to_string()));
             }
             Err(err) => {
-                if matches!(err, RefundError::Refused(_) | RefundError::NoOrder | RefundError::RefundNoReused(_)) {
+                if matches!(err, RefundError::Refused(_) | RefundError::NoOrder) {
                     self.metrics.refunds.with_label_values(&["refused"]).inc();
                 }
                 return Err(err);

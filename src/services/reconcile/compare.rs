@@ -59,10 +59,6 @@ pub struct Comparison {
     pub unmatched: Vec<Unmatched>,
 }
 
-fn unexplained(class: Class, no: Option<&str>, detail: String) -> Discrepancy {
-    Discrepancy::unexplained(class, no, detail)
-}
-
 impl Comparator {
     /// `healed_before`: orders an earlier run of this date healed (reported again as healed).
     pub fn new(healed_before: HashSet<String>) -> Self {
@@ -122,32 +118,35 @@ impl Comparator {
             if self.other_keys.insert(format!("pay:{no}")) {
                 self.unmatched.push(Unmatched { line, report });
             } else {
-                let d = unexplained(Class::DuplicateRow, Some(no), "payment row appears twice".into());
+                let d = Discrepancy::unexplained(Class::DuplicateRow, Some(no), "payment row appears twice");
                 self.found.push(Self::at(d, line, row));
             }
             return;
         };
         if ours.seen {
-            let d = unexplained(Class::DuplicateRow, Some(no), "payment row appears twice".into());
+            let d = Discrepancy::unexplained(Class::DuplicateRow, Some(no), "payment row appears twice");
             self.found.push(Self::at(d, line, row));
             return;
         }
         ours.seen = true;
         if self.healed_before.contains(no) {
-            let mut d =
-                unexplained(Class::MissingHere, Some(no), "paid at WeChat, missed here; healed from this bill".into());
+            let mut d = Discrepancy::unexplained(
+                Class::MissingHere,
+                Some(no),
+                "paid at WeChat, missed here; healed from this bill",
+            );
             d.resolution = Resolution::Healed;
             self.found.push(Self::at(d, line, row));
         }
         if Some(ours.amount) != report.amount {
-            let mut d = unexplained(Class::AmountMismatch, Some(no), "order amount differs".into());
+            let mut d = Discrepancy::unexplained(Class::AmountMismatch, Some(no), "order amount differs");
             d.ours = Some(ours.amount.0.to_string());
             d.theirs = Some(report.amount.map_or(0, |a| a.0).to_string());
             self.found.push(Self::at(d, line, row));
         }
         let theirs = report.transaction_id.as_ref().map_or("", |t| t.as_str());
         if !ours.transaction_matches(theirs) {
-            let mut d = unexplained(Class::TransactionMismatch, Some(no), "transaction_id differs".into());
+            let mut d = Discrepancy::unexplained(Class::TransactionMismatch, Some(no), "transaction_id differs");
             d.ours = Some("another transaction_id (see `order show`)".into());
             d.theirs = Some(theirs.to_owned());
             self.found.push(Self::at(d, line, row));
@@ -157,14 +156,14 @@ impl Comparator {
     fn refund_row(&mut self, line: u64, row: &BillRow, out_trade_no: &OutTradeNo, out_refund_no: &str, amount: Fen) {
         let no = out_trade_no.as_str();
         if !self.other_keys.insert(format!("refund:{out_refund_no}")) {
-            let d = unexplained(Class::DuplicateRow, Some(no), "refund row appears twice".into());
+            let d = Discrepancy::unexplained(Class::DuplicateRow, Some(no), "refund row appears twice");
             self.found.push(Self::at(d, line, row));
             return;
         }
         let Some(ours) = self.our_refunds.get_mut(out_refund_no) else {
             let refunded = self.ours.get(no).map_or(0, |o| o.refunded.0);
             let detail = format!("refund {out_refund_no} is not one we applied for that day");
-            let mut d = unexplained(Class::RefundMismatch, Some(no), detail);
+            let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(no), detail);
             d.ours = Some(refunded.to_string());
             d.theirs = Some(amount.0.to_string());
             self.found.push(Self::at(d, line, row));
@@ -173,7 +172,7 @@ impl Comparator {
         ours.seen = true;
         if ours.amount != amount || ours.out_trade_no != *out_trade_no {
             let detail = format!("refund {out_refund_no} differs");
-            let mut d = unexplained(Class::RefundMismatch, Some(no), detail);
+            let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(no), detail);
             d.ours = Some(format!("{} {}", ours.out_trade_no, ours.amount.0));
             d.theirs = Some(format!("{no} {}", amount.0));
             self.found.push(Self::at(d, line, row));
@@ -185,7 +184,7 @@ impl Comparator {
         if let Some(ours) = self.ours.get_mut(no) {
             ours.seen = true;
         }
-        let mut d = unexplained(Class::StatusMismatch, Some(no), "WeChat reports the payment revoked".into());
+        let mut d = Discrepancy::unexplained(Class::StatusMismatch, Some(no), "WeChat reports the payment revoked");
         d.ours = Some(OrderStatus::Success.to_string());
         // WeChat's own word for it, as the bill prints it.
         d.theirs = Some(row.trade_state.clone());
@@ -203,7 +202,7 @@ impl Comparator {
             order_total_fen: summary.order_total_fen,
         };
         if theirs != self.totals {
-            let mut d = unexplained(Class::SummaryMismatch, None, "the summary does not add up the rows".into());
+            let mut d = Discrepancy::unexplained(Class::SummaryMismatch, None, "the summary does not add up the rows");
             d.bill_line = i64::try_from(line).ok();
             d.ours = Some(format!("{:?}", self.totals));
             d.theirs = Some(format!("{theirs:?}"));
@@ -215,7 +214,8 @@ impl Comparator {
     pub fn finish(mut self) -> Comparison {
         let orders_compared = self.ours.len() as u64;
         for (no, ours) in self.ours.unseen() {
-            let mut d = unexplained(Class::MissingAtWechat, Some(&no), "paid here, absent from WeChat's bill".into());
+            let mut d =
+                Discrepancy::unexplained(Class::MissingAtWechat, Some(&no), "paid here, absent from WeChat's bill");
             d.ours = Some(ours.amount.0.to_string());
             self.found.push(d);
         }
@@ -223,7 +223,7 @@ impl Comparator {
         absent.sort_by(|a, b| a.0.cmp(b.0));
         for (out_refund_no, refund) in absent {
             let detail = format!("refund {out_refund_no} applied for here, absent from WeChat's bill");
-            let mut d = unexplained(Class::RefundMismatch, Some(refund.out_trade_no.as_str()), detail);
+            let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(refund.out_trade_no.as_str()), detail);
             d.ours = Some(refund.amount.0.to_string());
             self.found.push(d);
         }
