@@ -53,6 +53,17 @@ pub struct Deps {
 impl Deps {
     pub async fn build(settings: &Settings, clock: Clock, metrics: Metrics) -> Result<Self, StartupError> {
         let creds = Arc::new(Credentials::load(settings)?);
+        Self::build_with(settings, creds, clock, metrics).await
+    }
+
+    /// Like [`Self::build`] with credentials already loaded (start-up loads them beside the
+    /// other secrets, so every configuration problem is reported in one run).
+    pub async fn build_with(
+        settings: &Settings,
+        creds: Arc<Credentials>,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Self, StartupError> {
         let db = database(&settings.database).await?;
         let queue = JobQueue::connect(&settings.queue).await?;
         let limiter =

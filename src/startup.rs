@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::state::Services;
-use crate::api::{self, AppState, Routes};
+use crate::api::{self, AppState, HttpObserver, Routes};
 use crate::clock::Clock;
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, Problems, Secret, Settings};
 use crate::deps::Deps;
 pub use crate::deps::StartupError;
 use crate::services::enqueuer::Enqueuer;
@@ -24,6 +25,7 @@ use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
 use crate::telemetry::metrics::Metrics;
 use crate::vault::Vault;
+use crate::wechat::Credentials;
 use crate::worker::context::{JobContext, SharedContext};
 use crate::worker::retry::RetryPolicy;
 
@@ -48,6 +50,39 @@ pub struct Application {
     addr: SocketAddr,
 }
 
+/// The bearer token of the admin routes.
+type AdminToken = Arc<Secret<String>>;
+
+/// The data key, the WeChat credentials and the admin token, read and checked together: every
+/// missing or unreadable secret is reported in the same run.
+fn load_secrets(settings: &Settings) -> Result<(Vault, Arc<Credentials>, Option<AdminToken>), ConfigError> {
+    let mut problems = Problems::default();
+    let vault = problems.check(Vault::from_settings(settings));
+    let creds = problems.check(Credentials::load(settings));
+    let admin_token = problems.check(admin_token(settings));
+    problems.finish()?;
+    match (vault, creds, admin_token) {
+        (Some(vault), Some(creds), Some(admin_token)) => Ok((vault, Arc::new(creds), admin_token)),
+        _ => Err(ConfigError::invalid("config", "invalid configuration")),
+    }
+}
+
+/// `server.admin_token` (or its file), long enough to guard refunds; `None` disables admin routes.
+fn admin_token(settings: &Settings) -> Result<Option<AdminToken>, ConfigError> {
+    let token = crate::config::secret::resolve(
+        "server.admin_token",
+        settings.server.admin_token.as_ref(),
+        settings.server.admin_token_file.as_ref(),
+    )?;
+    if token.as_ref().is_some_and(|t| t.expose().trim().len() < ADMIN_TOKEN_MIN) {
+        return Err(ConfigError::invalid(
+            "server.admin_token",
+            format!("must be at least {ADMIN_TOKEN_MIN} characters (it guards refunds)"),
+        ));
+    }
+    Ok(token.map(Arc::new))
+}
+
 impl Application {
     /// Connects, migrates, seeds the catalog and binds. Nothing runs until [`Self::run`].
     pub async fn build(
@@ -65,8 +100,8 @@ impl Application {
             // on this machine calls us back directly.
             settings.wechat.notify_url = format!("http://{addr}/api/pay/notify");
         }
-        let vault = Vault::from_settings(&settings)?;
-        let deps = Deps::build(&settings, clock.clone(), metrics.clone()).await?;
+        let (vault, creds, admin_token) = load_secrets(&settings)?;
+        let deps = Deps::build_with(&settings, creds, clock.clone(), metrics.clone()).await?;
         deps.db.seed_products(&settings.catalog, clock.now_ms()).await?;
         let login_client = deps.login_client(&settings)?;
         let applier = deps.applier();
@@ -129,19 +164,6 @@ impl Application {
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),
         });
-        let admin_token = crate::config::secret::resolve(
-            "server.admin_token",
-            settings.server.admin_token.as_ref(),
-            settings.server.admin_token_file.as_ref(),
-        )?
-        .map(Arc::new);
-        if admin_token.as_ref().is_some_and(|t| t.expose().trim().len() < ADMIN_TOKEN_MIN) {
-            return Err(ConfigError::invalid(
-                "server.admin_token",
-                format!("must be at least {ADMIN_TOKEN_MIN} characters (it guards refunds)"),
-            )
-            .into());
-        }
         let operations = Operations::new(
             db.clone(),
             queue.clone(),
@@ -170,6 +192,14 @@ impl Application {
         self.addr
     }
 
+    /// `embedded` or `cluster`, as the start-up line and the README call them.
+    fn profile_name(&self) -> &'static str {
+        match self.state.db.dialect() {
+            crate::storage::Dialect::Sqlite => "embedded",
+            crate::storage::Dialect::Postgres => "cluster",
+        }
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -177,11 +207,15 @@ impl Application {
     /// Serves HTTP and runs the worker until `stop` fires; reports which part ended and why.
     pub async fn run(self, stop: CancellationToken) -> Result<(), std::io::Error> {
         let routes = if self.roles.api { Routes::Full } else { Routes::HealthOnly };
+        let client_ip_header = Some(self.settings.server.client_ip_header.trim())
+            .filter(|name| !name.is_empty())
+            .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok());
         let router = api::router(
             self.state.clone(),
             routes,
             self.settings.server.body_limit_bytes,
             Duration::from_millis(self.settings.server.request_timeout_ms),
+            HttpObserver::new(self.state.metrics.clone(), client_ip_header),
         );
         let worker = if self.roles.worker {
             let ctx = Arc::clone(&self.jobs);
@@ -196,9 +230,18 @@ impl Application {
         } else {
             None
         };
-        tracing::info!(addr = %self.addr, api = self.roles.api, worker = self.roles.worker, "wxpay-recon running");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            profile = self.profile_name(),
+            api = self.roles.api,
+            worker = self.roles.worker,
+            listen = %self.addr,
+            pay_base_url = %self.settings.wechat.pay_base_url,
+            dev_keys = self.settings.wechat.use_dev_keys,
+            "wxpay-recon started"
+        );
         let server_stop = stop.clone();
-        let served = axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
             .await;
         if let Some(worker) = worker {

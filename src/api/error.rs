@@ -1,5 +1,6 @@
 //! The API's one error type and its one conversion to HTTP. Bodies are client-safe
-//! (`{code, message}`); internals are logged where they happen, never returned.
+//! (`{code, message}`); the internal cause is attached to the request's span and logged once,
+//! on the line the HTTP layer writes for the answer, never returned.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -11,6 +12,8 @@ use crate::services::orders::OrderError;
 use crate::services::sync::SyncError;
 use crate::storage::StorageError;
 use crate::wechat::login::LoginError;
+
+use super::observe::note_cause;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -68,11 +71,11 @@ impl From<StorageError> for ApiError {
         match err {
             StorageError::NotFound => ApiError::NotFound,
             StorageError::Unavailable(_) => {
-                tracing::error!(error = %err, "database unavailable");
+                note_cause(&err);
                 ApiError::Unavailable("database unavailable, retry shortly".into())
             }
             other => {
-                tracing::error!(error = %other, "storage error");
+                note_cause(&other);
                 ApiError::Internal
             }
         }
@@ -90,7 +93,7 @@ impl From<LoginFailure> for ApiError {
                 ApiError::Conflict("this WeChat user cannot log in".into())
             }
             LoginFailure::Wechat(other) => {
-                tracing::warn!(error = %other, "jscode2session failed");
+                note_cause(&other);
                 ApiError::Unavailable("WeChat login unavailable, retry shortly".into())
             }
             LoginFailure::Storage(e) => e.into(),
@@ -105,11 +108,11 @@ impl From<OrderError> for ApiError {
             OrderError::UnknownProduct(_) | OrderError::BadQuantity => ApiError::BadRequest(err.to_string()),
             OrderError::NotPayable(_) => ApiError::Conflict(err.to_string()),
             OrderError::PaymentUnavailable { out_trade_no, source } => {
-                tracing::warn!(order.out_trade_no = %out_trade_no, error = %source, "prepay unavailable");
+                note_cause(&source);
                 ApiError::PaymentUnavailable { out_trade_no }
             }
             OrderError::Refused(source) => {
-                tracing::error!(error = %source, "WeChat refused prepay");
+                note_cause(&source);
                 ApiError::Upstream(format!("WeChat Pay refused the order ({})", source.code().unwrap_or("error")))
             }
             OrderError::Storage(e) => e.into(),
@@ -123,11 +126,11 @@ impl From<SyncError> for ApiError {
         match err {
             SyncError::Storage(e) => e.into(),
             SyncError::Wechat(e) if e.retryable() => {
-                tracing::warn!(error = %e, "WeChat unavailable");
+                note_cause(&e);
                 ApiError::Unavailable("WeChat Pay is not reachable right now; try again".into())
             }
             SyncError::Wechat(e) => {
-                tracing::error!(error = %e, "WeChat refused the call");
+                note_cause(&e);
                 ApiError::Upstream(format!("WeChat Pay refused ({})", e.code().unwrap_or("error")))
             }
         }

@@ -7,20 +7,21 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod notify;
+pub mod observe;
 pub mod orders;
 pub mod refunds;
 pub mod state;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
+pub use observe::HttpObserver;
 pub use state::AppState;
 
 /// Which routes a process serves.
@@ -32,7 +33,15 @@ pub enum Routes {
     HealthOnly,
 }
 
-pub fn router(state: AppState, routes: Routes, body_limit: usize, timeout: Duration) -> Router {
+/// The routes with their cross-cutting layers. Observation is the outermost layer, so a
+/// request cut by the timeout or refused by the body limit is still counted and logged.
+pub fn router(
+    state: AppState,
+    routes: Routes,
+    body_limit: usize,
+    timeout: Duration,
+    observer: Arc<HttpObserver>,
+) -> Router {
     let mut app = Router::new().merge(health::router());
     if routes == Routes::Full {
         app = app
@@ -42,24 +51,8 @@ pub fn router(state: AppState, routes: Routes, body_limit: usize, timeout: Durat
             .merge(refunds::router())
             .merge(notify::router());
     }
-    app.layer(middleware::from_fn_with_state(state.clone(), record_http))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
-            tracing::info_span!("http", http.method = %req.method(), http.route = route)
-        }))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+    app.layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(observer, observe::observe))
         .with_state(state)
-}
-
-/// Counts and times every request by matched route template (bounded), never the raw path.
-async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let method = req.method().as_str().to_owned();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let class = format!("{}xx", response.status().as_u16() / 100);
-    state.metrics.http_requests.with_label_values(&[&route, &method, &class]).inc();
-    state.metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
-    response
 }

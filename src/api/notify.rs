@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use crate::services::ingest::IngestError;
+use crate::services::ingest::{self, IngestError};
 use crate::wechat::client::signed_headers;
 use crate::wechat::wire::notify::NotifyAnswer;
 
@@ -27,7 +27,7 @@ async fn notify(State(state): State<AppState>, headers: HeaderMap, body: Result<
         Ok(body) => body,
         Err(rejection) => {
             state.metrics.notify_received.inc();
-            state.metrics.notify_rejected.with_label_values(&["body_unreadable"]).inc();
+            state.metrics.notify_rejected.with_label_values(&[ingest::BODY_UNREADABLE]).inc();
             tracing::warn!(reason = %rejection.body_text(), "notification body rejected");
             return fail(rejection.status(), &rejection.body_text());
         }

@@ -103,11 +103,11 @@ impl From<RefundError> for ApiError {
             }
             RefundError::RefundNoReused(_) | RefundError::Refused(_) => ApiError::Conflict(err.to_string()),
             RefundError::RefusedByWechat(e) => {
-                tracing::error!(error = %e, "WeChat refused the refund");
+                super::observe::note_cause(&e);
                 ApiError::Upstream(format!("WeChat Pay refused the refund ({})", e.code().unwrap_or("error")))
             }
             RefundError::Wechat(e) => {
-                tracing::warn!(error = %e, "WeChat unavailable for refund");
+                super::observe::note_cause(&e);
                 ApiError::Unavailable("WeChat Pay is not reachable right now".into())
             }
             RefundError::Storage(e) => e.into(),

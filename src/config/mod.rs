@@ -1,6 +1,7 @@
 //! Configuration: compiled-in defaults, then an optional file, then `WXPAY_RECON__*` variables.
 //!
-//! Loading fails with one line naming the setting at fault (`database.url: ...`), never a
+//! Loading fails with one line per setting at fault (`database.url: ...`), every problem found
+//! in one run (a fresh install is configured in one pass, not one restart per mistake), never a
 //! panic. This module is the only place that reads the environment for settings.
 
 pub mod chaos;
@@ -23,17 +24,78 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of environment overrides; `__` separates levels.
 pub const ENV_PREFIX: &str = "WXPAY_RECON__";
 
-/// A configuration problem, phrased for the operator: the setting, then what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{setting}: {message}")]
+/// A configuration problem, phrased for the operator: the setting, then what is wrong with it;
+/// `others` holds the further problems found in the same pass.
+#[derive(Debug)]
 pub struct ConfigError {
     pub setting: String,
     pub message: String,
+    pub others: Vec<ConfigError>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.others.is_empty() {
+            return write!(f, "{}: {}", self.setting, self.message);
+        }
+        write!(f, "{} configuration problems:", self.others.len() + 1)?;
+        for problem in std::iter::once(self).chain(&self.others) {
+            write!(f, "\n  {}: {}", problem.setting, problem.message)?;
+        }
+        Ok(())
+    }
 }
 
 impl ConfigError {
     pub fn invalid(setting: &str, message: impl Into<String>) -> Self {
-        Self { setting: setting.to_owned(), message: message.into() }
+        Self { setting: setting.to_owned(), message: message.into(), others: Vec::new() }
+    }
+
+    /// Every problem this error carries, itself first.
+    pub fn into_problems(mut self) -> Vec<ConfigError> {
+        let others = std::mem::take(&mut self.others);
+        std::iter::once(self).chain(others.into_iter().flat_map(ConfigError::into_problems)).collect()
+    }
+}
+
+/// Collects problems instead of stopping at the first, so one run reports them all.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value when `result` is fine; otherwise records its problems and gives `None`.
+    pub fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.0.extend(err.into_problems());
+                None
+            }
+        }
+    }
+
+    pub fn push(&mut self, err: ConfigError) {
+        self.0.extend(err.into_problems());
+    }
+
+    /// `Ok(())` when nothing was found, else one error carrying every problem.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        let mut problems = self.0.into_iter();
+        match problems.next() {
+            None => Ok(()),
+            Some(mut first) => {
+                first.others = problems.collect();
+                Err(first)
+            }
+        }
+    }
+
+    /// `value` when nothing was found (it is then always `Some`), else every problem.
+    pub fn finish_with<T>(self, value: Option<T>) -> Result<T, ConfigError> {
+        self.finish()?;
+        value.ok_or_else(|| ConfigError::invalid("config", "invalid configuration"))
     }
 }
 
@@ -83,67 +145,76 @@ impl Settings {
         if purpose == Purpose::Dev {
             figment = figment.merge(figment::providers::Serialized::default("wechat.use_dev_keys", true));
         }
-        let settings: Settings = figment.extract().map_err(first_error)?;
-        settings.validate_common()?;
+        let settings: Settings = figment.extract().map_err(all_errors)?;
+        let mut problems = Problems::default();
+        settings.validate_common(&mut problems);
         if purpose != Purpose::Ops {
-            settings.validate_identity()?;
+            settings.validate_identity(&mut problems);
         }
+        problems.finish()?;
         Ok(settings)
     }
 
     /// Every check: common settings and the merchant identity.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_common()?;
-        self.validate_identity()
+        let mut problems = Problems::default();
+        self.validate_common(&mut problems);
+        self.validate_identity(&mut problems);
+        problems.finish()
     }
 
     /// Cross-field checks that serde cannot express.
-    fn validate_common(&self) -> Result<(), ConfigError> {
-        self.profile()?;
+    fn validate_common(&self, problems: &mut Problems) {
+        problems.check(self.profile());
         let queue_scheme = scheme(&self.queue.url);
         if !matches!(queue_scheme, "sqlite" | "redis" | "rediss") {
-            return Err(ConfigError::invalid("queue.url", "must start with sqlite:// or redis://"));
+            problems.push(ConfigError::invalid("queue.url", "must start with sqlite:// or redis://"));
         }
-        positive("notify.max_batch", self.notify.max_batch)?;
-        positive("notify.writers", self.notify.writers)?;
+        let header = self.server.client_ip_header.trim();
+        if !header.is_empty() && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push(ConfigError::invalid("server.client_ip_header", format!("{header:?} is not a header name")));
+        }
+        problems.check(positive("notify.max_batch", self.notify.max_batch));
+        problems.check(positive("notify.writers", self.notify.writers));
         if self.notify.writers.saturating_mul(2) > self.database.max_connections as usize {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "notify.writers",
                 "at most half of database.max_connections (each writer holds a connection while it commits)",
             ));
         }
-        positive("queue.concurrency", self.queue.concurrency)?;
-        positive("poll.batch", self.poll.batch)?;
-        positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0))?;
+        problems.check(positive("queue.concurrency", self.queue.concurrency));
+        problems.check(positive("poll.batch", self.poll.batch));
+        problems.check(positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0)));
         if self.reconcile.run_at_time().is_none() {
-            return Err(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
+            problems.push(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
         }
-        positive("poll.sweep_interval_ms", usize::try_from(self.poll.sweep_interval_ms).unwrap_or(0))?;
+        problems.check(positive("poll.sweep_interval_ms", usize::try_from(self.poll.sweep_interval_ms).unwrap_or(0)));
         if self.poll.schedule_secs.is_empty() || self.poll.schedule_secs.contains(&0) {
-            return Err(ConfigError::invalid("poll.schedule_secs", "needs at least one delay, each > 0"));
+            problems.push(ConfigError::invalid("poll.schedule_secs", "needs at least one delay, each > 0"));
         }
-        positive("worker.max_attempts", usize::try_from(self.worker.max_attempts).unwrap_or(0))?;
-        positive("database.max_connections", usize::try_from(self.database.max_connections).unwrap_or(0))?;
+        problems.check(positive("worker.max_attempts", usize::try_from(self.worker.max_attempts).unwrap_or(0)));
+        problems
+            .check(positive("database.max_connections", usize::try_from(self.database.max_connections).unwrap_or(0)));
         if self.worker.backoff_base_ms == 0 || self.worker.backoff_cap_ms < self.worker.backoff_base_ms {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "worker.backoff_cap_ms",
                 "backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms",
             ));
         }
         if !(60..=90 * 86_400).contains(&self.orders.time_expire_secs) {
-            return Err(ConfigError::invalid(
+            problems.push(ConfigError::invalid(
                 "orders.time_expire_secs",
                 "must be between 60 s and 90 days (WeChat clamps outside that range)",
             ));
         }
         if !(self.sim.time_scale.is_finite() && self.sim.time_scale > 0.0) {
-            return Err(ConfigError::invalid("sim.time_scale", "must be a positive number"));
+            problems.push(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }
-        self.validate_catalog()
+        self.validate_catalog(problems);
     }
 
     /// The merchant's WeChat identity, unless the dev keys stand in for it.
-    fn validate_identity(&self) -> Result<(), ConfigError> {
+    fn validate_identity(&self, problems: &mut Problems) {
         if !self.wechat.use_dev_keys {
             for (name, value) in [
                 ("wechat.appid", &self.wechat.appid),
@@ -152,36 +223,34 @@ impl Settings {
                 ("wechat.notify_url", &self.wechat.notify_url),
             ] {
                 if value.trim().is_empty() {
-                    return Err(ConfigError::invalid(
+                    problems.push(ConfigError::invalid(
                         name,
                         "missing (or set wechat.use_dev_keys = true for local runs against the simulator)",
                     ));
                 }
             }
         }
-        Ok(())
     }
 
-    fn validate_catalog(&self) -> Result<(), ConfigError> {
+    fn validate_catalog(&self, problems: &mut Problems) {
         if self.catalog.is_empty() {
-            return Err(ConfigError::invalid("catalog", "at least one product is required"));
+            problems.push(ConfigError::invalid("catalog", "at least one product is required"));
         }
         let mut seen = HashSet::new();
         for item in &self.catalog {
             if item.id.is_empty() || item.id.len() > 64 {
-                return Err(ConfigError::invalid("catalog.id", "must be 1 to 64 characters"));
+                problems.push(ConfigError::invalid("catalog.id", "must be 1 to 64 characters"));
             }
             if !seen.insert(item.id.as_str()) {
-                return Err(ConfigError::invalid("catalog.id", format!("duplicate product id {:?}", item.id)));
+                problems.push(ConfigError::invalid("catalog.id", format!("duplicate product id {:?}", item.id)));
             }
             if item.price_fen <= 0 {
-                return Err(ConfigError::invalid(
+                problems.push(ConfigError::invalid(
                     "catalog.price_fen",
                     format!("product {:?}: price must be a positive number of fen", item.id),
                 ));
             }
         }
-        Ok(())
     }
 
     /// The profile selected by `database.url`; the queue URL must agree with it.
@@ -192,6 +261,16 @@ impl Settings {
             _ => Err(ConfigError::invalid("database.url", "must start with sqlite:// or postgres://")),
         }
     }
+}
+
+/// Where a database or Redis URL points (`host:port/path`), without its credentials, for
+/// error messages that must name the host but never a password.
+pub fn endpoint_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if path.is_empty() { host.to_owned() } else { format!("{host}/{path}") }
 }
 
 fn scheme(url: &str) -> &str {
@@ -205,15 +284,16 @@ fn positive(setting: &str, value: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Turns figment's error (which may carry several) into our one-line form.
-fn first_error(err: figment::Error) -> ConfigError {
-    let err = err.into_iter().next();
-    match err {
-        Some(err) => {
-            let setting = if err.path.is_empty() { "config".to_owned() } else { err.path.join(".") };
-            ConfigError::invalid(&setting, err.kind.to_string())
-        }
-        None => ConfigError::invalid("config", "invalid configuration"),
+/// Turns figment's error (which may carry several) into ours, one line per setting.
+fn all_errors(err: figment::Error) -> ConfigError {
+    let mut problems = Problems::default();
+    for err in err {
+        let setting = if err.path.is_empty() { "config".to_owned() } else { err.path.join(".") };
+        problems.push(ConfigError::invalid(&setting, err.kind.to_string()));
+    }
+    match problems.finish() {
+        Err(err) => err,
+        Ok(()) => ConfigError::invalid("config", "invalid configuration"),
     }
 }
 
@@ -221,6 +301,61 @@ fn first_error(err: figment::Error) -> ConfigError {
 #[expect(clippy::result_large_err, reason = "figment's Jail closures return figment::Error")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_name_the_host_and_never_the_password() {
+        assert_eq!(
+            endpoint_of("postgres://app:s3cret@db.internal:5433/wxpay?sslmode=require"),
+            "db.internal:5433/wxpay"
+        );
+        assert_eq!(endpoint_of("redis://:pw@10.0.0.5:6379/2"), "10.0.0.5:6379/2");
+        assert_eq!(endpoint_of("redis://127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(endpoint_of("sqlite://data/x.sqlite"), "data/x.sqlite");
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported_in_one_run() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__NOTIFY__MAX_BATCH", "0");
+            jail.set_env("WXPAY_RECON__POLL__SCHEDULE_SECS", "[]");
+            jail.set_env("WXPAY_RECON__RECONCILE__RUN_AT", "25:99");
+            let err = Settings::load(None).expect_err("many problems");
+            let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
+            for expected in [
+                "notify.max_batch",
+                "poll.schedule_secs",
+                "reconcile.run_at",
+                "wechat.appid",
+                "wechat.mchid",
+                "wechat.merchant_serial",
+                "wechat.notify_url",
+            ] {
+                assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn platform_keys_can_be_set_from_one_environment_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__WECHAT__USE_DEV_KEYS", "true");
+            jail.set_env(
+                "WXPAY_RECON__WECHAT__PLATFORM_KEYS",
+                r#"[{serial="PUB_KEY_ID_0114232019292024101100397200000001", public_key_file="/run/secrets/wechatpay_pub.pem"}, {serial=5157F09EFDC096DE15EBE81A47057A7232F1B8E1, public_key_file="/run/secrets/cert.pem"}]"#,
+            );
+            let settings = Settings::load(None).expect("valid");
+            let keys = &settings.wechat.platform_keys;
+            assert_eq!(keys.len(), 2);
+            assert_eq!(keys[0].serial, "PUB_KEY_ID_0114232019292024101100397200000001");
+            assert_eq!(
+                keys[0].public_key_file.as_deref(),
+                Some(std::path::Path::new("/run/secrets/wechatpay_pub.pem"))
+            );
+            assert_eq!(keys[1].serial, "5157F09EFDC096DE15EBE81A47057A7232F1B8E1");
+            Ok(())
+        });
+    }
 
     #[test]
     fn defaults_need_merchant_identity() {

@@ -33,6 +33,7 @@ pub struct ServerSettings {
     pub port: u16,
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    pub client_ip_header: String,
     pub admin_token: Option<Secret<String>>,
     pub admin_token_file: Option<PathBuf>,
 }

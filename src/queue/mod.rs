@@ -75,10 +75,9 @@ impl JobQueue {
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(5)))
                 .set_connection_timeout(Some(Duration::from_secs(5)));
-            let conn = client
-                .get_connection_manager_with_config(config)
-                .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            let conn = client.get_connection_manager_with_config(config).await.map_err(|e| {
+                QueueError::Unavailable(format!("Redis at {}: {e}", crate::config::endpoint_of(&settings.url)))
+            })?;
             Ok(JobQueue::Redis { conn, prefix: settings.prefix.clone(), settings: settings.clone() })
         }
     }

@@ -40,6 +40,9 @@ pub enum ApplyOutcome {
 }
 
 impl ApplyOutcome {
+    /// Every value [`Self::label`] can take (the metric's series exist from the start).
+    pub const LABELS: &[&str] = &["applied", "duplicate", "anomaly", "ignored", "already_processed", "missing"];
+
     pub fn label(&self) -> &'static str {
         match self {
             ApplyOutcome::Applied => "applied",
@@ -81,6 +84,9 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(db: Db, merchant: Merchant, clock: Clock, metrics: Metrics) -> Self {
+        for outcome in ApplyOutcome::LABELS {
+            let _ = metrics.inbox_applied.with_label_values(&[outcome]);
+        }
         Self { db, merchant, clock, metrics }
     }
 

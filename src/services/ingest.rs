@@ -14,11 +14,16 @@ use crate::queue::{Envelope, Job};
 use crate::storage::Db;
 use crate::storage::inbox::{NewInboxRow, Rejection};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::verify::SignedHeaders;
+use crate::wechat::verify::{SignedHeaders, VerifyError};
 use crate::wechat::{Credentials, notification};
 
 use super::enqueuer::Enqueuer;
 use super::inbox_writer::{InboxWriter, WriteError};
+
+/// Rejection reason when the inbox could not be written.
+const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
+/// Rejection reason when the body could not be read (too large, cut off).
+pub const BODY_UNREADABLE: &str = "body_unreadable";
 
 /// Bodies of rejected notifications kept for explanation are cut at this size.
 const EXCERPT_BYTES: usize = 4096;
@@ -64,6 +69,13 @@ impl NotifyIngest {
         db: Db,
         metrics: Metrics,
     ) -> Self {
+        let reasons = VerifyError::REASONS.iter().chain(notification::REFUSAL_REASONS);
+        for reason in reasons.chain(&[STORAGE_UNAVAILABLE, BODY_UNREADABLE]) {
+            let _ = metrics.notify_rejected.with_label_values(&[reason]);
+        }
+        for kind in ["new", "duplicate"] {
+            let _ = metrics.notify_accepted.with_label_values(&[kind]);
+        }
         Self { creds, clock, tolerance_secs, writer, enqueuer, db, metrics }
     }
 
@@ -81,7 +93,7 @@ impl NotifyIngest {
                 self.record_rejection(reason, detail, headers, body).await;
             }
             Err(IngestError::Unavailable(detail)) => {
-                self.metrics.notify_rejected.with_label_values(&["storage_unavailable"]).inc();
+                self.metrics.notify_rejected.with_label_values(&[STORAGE_UNAVAILABLE]).inc();
                 tracing::error!(notify.detail = %detail, "notification not stored: answering FAIL so WeChat retries");
             }
         }

@@ -15,6 +15,10 @@ use crate::vault::{self, Vault};
 use crate::wechat::LoginClient;
 use crate::wechat::login::LoginError;
 
+/// The `outcome` label of `wxpay_logins_total`: ok, a user's bad code, a blocked user, and
+/// everything that is WeChat's or our side's failure.
+const LOGIN_OUTCOMES: [&str; 4] = ["ok", "bad_code", "blocked", "unavailable"];
+
 #[derive(Debug, Clone)]
 pub struct LoginService {
     db: Db,
@@ -58,16 +62,19 @@ pub enum LoginFailure {
 
 impl LoginService {
     pub fn new(db: Db, client: LoginClient, vault: Vault, clock: Clock, token_ttl: Duration, metrics: Metrics) -> Self {
+        for outcome in LOGIN_OUTCOMES {
+            let _ = metrics.logins.with_label_values(&[outcome]);
+        }
         Self { db, client, vault, clock, token_ttl, metrics }
     }
 
     pub async fn login(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
         let result = self.login_inner(code).await;
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => "bad_code",
-            Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => "blocked",
-            Err(_) => "unavailable",
+            Ok(_) => LOGIN_OUTCOMES[0],
+            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => LOGIN_OUTCOMES[1],
+            Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => LOGIN_OUTCOMES[2],
+            Err(_) => LOGIN_OUTCOMES[3],
         };
         self.metrics.logins.with_label_values(&[outcome]).inc();
         result

@@ -62,8 +62,23 @@ impl Operations {
     }
 
     /// Gauges that describe the database, not this process: computed when scraped.
+    /// Pool occupancy, one acquire probe, and the timeouts counted since the last scrape.
+    async fn refresh_pool_gauges(&self) {
+        let m = &self.metrics;
+        let pool = self.db.pool_stats();
+        m.db_pool_connections.with_label_values(&["idle"]).set(i64::from(pool.idle));
+        m.db_pool_connections.with_label_values(&["in_use"]).set(i64::from(pool.in_use));
+        m.db_pool_max_connections.set(i64::from(pool.max));
+        m.db_pool_acquire.observe(self.db.probe_acquire().await.as_secs_f64());
+        let (total, seen) = (crate::storage::acquire_timeouts(), m.db_pool_acquire_timeouts.get());
+        if total > seen {
+            m.db_pool_acquire_timeouts.inc_by(total - seen);
+        }
+    }
+
     pub async fn refresh_gauges(&self) {
         let m = &self.metrics;
+        self.refresh_pool_gauges().await;
         if let Ok(counts) = self.db.order_counts().await {
             for status in OrderStatus::ALL {
                 let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);

@@ -265,7 +265,16 @@ impl OrderSync {
                     }
                 }
                 Err(err) => {
-                    tracing::info!(order.out_trade_no = %order.out_trade_no, error = %err, "client sync: WeChat not reachable");
+                    // Say what happened: an answer (ORDER_NOT_EXIST for an order never
+                    // prepaid, a refusal) is not an outage, and an outage is not an answer.
+                    let what = if err.is_not_found() {
+                        "client sync: WeChat does not know the order yet"
+                    } else if err.retryable() {
+                        "client sync: WeChat not reachable"
+                    } else {
+                        "client sync: WeChat refused the query"
+                    };
+                    tracing::info!(order.out_trade_no = %order.out_trade_no, error = %err, outcome = err.outcome(), "{what}");
                 }
             }
             *last = Some(Instant::now());

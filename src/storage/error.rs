@@ -1,6 +1,8 @@
 //! Storage errors, classified so callers can answer precisely: a missing row, a unique key
 //! already taken, or a database that is down (WeChat must then be told to retry).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("not found")]
@@ -9,14 +11,30 @@ pub enum StorageError {
     Conflict(String),
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The server could not be reached at start: which one, and why.
+    #[error("cannot connect to PostgreSQL at {endpoint}: {cause}")]
+    Unreachable { endpoint: String, cause: String },
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
 
+/// Statements that gave up waiting for a pool connection, in this process. A process-wide count
+/// (not per `Db`) because it is exported as a process metric and the conversion below, where
+/// every such failure passes, has no handle to anything else.
+static ACQUIRE_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many statements of this process timed out waiting for a database connection.
+pub fn acquire_timeouts() -> u64 {
+    ACQUIRE_TIMEOUTS.load(Ordering::Relaxed)
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(err: sqlx::Error) -> Self {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            ACQUIRE_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+        }
         match err {
             sqlx::Error::RowNotFound => StorageError::NotFound,
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {
@@ -49,6 +67,6 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
 
 impl StorageError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StorageError::Unavailable(_))
+        matches!(self, StorageError::Unavailable(_) | StorageError::Unreachable { .. })
     }
 }

@@ -29,9 +29,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
-pub use error::StorageError;
+pub use error::{StorageError, acquire_timeouts};
 
 use crate::config::DatabaseSettings;
 
@@ -73,6 +73,14 @@ impl Dialect {
     }
 }
 
+/// What a pool holds at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
+}
+
 /// Connection pools: on SQLite one writer (writes serialise anyway; this avoids busy errors)
 /// plus readers; on PostgreSQL one pool for both.
 #[derive(Debug, Clone)]
@@ -92,6 +100,21 @@ impl Db {
             let read = sqlite_pool(&url, settings.max_connections, acquire).await?;
             Ok(Self { write, read, dialect: Dialect::Sqlite })
         } else {
+            // One real connection first: a pool that cannot connect only ever says "pool timed
+            // out"; this says which server and why (refused, unknown host, bad password).
+            let options = sqlx::any::AnyConnectOptions::from_str(&settings.url)?;
+            let endpoint = crate::config::endpoint_of(&settings.url);
+            match tokio::time::timeout(acquire, sqlx::AnyConnection::connect_with(&options)).await {
+                Ok(Ok(conn)) => conn.close().await?,
+                Ok(Err(err)) => {
+                    return Err(StorageError::Unreachable { endpoint, cause: err.to_string() });
+                }
+                Err(_) => {
+                    let cause =
+                        format!("no connection within {} ms (database.acquire_timeout_ms)", acquire.as_millis());
+                    return Err(StorageError::Unreachable { endpoint, cause });
+                }
+            }
             let pool = AnyPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(acquire)
@@ -112,6 +135,33 @@ impl Db {
     /// Pool for read-only statements.
     pub fn reader(&self) -> &AnyPool {
         &self.read
+    }
+
+    /// Connections open, idle and allowed, over both pools on SQLite (one pool on PostgreSQL).
+    pub fn pool_stats(&self) -> PoolStats {
+        let pools: &[&AnyPool] = match self.dialect {
+            Dialect::Sqlite => &[&self.write, &self.read],
+            Dialect::Postgres => &[&self.write],
+        };
+        pools.iter().fold(PoolStats::default(), |stats, pool| {
+            let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+            PoolStats {
+                idle: stats.idle + idle,
+                in_use: stats.in_use + pool.size().saturating_sub(idle),
+                max: stats.max + pool.options().get_max_connections(),
+            }
+        })
+    }
+
+    /// How long getting a writer connection takes right now (it is handed back at once): the
+    /// wait every write statement pays before it runs. A probe that times out reports the time
+    /// it waited (and is counted as a timeout), so the slowest waits are not the ones missing.
+    pub async fn probe_acquire(&self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Err(err) = self.write.acquire().await {
+            let _ = StorageError::from(err);
+        }
+        started.elapsed()
     }
 
     pub async fn begin(&self) -> Result<Tx, StorageError> {

@@ -4,7 +4,7 @@
 //! (`_seconds`), `_total` on counters. Label values are bounded sets (route templates, job
 //! kinds, outcome classes): never an order number, openid or raw URL.
 
-use crate::domain::{AnomalyKind, BillRunStatus, DiscrepancyClass, JobKind, Resolution};
+use crate::domain::{AnomalyKind, BillRunStatus, DiscrepancyClass, EventSource, JobKind, OrderStatus, Resolution};
 use std::sync::Arc;
 
 use prometheus::{
@@ -69,7 +69,13 @@ pub struct MetricHandles {
     pub reconcile_unexplained: IntGauge,
     pub anomalies: IntCounterVec,
     pub logins: IntCounterVec,
+    pub db_pool_connections: IntGaugeVec,
+    pub db_pool_max_connections: IntGauge,
+    pub db_pool_acquire: Histogram,
+    pub db_pool_acquire_timeouts: IntCounter,
     pub build_info: IntGaugeVec,
+    /// Every metric family this registry exports, for tests that check none is missing.
+    family_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -228,10 +234,30 @@ impl Metrics {
                 &["kind"],
             ),
             logins: counter_vec("logins_total", "Mini-program logins, by outcome.", &["outcome"]),
+            db_pool_connections: gauge_vec(
+                "db_pool_connections",
+                "Connections of this process's database pool(s), by state (idle, in_use), read when scraped.",
+                &["state"],
+            ),
+            db_pool_max_connections: gauge(
+                "db_pool_max_connections",
+                "Most connections this process's database pool(s) may open.",
+            ),
+            db_pool_acquire: histogram(
+                "db_pool_acquire_seconds",
+                "Time to get a connection from the writer pool, probed once per scrape: how long any statement waits for a connection.",
+                LATENCY_BUCKETS,
+            ),
+            db_pool_acquire_timeouts: counter(
+                "db_pool_acquire_timeouts_total",
+                "Statements that gave up waiting for a database connection (database.acquire_timeout_ms).",
+            ),
             build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
+            family_names: Vec::new(),
             registry,
         };
-        m.register_all();
+        let mut m = m;
+        m.family_names = m.register_all();
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m.touch_known_series();
         Metrics(Arc::new(m))
@@ -257,7 +283,17 @@ impl MetricHandles {
                 let _ = self.reconcile_discrepancies.with_label_values(&[class.as_str(), resolution.as_str()]);
             }
         }
+        for to in OrderStatus::ALL {
+            for source in EventSource::ALL {
+                let _ = self.order_transitions.with_label_values(&[to.as_str(), source.as_str()]);
+            }
+        }
+        for state in ["idle", "in_use"] {
+            let _ = self.db_pool_connections.with_label_values(&[state]);
+        }
         for kind in JobKind::ALL.map(JobKind::as_str) {
+            let _ = self.job_duration.with_label_values(&[kind]);
+            let _ = self.jobs_dead.with_label_values(&[kind]);
             let _ = self.jobs_started.with_label_values(&[kind]);
             for outcome in ["succeeded", "retried", "dead"] {
                 let _ = self.jobs_finished.with_label_values(&[kind, outcome]);
@@ -265,7 +301,8 @@ impl MetricHandles {
         }
     }
 
-    fn register_all(&self) {
+    /// Registers every handle (and the process collector); returns the family names.
+    fn register_all(&self) -> Vec<String> {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.http_requests.clone()),
             Box::new(self.http_duration.clone()),
@@ -303,14 +340,35 @@ impl MetricHandles {
             Box::new(self.reconcile_unexplained.clone()),
             Box::new(self.anomalies.clone()),
             Box::new(self.logins.clone()),
+            Box::new(self.db_pool_connections.clone()),
+            Box::new(self.db_pool_max_connections.clone()),
+            Box::new(self.db_pool_acquire.clone()),
+            Box::new(self.db_pool_acquire_timeouts.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(super::process::ProcessCollector::new()),
         ];
+        let mut names = Vec::new();
         for collector in collectors {
+            names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             // Names are distinct constants, so registration cannot fail; a failure would
             // only drop that one metric from the scrape, never take the service down.
             if let Err(err) = self.registry.register(collector) {
                 tracing::error!(error = %err, "metric registration failed");
             }
+        }
+        names
+    }
+
+    /// The name of every metric family registered (process metrics included).
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
+    }
+
+    /// Pre-creates the series of a histogram for each label value, so rates and quantiles
+    /// read 0 (not "no data") before the first observation.
+    pub fn touch_histogram(&self, vec: &HistogramVec, values: &[&str]) {
+        for value in values {
+            let _ = vec.with_label_values(&[value]);
         }
     }
 
@@ -385,8 +443,13 @@ mod tests {
         assert!(text.contains("wxpay_notify_rejected_total{reason=\"bad_signature\"} 1"), "{text}");
         assert!(text.contains("# HELP wxpay_build_info"));
         assert!(text.contains("wxpay_wechat_call_duration_seconds_bucket"));
+        // Ours carry the namespace; the standard process metrics keep their standard names.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("wxpay_"), "{line}");
+            assert!(line.starts_with("wxpay_") || line.starts_with("process_"), "{line}");
         }
+        for name in metrics.family_names() {
+            assert!(name.starts_with("wxpay_") || name.starts_with("process_"), "{name}");
+        }
+        assert!(metrics.family_names().iter().any(|n| n == "wxpay_db_pool_acquire_seconds"));
     }
 }

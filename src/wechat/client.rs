@@ -25,6 +25,19 @@ use super::wire::refund::{Refund as WireRefund, RefundRequest, RefundRequestAmou
 use crate::domain::time::{from_ms, to_wechat_rfc3339};
 use crate::domain::{Fen, Order, OutRefundNo, OutTradeNo, PaymentReport, Refund, RefundReport, TransactionId};
 
+/// Every `endpoint` label this client measures.
+const ENDPOINTS: [&str; 7] =
+    ["jsapi_prepay", "query_order", "close_order", "refund", "query_refund", "trade_bill", "bill_download"];
+
+/// Creates the call series of `endpoint` at 0 for every outcome, so the first failure is an
+/// increase Prometheus can see (and an error ratio reads 0, not "no data").
+pub(crate) fn touch_call_series(metrics: &Metrics, endpoint: &str) {
+    for outcome in std::iter::once("ok").chain(WechatError::OUTCOMES.iter().copied()) {
+        let _ = metrics.wechat_calls.with_label_values(&[endpoint, outcome]);
+    }
+    let _ = metrics.wechat_call_duration.with_label_values(&[endpoint]);
+}
+
 const AGENT: &str = concat!("wxpay-recon/", env!("CARGO_PKG_VERSION"));
 
 /// Longest a bill download may take, body included.
@@ -79,6 +92,9 @@ impl PayClient {
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| WechatError::Network { endpoint: "client", message: e.without_url().to_string() })?;
+        for endpoint in ENDPOINTS {
+            touch_call_series(&metrics, endpoint);
+        }
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), creds, clock, metrics, limiter: None })
     }
 

@@ -86,6 +86,10 @@ impl WechatError {
         self.code() == Some("NO_STATEMENT_EXIST")
     }
 
+    /// Every value [`Self::outcome`] can take.
+    pub const OUTCOMES: &[&str] =
+        &["timeout", "network", "rate_limited", "server_error", "client_error", "bad_signature", "decode_error"];
+
     /// Bounded outcome label for `wxpay_wechat_calls_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -106,6 +110,23 @@ mod tests {
 
     fn api(status: u16, code: &str) -> WechatError {
         WechatError::Api { endpoint: "x", status, code: code.into(), message: String::new() }
+    }
+
+    #[test]
+    fn every_outcome_is_listed_for_the_metric() {
+        let errors = [
+            WechatError::Timeout { endpoint: "x" },
+            WechatError::Network { endpoint: "x", message: String::new() },
+            api(429, "FREQUENCY_LIMITED"),
+            api(500, "SYSTEM_ERROR"),
+            api(400, "PARAM_ERROR"),
+            WechatError::Signature { endpoint: "x", source: VerifyError::BadSignature },
+            WechatError::Decode { endpoint: "x", message: String::new() },
+            WechatError::Unrecognised { endpoint: "x", message: String::new() },
+        ];
+        for err in errors {
+            assert!(WechatError::OUTCOMES.contains(&err.outcome()), "{} not in OUTCOMES", err.outcome());
+        }
     }
 
     #[test]

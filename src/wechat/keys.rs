@@ -5,7 +5,7 @@ use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::{PrivateKey, PublicKey};
 
-use crate::config::{ConfigError, Secret, Settings, secret};
+use crate::config::{ConfigError, PlatformKeySetting, Problems, Secret, Settings, secret};
 
 use super::aead::ApiV3Key;
 use super::devkeys::DevKeys;
@@ -63,56 +63,78 @@ pub struct Credentials {
     pub app_secret: Secret<String>,
 }
 
+/// The `i`th configured platform key, read and parsed.
+fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<PublicKey, ConfigError> {
+    let setting = format!("wechat.platform_keys[{i}].public_key");
+    let pem = match (&entry.public_key, &entry.public_key_file) {
+        (Some(pem), None) => pem.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {e}", path.display()))
+        })?,
+        _ => return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file")),
+    };
+    parse_public_key(&setting, &pem)
+}
+
 impl Credentials {
     /// Builds the credentials from settings, or from the dev-key directory when
     /// `wechat.use_dev_keys` is set (creating it on first use).
+    /// Every key problem is reported at once (a missing merchant key, a bad APIv3 key and an
+    /// unreadable platform key file are three lines of one error, not three restarts).
     pub fn load(settings: &Settings) -> Result<Self, ConfigError> {
         let wechat = &settings.wechat;
-        let mut creds = if wechat.use_dev_keys {
-            DevKeys::load_or_create(&wechat.dev_keys_dir)?.credentials()?
+        let mut problems = Problems::default();
+        let creds = if wechat.use_dev_keys {
+            problems.check(DevKeys::load_or_create(&wechat.dev_keys_dir).and_then(|keys| keys.credentials()))
         } else {
-            let pem = secret::require(
-                "wechat.merchant_key",
-                wechat.merchant_key.as_ref(),
-                wechat.merchant_key_file.as_ref(),
-            )?;
-            let key = parse_private_key("wechat.merchant_key", pem.expose())?;
-            let apiv3 = secret::require("wechat.apiv3_key", wechat.apiv3_key.as_ref(), wechat.apiv3_key_file.as_ref())?;
-            let apiv3_key = ApiV3Key::new(apiv3.expose().as_bytes())
-                .map_err(|e| ConfigError::invalid("wechat.apiv3_key", e.to_string()))?;
-            let app_secret =
-                secret::require("wechat.app_secret", wechat.app_secret.as_ref(), wechat.app_secret_file.as_ref())?;
-            Credentials {
-                appid: wechat.appid.clone(),
-                mchid: wechat.mchid.clone(),
-                merchant: MerchantSigner {
+            let key = problems.check(
+                secret::require("wechat.merchant_key", wechat.merchant_key.as_ref(), wechat.merchant_key_file.as_ref())
+                    .and_then(|pem| parse_private_key("wechat.merchant_key", pem.expose())),
+            );
+            let apiv3_key = problems.check(
+                secret::require("wechat.apiv3_key", wechat.apiv3_key.as_ref(), wechat.apiv3_key_file.as_ref())
+                    .and_then(|apiv3| {
+                        ApiV3Key::new(apiv3.expose().as_bytes())
+                            .map_err(|e| ConfigError::invalid("wechat.apiv3_key", e.to_string()))
+                    }),
+            );
+            let app_secret = problems.check(secret::require(
+                "wechat.app_secret",
+                wechat.app_secret.as_ref(),
+                wechat.app_secret_file.as_ref(),
+            ));
+            match (key, apiv3_key, app_secret) {
+                (Some(key), Some(apiv3_key), Some(app_secret)) => Some(Credentials {
+                    appid: wechat.appid.clone(),
                     mchid: wechat.mchid.clone(),
-                    serial: wechat.merchant_serial.clone(),
-                    signer: RsaSigner::new(key),
-                },
-                platform_keys: PlatformKeys::default(),
-                apiv3_key,
-                app_secret,
+                    merchant: MerchantSigner {
+                        mchid: wechat.mchid.clone(),
+                        serial: wechat.merchant_serial.clone(),
+                        signer: RsaSigner::new(key),
+                    },
+                    platform_keys: PlatformKeys::default(),
+                    apiv3_key,
+                    app_secret,
+                }),
+                _ => None,
             }
         };
+        let mut platform_keys = Vec::new();
         for (i, entry) in wechat.platform_keys.iter().enumerate() {
-            let setting = format!("wechat.platform_keys[{i}].public_key");
-            let pem = match (&entry.public_key, &entry.public_key_file) {
-                (Some(pem), None) => pem.clone(),
-                (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::invalid(&format!("{setting}_file"), format!("cannot read {}: {e}", path.display()))
-                })?,
-                _ => {
-                    return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file"));
-                }
-            };
-            creds.platform_keys.insert(entry.serial.clone(), parse_public_key(&setting, &pem)?);
+            if let Some(key) = problems.check(platform_key(i, entry)) {
+                platform_keys.push((entry.serial.clone(), key));
+            }
         }
-        if creds.platform_keys.is_empty() {
-            return Err(ConfigError::invalid(
+        let no_keys = wechat.platform_keys.is_empty() && creds.as_ref().is_none_or(|c| c.platform_keys.is_empty());
+        if no_keys {
+            problems.push(ConfigError::invalid(
                 "wechat.platform_keys",
                 "at least one WeChat platform key is needed to verify responses and notifications",
             ));
+        }
+        let mut creds = problems.finish_with(creds)?;
+        for (serial, key) in platform_keys {
+            creds.platform_keys.insert(serial, key);
         }
         Ok(creds)
     }

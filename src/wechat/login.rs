@@ -56,6 +56,7 @@ impl LoginClient {
             .timeout(timeout)
             .build()
             .map_err(|e| WechatError::Network { endpoint: "code2session", message: e.without_url().to_string() })?;
+        super::client::touch_call_series(&metrics, "code2session");
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), appid, secret, metrics })
     }
 

@@ -49,6 +49,16 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// Every value [`Self::reason`] can take (the metric's series exist from the start).
+    pub const REASONS: &[&str] = &[
+        "missing_header",
+        "unsupported_signature_type",
+        "unknown_serial",
+        "signature_probe",
+        "bad_signature",
+        "stale_timestamp",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingHeader(_) => "missing_header",
@@ -133,6 +143,23 @@ fn normalise_serial(serial: &str) -> String {
 mod tests {
     use super::*;
     use crate::wechat::testkeys;
+
+    #[test]
+    fn every_reason_is_listed_for_the_metric() {
+        let errors = [
+            VerifyError::MissingHeader("Wechatpay-Serial"),
+            VerifyError::UnsupportedType("X".into()),
+            VerifyError::UnknownSerial("s".into()),
+            VerifyError::SignatureProbe,
+            VerifyError::SignatureEncoding,
+            VerifyError::BadSignature,
+            VerifyError::BadTimestamp,
+            VerifyError::StaleTimestamp { skew_secs: 1, tolerance_secs: 0 },
+        ];
+        for err in errors {
+            assert!(VerifyError::REASONS.contains(&err.reason()), "{} not in REASONS", err.reason());
+        }
+    }
 
     fn keys() -> PlatformKeys {
         let mut keys = PlatformKeys::default();

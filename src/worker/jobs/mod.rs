@@ -30,7 +30,7 @@ pub struct JobError {
 impl From<StorageError> for JobError {
     fn from(err: StorageError) -> Self {
         let failure = match err {
-            StorageError::Unavailable(_) => Some(Failure::Infrastructure),
+            StorageError::Unavailable(_) | StorageError::Unreachable { .. } => Some(Failure::Infrastructure),
             StorageError::Conflict(_) | StorageError::Other(_) => Some(Failure::Transient),
             StorageError::NotFound | StorageError::Corrupt(_) => None,
         };
