@@ -67,6 +67,20 @@ async fn serve_logs_json_lines_with_span_ids_and_no_secret() {
         .await
         .unwrap();
 
+    // A refused request carrying the caller's request id gets it back, and one forged
+    // notification is refused (its log line must say who sent it).
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/orders/NOSUCHORDER0000000000000001", process.base))
+        .bearer_auth(&bearer)
+        .header("X-Request-Id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 404);
+    assert_eq!(refused.headers()["x-request-id"], "trace-me-123", "the request id is echoed");
+    let (status, _) = post_notify(&process.base, &[], "{}").await;
+    assert_eq!(status, 401);
+
     // The last job's line is out (the order's status commits before the worker logs it), then
     // stop the process and read its output to the end.
     eventually("the worker logged the applied notification", Duration::from_secs(30), || async {
@@ -118,6 +132,41 @@ async fn serve_logs_json_lines_with_span_ids_and_no_secret() {
         assert!(event["message"].is_string(), "{event}");
     }
     assert!(events.iter().any(|e| e["level"] == "DEBUG"), "the filter reached our crate at debug: {events:#?}");
+    for event in &events {
+        // Spans are listed once (`spans`), not repeated as `span`; SQL text never appears.
+        assert!(event.get("span").is_none(), "the innermost span is repeated: {event}");
+        assert!(event.get("db.statement").is_none(), "SQL text logged: {event}");
+    }
+
+    // The start-up line says what runs: version, profile, roles, address.
+    let started = events
+        .iter()
+        .find(|e| e["message"] == "wxpay-recon started")
+        .unwrap_or_else(|| panic!("no start-up line: {events:#?}"));
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"), "{started}");
+    assert_eq!(started["profile"], "embedded", "{started}");
+    assert_eq!((started["api"].as_bool(), started["worker"].as_bool()), (Some(true), Some(true)), "{started}");
+    assert_eq!(format!("http://{}", started["listen"].as_str().unwrap_or("")), process.base, "{started}");
+
+    // One line for the refused request, with its request id and a numeric latency.
+    let refused_lines: Vec<&Value> = events
+        .iter()
+        .filter(|e| find_span(e, "http").is_some_and(|s| s["http.request_id"] == "trace-me-123"))
+        .collect();
+    assert_eq!(refused_lines.len(), 1, "one line for the 404: {refused_lines:#?}");
+    let line = refused_lines[0];
+    assert_eq!(line["message"], "request refused", "{line}");
+    assert_eq!(line["http.status"], 404, "{line}");
+    assert!(line["latency_ms"].is_f64(), "latency is a number: {line}");
+
+    // The rejected notification names the client it came from.
+    let rejected = events
+        .iter()
+        .find(|e| e["message"] == "notification rejected")
+        .unwrap_or_else(|| panic!("no `notification rejected` line: {events:#?}"));
+    let http = find_span(rejected, "http").unwrap_or_else(|| panic!("no http span: {rejected}"));
+    assert_eq!(http["client.ip"], "127.0.0.1", "{rejected}");
+    assert_eq!(http["http.route"], "/api/pay/notify", "{rejected}");
 
     // The request that created the order logged inside its `http` span.
     let created = events

@@ -11,7 +11,7 @@ use wxpay_recon::queue::Job;
 
 use crate::helpers::*;
 
-const DASHBOARD: &str = include_str!("../../dashboards/wxpay-recon.json");
+pub const DASHBOARD: &str = include_str!("../../dashboards/wxpay-recon.json");
 const ALERTS: &str = include_str!("../../dashboards/alerts.yml");
 const RUNBOOK: &str = include_str!("../../dashboards/RUNBOOK.md");
 
@@ -34,7 +34,7 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
 }
 
 /// (where, PromQL) for every target of every dashboard panel.
-fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
+pub fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for panel in panels(dashboard) {
         for target in panel["targets"].as_array().into_iter().flatten() {
@@ -155,6 +155,54 @@ async fn scrape(base: &str) -> String {
     response.text().await.expect("metrics body")
 }
 
+/// Labelled series Prometheus must see at 0 before anything happens, so that `increase()` sees
+/// the first failure (a series born at its first non-zero value reads as no increase).
+const ZERO_AT_START: &[&str] = &[
+    r#"wxpay_notify_rejected_total{reason="bad_signature"} 0"#,
+    r#"wxpay_notify_rejected_total{reason="unknown_serial"} 0"#,
+    r#"wxpay_notify_rejected_total{reason="decrypt_failed"} 0"#,
+    r#"wxpay_notify_accepted_total{kind="duplicate"} 0"#,
+    r#"wxpay_anomalies_total{kind="amount_mismatch"} 0"#,
+    r#"wxpay_inbox_applied_total{outcome="anomaly"} 0"#,
+    r#"wxpay_wechat_calls_total{endpoint="query_order",outcome="server_error"} 0"#,
+    r#"wxpay_wechat_calls_total{endpoint="code2session",outcome="timeout"} 0"#,
+    r#"wxpay_logins_total{outcome="unavailable"} 0"#,
+    r#"wxpay_order_transitions_total{source="bill",to="SUCCESS"} 0"#,
+    r#"wxpay_reconcile_runs_total{outcome="failed"} 0"#,
+    r#"wxpay_jobs_dead{kind="check_refund"} 0"#,
+    r#"wxpay_db_pool_acquire_timeouts_total 0"#,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_family_and_known_series_is_exported_before_anything_happens() {
+    let env = TestEnv::new(Backend::Embedded).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    // The first scrape is itself the first request; the second one also shows its HTTP series.
+    scrape(&app.base).await;
+    let exposition = scrape(&app.base).await;
+    let families = exported_families(&exposition);
+    let missing: Vec<&String> =
+        app.metrics.family_names().iter().filter(|name| !families.contains_key(*name)).collect();
+    assert!(missing.is_empty(), "registered but not in the first scrape: {missing:?}\n{exposition}");
+    for series in ZERO_AT_START {
+        assert!(exposition.lines().any(|line| line == *series), "{series} not exported at start:\n{exposition}");
+    }
+    for family in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"] {
+        assert!(families.contains_key(family), "{family} missing");
+    }
+
+    // A made-up method is answered and counted, without a series of its own.
+    let odd = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(b"M123").unwrap(), format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status().as_u16(), 405);
+    let exposition = scrape(&app.base).await;
+    assert!(!exposition.contains("M123"), "a made-up method became a label value");
+    assert!(exposition.contains(r#"method="other""#), "the made-up method is counted as other");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_dashboards_and_alerts_is_exported() {
     let referenced = referenced_metrics();
@@ -181,8 +229,8 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     let (headers, body) = env.notification("n-observability-unknown-order", &unknown);
     assert_eq!(app.post_notify(&headers, body).await.0, 204, "a valid notification for an unknown order is stored");
 
-    // What the worker writes when a job exhausts its attempts (`worker::jobs::bury`); the
-    // `wxpay_jobs_dead` gauge only has series while dead jobs exist.
+    // What the worker writes when a job exhausts its attempts (`worker::jobs::bury`), so the
+    // dead-jobs panels show a non-zero kind (the gauge itself is exported at 0 for every kind).
     let payload = serde_json::to_string(&Job::ApplyNotification { inbox_id: 0 }).unwrap();
     app.expect_dead_jobs();
     app.state

@@ -1,0 +1,95 @@
+//! What an operator sees when the binary cannot start: every configuration problem at once
+//! (not one per restart), and an unreachable database or Redis named with the cause, never its
+//! password. The real binary, run as an operator would.
+
+use std::process::Output;
+
+use tokio::process::Command;
+
+use crate::helpers::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs the binary with only `vars` (plus PATH) in its environment, from `dir`.
+async fn run(dir: &std::path::Path, args: &[&str], vars: &[(&str, String)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
+    command.args(args).current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in vars {
+        command.env(format!("WXPAY_RECON__{key}"), value);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .expect("the binary gave up within a minute")
+        .expect("run wxpay-recon")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_install_hears_every_missing_setting_and_secret_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("data.sqlite").display());
+    // Validation problems: the merchant identity is missing and two settings are wrong.
+    let out =
+        run(dir.path(), &["serve"], &[("NOTIFY__MAX_BATCH", "0".into()), ("DATABASE__URL", database.clone())]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a configuration error exits 2: {stderr}");
+    for setting in ["wechat.appid", "wechat.mchid", "wechat.merchant_serial", "wechat.notify_url", "notify.max_batch"] {
+        assert!(stderr.contains(setting), "{setting} not reported:\n{stderr}");
+    }
+
+    // Identity given, secrets missing: every secret is named in the same run.
+    let identity = [
+        ("WECHAT__APPID", "wx0000000000000001".to_owned()),
+        ("WECHAT__MCHID", "1230000109".to_owned()),
+        ("WECHAT__MERCHANT_SERIAL", "0123456789ABCDEF".to_owned()),
+        ("WECHAT__NOTIFY_URL", "https://shop.example/api/pay/notify".to_owned()),
+        ("AUTH__DATA_KEY", "dG9vIHNob3J0".to_owned()),
+        ("SERVER__ADMIN_TOKEN", "short".to_owned()),
+        ("SERVER__PORT", "0".to_owned()),
+        ("DATABASE__URL", database),
+    ];
+    let out = run(dir.path(), &["serve"], &identity).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for setting in [
+        "wechat.merchant_key",
+        "wechat.apiv3_key",
+        "wechat.app_secret",
+        "wechat.platform_keys",
+        "auth.data_key",
+        "server.admin_token",
+    ] {
+        assert!(stderr.contains(setting), "{setting} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("configuration problems:"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_or_redis_is_named_with_the_cause_and_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("postgres://wxpay:hunter2secret@127.0.0.1:{port}/shop");
+    let out = run(dir.path(), &["migrate"], &[("DATABASE__URL", url)]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("PostgreSQL at 127.0.0.1:{port}/shop")), "host not named:\n{stderr}");
+    assert!(stderr.to_lowercase().contains("refused"), "cause not given:\n{stderr}");
+    assert!(!stderr.contains("hunter2secret"), "password printed:\n{stderr}");
+
+    // Redis: the database is fine, the queue is not.
+    let env = TestEnv::new(Backend::Cluster).await;
+    let redis_port = free_port();
+    let mut vars: Vec<(String, String)> = env.env_vars();
+    vars.retain(|(k, _)| k != "WXPAY_RECON__QUEUE__URL");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
+    command
+        .args(["serve", "--dev-keys"])
+        .envs(vars)
+        .env("WXPAY_RECON__QUEUE__URL", format!("redis://:hunter2secret@127.0.0.1:{redis_port}"));
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), command.output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("Redis at 127.0.0.1:{redis_port}")), "host not named:\n{stderr}");
+    assert!(!stderr.contains("hunter2secret"), "password printed:\n{stderr}");
+}
