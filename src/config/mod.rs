@@ -358,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_production_config_loads_as_it_is() {
+        figment::Jail::expect_with(|_jail| {
+            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+            let settings = Settings::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(settings.profile().map_err(|e| e.to_string())?, Profile::Cluster);
+            assert!(!settings.wechat.use_dev_keys);
+            assert!(settings.wechat.notify_url.starts_with("https://"), "{}", settings.wechat.notify_url);
+            assert!(!settings.wechat.platform_keys.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn defaults_need_merchant_identity() {
         figment::Jail::expect_with(|_jail| {
             let err = Settings::load(None).expect_err("appid is missing");
