@@ -59,7 +59,7 @@ impl JobQueue {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(5));
+                .busy_timeout(crate::storage::BUSY_TIMEOUT);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Connection, Executor};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor};
 
 pub use error::{StorageError, acquire_timeouts};
 
@@ -164,8 +164,18 @@ impl Db {
         started.elapsed()
     }
 
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`):
+    /// our transactions read the row they then change (`lock_order`, claims), and a deferred
+    /// transaction that has read cannot wait for the lock when another process (a CLI command
+    /// beside the daemon) wrote meanwhile; SQLite fails it at once with "database is locked"
+    /// (SQLITE_BUSY_SNAPSHOT), ignoring busy_timeout. Taken at BEGIN, the lock is waited for
+    /// (busy_timeout) and the transaction's reads are current. Within one process nothing
+    /// changes: the single writer connection already serialised every write transaction.
     pub async fn begin(&self) -> Result<Tx, StorageError> {
-        Ok(self.write.begin().await?)
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.write.begin().await?,
+        })
     }
 
     /// Applies pending migrations. On PostgreSQL sqlx holds an advisory lock meanwhile, so
@@ -214,6 +224,11 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
+/// How long a SQLite statement waits for a lock held elsewhere before failing: far above any
+/// of our write transactions (milliseconds), so only a stuck writer makes it give up. The
+/// queue's SQLite file uses the same (`queue::JobQueue::connect`).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool, StorageError> {
     let _ = sqlx::any::AnyConnectOptions::from_str(url)?;
     let pool = AnyPoolOptions::new()
@@ -221,11 +236,14 @@ async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool, 
         .acquire_timeout(acquire)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
+                // busy_timeout first: every statement after it, these pragmas included, waits
+                // up to BUSY_TIMEOUT for a lock another connection or process holds (the daemon
+                // and a CLI command share the file) instead of failing "database is locked".
                 // WAL lets readers run beside the writer; FULL makes each commit durable
-                // before we acknowledge WeChat; busy_timeout rides out checkpoints.
+                // before we acknowledge WeChat.
+                conn.execute(AssertSqlSafe(format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis()))).await?;
                 conn.execute("PRAGMA journal_mode = WAL").await?;
                 conn.execute("PRAGMA synchronous = FULL").await?;
-                conn.execute("PRAGMA busy_timeout = 5000").await?;
                 conn.execute("PRAGMA foreign_keys = ON").await?;
                 Ok(())
             })

@@ -307,7 +307,39 @@ async fn a_poll_sweep_costs_what_is_due(backend: Backend) {
     assert_eq!(db.due_order_count(now + 60_000).await.unwrap(), 1000, "due again when the claim lapses");
 }
 
+/// Two handles on one database, as the daemon and a CLI command beside it: a transaction that
+/// reads its order and then changes it commits although the other wrote meanwhile. (On SQLite
+/// the deferred transaction used to fail at once, "database is locked", whatever busy_timeout
+/// said: its snapshot was stale. Now it holds the write lock from BEGIN and the other waits.)
+async fn a_transaction_commits_beside_another_writer(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let daemon = db(&env).await;
+    let cli = db(&env).await;
+    let id = order(&daemon, "BESIDE0001").await;
+    let no = trade_no("BESIDE0001");
+    let mut tx = daemon.begin().await.unwrap();
+    assert!(daemon.lock_order(&mut tx, &no).await.unwrap().is_some());
+    let other = tokio::spawn(async move { cli.insert_dead_job(JobKind::CheckOrder, "{}", 1, "beside", 1).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let evidence = Evidence::new(EventSource::Ops, "beside");
+    let request = TransitionRequest {
+        out_trade_no: &no,
+        to: OrderStatus::Closed,
+        evidence: &evidence,
+        transaction_id: None,
+        paid_at_ms: None,
+        note: None,
+        now_ms: 2,
+    };
+    let outcome = daemon.transition(&mut tx, &request).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outcome, TransitionOutcome::Applied { order_id: id, from: OrderStatus::Notpay });
+    other.await.unwrap().unwrap();
+    assert_eq!(daemon.dead_jobs().await.unwrap().len(), 1, "the other writer's row is there too");
+}
+
 crate::both_profiles!(
+    a_transaction_commits_beside_another_writer,
     a_poll_sweep_costs_what_is_due,
     large_inbox_batches_span_statements_and_stay_exact,
     inbox_batches_fold_duplicates_and_report_first_delivery,
