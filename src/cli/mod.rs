@@ -48,7 +48,7 @@ enum Command {
     Bill(reconcile::BillCommand),
 }
 
-/// A failure to report on one line; configuration errors exit with 2, others with 1.
+/// A failure to report on one line; usage and configuration errors exit with 2, others with 1.
 #[derive(Debug)]
 pub struct CliError {
     pub message: String,
@@ -71,6 +71,11 @@ impl From<crate::startup::StartupError> for CliError {
 impl CliError {
     pub fn new(message: impl Into<String>) -> Self {
         Self { message: message.into(), code: 1 }
+    }
+
+    /// The command was given something it cannot do: exit 2, like clap's own usage errors.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 2 }
     }
 }
 

@@ -15,12 +15,14 @@ use super::CliError;
 pub enum JobsCommand {
     /// List jobs that exhausted their attempts, with their last error.
     Dead,
-    /// Re-enqueue dead jobs (attempt counter reset).
+    /// Re-enqueue dead jobs (attempt counter reset): one id, or --all.
+    // Exactly one of the two, or clap refuses with a usage error (exit 2).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Retry {
         /// Dead job id (from `jobs dead`).
         id: Option<i64>,
         /// Retry every dead job.
-        #[arg(long, conflicts_with = "id")]
+        #[arg(long)]
         all: bool,
     },
 }
@@ -58,9 +60,6 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Retry { id, all } => {
-            if id.is_none() && !all {
-                return Err(CliError::new("give a dead job id or --all"));
-            }
             let queue = JobQueue::connect(&settings.queue).await.map_err(|e| CliError::new(e.to_string()))?;
             let clock = Clock::system();
             let mut retried = 0;
@@ -86,7 +85,7 @@ pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode
     let OrderCommand::Show { out_trade_no } = command;
     let db = db(&settings).await?;
     let err = |e: crate::storage::StorageError| CliError::new(e.to_string());
-    let no = OutTradeNo::parse(&out_trade_no).map_err(|e| CliError { message: e.to_string(), code: 2 })?;
+    let no = OutTradeNo::parse(&out_trade_no).map_err(|e| CliError::usage(e.to_string()))?;
     let Some(order) = db.order_by_no(&no).await.map_err(err)? else {
         return Err(CliError::new(format!("no order {out_trade_no}")));
     };
