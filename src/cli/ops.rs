@@ -19,7 +19,7 @@ pub enum JobsCommand {
     // Exactly one of the two, or clap refuses with a usage error (exit 2).
     #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
     Retry {
-        /// Dead job id (from `jobs dead`).
+        /// Dead job id (the first column of `jobs dead`; `dead_job.id` in the worker's log).
         id: Option<i64>,
         /// Retry every dead job.
         #[arg(long)]
@@ -46,11 +46,15 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
             if dead.is_empty() {
                 println!("no dead jobs");
             }
+            // The first column is the dead job's id (`jobs retry <id>`, `dead_job.id` in the
+            // log line that buried it); `job.id` is what the job is about, as the worker's `job`
+            // span logged it on every attempt.
             for job in &dead {
                 println!(
-                    "{:>6}  {:<20} attempts={:<3} died={}  payload={}  last_error={}",
+                    "{:>6}  {:<20} job.id={:<28} attempts={:<3} died={}  payload={}  last_error={}",
                     job.id,
                     job.kind,
+                    subject(&job.payload),
                     job.attempts,
                     from_ms(job.died_at_ms).to_rfc3339(),
                     job.payload,
@@ -69,9 +73,10 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
                 if !db.mark_dead_job_retried(job.id, clock.now_ms()).await.map_err(|e| CliError::new(e.to_string()))? {
                     continue;
                 }
+                let subject = parsed.subject();
                 queue.push(Envelope::first(parsed), None).await.map_err(|e| CliError::new(e.to_string()))?;
                 retried += 1;
-                println!("re-enqueued dead job {} ({})", job.id, job.kind);
+                println!("re-enqueued dead job {} ({} job.id={subject})", job.id, job.kind);
             }
             if retried == 0 {
                 return Err(CliError::new("no matching dead job"));
@@ -79,6 +84,11 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The `job.id` the worker logged for a dead job's payload (`?` if it no longer reads as a job).
+fn subject(payload: &str) -> String {
+    serde_json::from_str::<Job>(payload).map_or_else(|_| "?".to_owned(), |job| job.subject())
 }
 
 pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode, CliError> {

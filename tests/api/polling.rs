@@ -249,6 +249,13 @@ async fn dead_check_is_listed_and_retried_from_the_cli(backend: Backend) {
     assert!(listed.contains(&final_no) && listed.contains(&exhausted_no), "{listed}");
     assert!(listed.contains("PARAM_ERROR") && listed.contains("SYSTEM_ERROR"), "{listed}");
     assert!(listed.contains("attempts=1") && listed.contains("attempts=3"), "{listed}");
+    // Each line starts with the dead job's id (`jobs retry <id>`) and names the job as the
+    // worker's log did (`job.id`, the order number for a check).
+    for dead in app.state.db.dead_jobs().await.unwrap() {
+        let line = listed.lines().find(|l| l.trim_start().starts_with(&format!("{} ", dead.id))).unwrap_or("");
+        let no = if dead.payload.contains(&final_no) { &final_no } else { &exhausted_no };
+        assert!(line.contains(&format!("job.id={no}")), "dead job {}: {listed}", dead.id);
+    }
 
     // The fault is gone; the operator retries; both orders settle.
     set_chaos(&env, json!({ "drop_rate": 1.0 })).await;

@@ -127,14 +127,27 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
 }
 
 /// Moves a job to the dead-letter table (visible in metrics and `wxpay-recon jobs dead`).
+///
+/// The line saying so carries `dead_job.id`, the row id `jobs dead` lists and `jobs retry`
+/// takes, beside the span's `job.kind` and `job.id` (what the job is about, which `jobs dead`
+/// prints too): an operator goes from the log to the command and back by either id.
 async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<(), BoxDynError> {
     let kind = envelope.job.kind();
     ctx.metrics.jobs_finished.with_label_values(&[kind.as_str(), "dead"]).inc();
-    tracing::error!(error = message, "job is dead after {} attempt(s)", envelope.attempt);
     let payload = serde_json::to_string(&envelope.job)?;
-    ctx.db
-        .insert_dead_job(kind, &payload, i64::from(envelope.attempt), message, ctx.clock.now_ms())
-        .await
-        .map_err(|e| -> BoxDynError { Box::new(e) })?;
+    match ctx.db.insert_dead_job(kind, &payload, i64::from(envelope.attempt), message, ctx.clock.now_ms()).await {
+        Ok(dead_job_id) => {
+            tracing::error!(
+                error = message,
+                dead_job.id = dead_job_id,
+                "job is dead after {} attempt(s)",
+                envelope.attempt
+            );
+        }
+        Err(err) => {
+            tracing::error!(error = message, record_error = %err, "job is dead after {} attempt(s) and could not be recorded", envelope.attempt);
+            return Err(Box::new(err));
+        }
+    }
     Err(AbortError::new(JobError { message: message.to_owned(), failure: None }).into())
 }
