@@ -126,8 +126,20 @@ pub async fn order(settings: Settings, command: OrderCommand) -> Result<ExitCode
     let anomalies = db.anomalies(Some(order.out_trade_no.as_str())).await.map_err(err)?;
     if !anomalies.is_empty() {
         println!("\nanomalies:");
-        for (kind, source, _) in anomalies {
-            println!("  {kind} (from {source})");
+        for a in anomalies {
+            let values = match (&a.ours, &a.theirs) {
+                (None, None) => String::new(),
+                (ours, theirs) => {
+                    format!("  ours={} theirs={}", ours.as_deref().unwrap_or("-"), theirs.as_deref().unwrap_or("-"))
+                }
+            };
+            println!(
+                "  {}  {} (from {}, evidence={}){values}",
+                from_ms(a.created_at_ms).to_rfc3339(),
+                a.kind,
+                a.source,
+                a.evidence.as_deref().unwrap_or("-")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

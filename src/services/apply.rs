@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::domain::refund::check_refund_success;
 use crate::domain::{
     AnomalyKind, EventSource, Evidence, Merchant, Order, OrderStatus, PaymentReport, RefundReport, RefundStatus,
+    TransactionId,
 };
 use crate::storage::events::NewEvent;
 use crate::storage::inbox::Anomaly;
@@ -54,6 +55,9 @@ impl ApplyOutcome {
         }
     }
 }
+
+/// How an absent value reads in anomalies and details.
+const NONE: &str = "none";
 
 /// The outcome and, for humans, why.
 type Applied = (ApplyOutcome, Option<String>);
@@ -238,17 +242,21 @@ impl Applier {
                         values: None,
                         detail: format!("paid at WeChat ({}) but closed here", evidence.source),
                     },
-                    _ => Refusal {
-                        kind: AnomalyKind::TransactionMismatch,
-                        out_trade_no: Some(no),
-                        values: None,
-                        detail: format!(
-                            "order is {current} with transaction {:?}, {} says {:?}",
-                            order.transaction_id.as_ref().map(|t| t.as_str()),
-                            evidence.source,
-                            report.transaction_id.as_ref().map(|t| t.as_str())
-                        ),
-                    },
+                    _ => {
+                        // The values themselves (or `none`), never `Some("…")`: this text is
+                        // stored and shown to operators.
+                        let ours = order.transaction_id.as_ref().map_or(NONE, TransactionId::as_str);
+                        let theirs = report.transaction_id.as_ref().map_or(NONE, TransactionId::as_str);
+                        Refusal {
+                            kind: AnomalyKind::TransactionMismatch,
+                            out_trade_no: Some(no),
+                            values: Some((ours, theirs)),
+                            detail: format!(
+                                "order is {current} with transaction {ours}, {} says {theirs}",
+                                evidence.source
+                            ),
+                        }
+                    }
                 };
                 self.refuse(tx, evidence, refusal).await
             }
@@ -323,8 +331,12 @@ impl Applier {
                 };
                 match self.db.transition(tx, &request).await? {
                     TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
-                    other => {
-                        let detail = format!("order could not move to REFUND: {other:?}");
+                    TransitionOutcome::NotApplied { current, .. } => {
+                        let detail = format!("order could not move from {current} to REFUND");
+                        self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
+                    }
+                    TransitionOutcome::NotFound => {
+                        let detail = format!("order {} not found when moving it to REFUND", order.out_trade_no);
                         self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
                     }
                 }

@@ -101,6 +101,46 @@ pub struct Anomaly<'a> {
     pub now_ms: i64,
 }
 
+/// An anomaly as recorded, for operators (`order show`) and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAnomaly {
+    pub kind: AnomalyKind,
+    pub source: EventSource,
+    pub out_trade_no: Option<String>,
+    /// The refused evidence's reference (notification id, `poll:…`, `bill:<date>`).
+    pub evidence: Option<String>,
+    /// Our value and theirs, where the kind compares values.
+    pub ours: Option<String>,
+    pub theirs: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, FromRow)]
+struct AnomalyRow {
+    kind: String,
+    source: String,
+    out_trade_no: Option<String>,
+    evidence: Option<String>,
+    ours: Option<String>,
+    theirs: Option<String>,
+    created_at_ms: i64,
+}
+
+impl TryFrom<AnomalyRow> for RecordedAnomaly {
+    type Error = StorageError;
+    fn try_from(r: AnomalyRow) -> Result<Self, StorageError> {
+        Ok(RecordedAnomaly {
+            kind: r.kind.parse().map_err(corrupt)?,
+            source: r.source.parse().map_err(corrupt)?,
+            out_trade_no: r.out_trade_no,
+            evidence: r.evidence,
+            ours: r.ours,
+            theirs: r.theirs,
+            created_at_ms: r.created_at_ms,
+        })
+    }
+}
+
 /// Row data sent per inbox INSERT statement at most, on PostgreSQL.
 ///
 /// sqlx 0.9.0 leaves Nagle's algorithm on (it no longer sets TCP_NODELAY: sqlx issue #4335).
@@ -353,18 +393,14 @@ impl Db {
     }
 
     /// Anomalies recorded for one order (or all when `None`), oldest first.
-    pub async fn anomalies(
-        &self,
-        out_trade_no: Option<&str>,
-    ) -> Result<Vec<(AnomalyKind, EventSource, Option<String>)>, StorageError> {
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT kind, source, out_trade_no FROM anomalies WHERE ($1 IS NULL OR out_trade_no = $1) ORDER BY id",
+    pub async fn anomalies(&self, out_trade_no: Option<&str>) -> Result<Vec<RecordedAnomaly>, StorageError> {
+        let rows: Vec<AnomalyRow> = sqlx::query_as(
+            "SELECT kind, source, out_trade_no, evidence, ours, theirs, created_at_ms
+             FROM anomalies WHERE ($1 IS NULL OR out_trade_no = $1) ORDER BY id",
         )
         .bind(out_trade_no)
         .fetch_all(self.reader())
         .await?;
-        rows.into_iter()
-            .map(|(kind, source, no)| Ok((kind.parse().map_err(corrupt)?, source.parse().map_err(corrupt)?, no)))
-            .collect()
+        rows.into_iter().map(RecordedAnomaly::try_from).collect()
     }
 }

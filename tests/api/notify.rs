@@ -95,7 +95,7 @@ async fn bad_notifications_are_rejected_or_flagged_and_never_applied(backend: Ba
     let events = app.state.db.order_events(order_id).await.unwrap();
     assert!(!events.iter().any(|e| e.applied == 1 && e.to_status == "SUCCESS"), "{events:?}");
     let mut kinds: Vec<String> =
-        app.state.db.anomalies(None).await.unwrap().into_iter().map(|a| a.0.to_string()).collect();
+        app.state.db.anomalies(None).await.unwrap().into_iter().map(|a| a.kind.to_string()).collect();
     kinds.sort();
     assert_eq!(kinds, vec!["amount_mismatch".to_owned(), "unknown_order".to_owned()]);
     let counted = |reason: &str| app.metrics.notify_rejected.with_label_values(&[reason]).get();
@@ -164,7 +164,53 @@ async fn five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops(backen
     assert_eq!(scalar(&app.state, "SELECT deliveries FROM notifications WHERE notification_id = 'dup-1'").await, 6);
 }
 
+/// A paid order reported paid again under another transaction: the anomaly stores the two
+/// transaction ids as values, and what operators read (the notification's outcome detail,
+/// `order show`) says them plainly, never `Some("…")`.
+async fn a_second_transaction_for_a_paid_order_is_recorded_by_value(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, openid) = env.client(&app).await;
+    let order = client.create_order("mug", 1).await.unwrap();
+    let no = order.out_trade_no.as_str();
+    let (first, second) = ("4200001234202611240000000011", "4200001234202611240000000012");
+    let (headers, body) = env.notification("n-first", &env.transaction_json(no, order.amount_fen, &openid, first));
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+    client.wait_for_status(no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let (headers, body) = env.notification("n-second", &env.transaction_json(no, order.amount_fen, &openid, second));
+    assert_eq!(app.post_notify(&headers, body).await.0, 204);
+    eventually("the second notification is refused", Duration::from_secs(20), || async {
+        !app.state.db.anomalies(Some(no)).await.unwrap().is_empty()
+    })
+    .await;
+
+    let anomalies = app.state.db.anomalies(Some(no)).await.unwrap();
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    let anomaly = &anomalies[0];
+    assert_eq!((anomaly.kind.as_str(), anomaly.evidence.as_deref()), ("transaction_mismatch", Some("n-second")));
+    assert_eq!((anomaly.ours.as_deref(), anomaly.theirs.as_deref()), (Some(first), Some(second)));
+    let (detail,): (String,) =
+        sqlx::query_as("SELECT outcome_detail FROM notifications WHERE notification_id = 'n-second'")
+            .fetch_one(app.state.db.reader())
+            .await
+            .unwrap();
+    assert_eq!(detail, format!("order is SUCCESS with transaction {first}, notify says {second}"));
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
+        .args(["order", "show", no])
+        .envs(env.env_vars())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line = shown.lines().find(|l| l.contains("transaction_mismatch")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(line.contains(&format!("ours={first} theirs={second}")) && line.contains("evidence=n-second"), "{line}");
+    assert!(!shown.contains("Some("), "{shown}");
+}
+
 crate::both_profiles!(
     bad_notifications_are_rejected_or_flagged_and_never_applied,
-    five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops
+    five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops,
+    a_second_transaction_for_a_paid_order_is_recorded_by_value,
 );
