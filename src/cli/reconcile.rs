@@ -1,30 +1,34 @@
 //! `wxpay-recon reconcile --date D` (or `--from D --to D`): reconcile in the foreground with a
 //! progress bar and a summary table; exit 3 when unexplained discrepancies remain, 1 when a run
-//! failed. `wxpay-recon bill parse FILE`: check a bill file offline.
+//! failed, 2 when a day cannot have a bill (not over yet, older than WeChat keeps, a range too
+//! long: `domain::bill_day`). `wxpay-recon bill parse FILE`: check a bill file offline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{Days, NaiveDate};
+use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bill::{BillItem, BillReader};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::deps::Deps;
+use crate::domain::bill_day::bill_days;
+use crate::domain::time::wechat_date;
 use crate::services::reconcile::{Progress, fetch};
 use crate::telemetry::metrics::Metrics;
 
 use super::CliError;
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("days").required(true).args(["date", "from"])))]
 pub struct Args {
-    /// One WeChat day (Asia/Shanghai), YYYY-MM-DD.
+    /// One WeChat day (Asia/Shanghai), YYYY-MM-DD: before today, within the last 3 months.
     #[arg(long, conflicts_with_all = ["from", "to"])]
     date: Option<NaiveDate>,
-    /// First day of a range (inclusive).
+    /// First day of a range (inclusive); a range is at most 92 days (WeChat keeps 3 months).
     #[arg(long, requires = "to")]
     from: Option<NaiveDate>,
     /// Last day of a range (inclusive).
@@ -53,9 +57,9 @@ impl Progress for Bar {
 }
 
 pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
-    let days = days_of(&args)?;
-    let deps =
-        Deps::build(&settings, Clock::system(), Metrics::new()).await.map_err(|e| CliError::new(e.to_string()))?;
+    let clock = Clock::system();
+    let days = days_of(&args, wechat_date(clock.now()))?;
+    let deps = Deps::build(&settings, clock, Metrics::new()).await.map_err(|e| CliError::new(e.to_string()))?;
     let reconciler = deps.reconciler(&settings);
     let db = deps.db;
     let mut failed = false;
@@ -114,20 +118,16 @@ pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
     })
 }
 
-fn days_of(args: &Args) -> Result<Vec<NaiveDate>, CliError> {
-    match (args.date, args.from, args.to) {
-        (Some(day), _, _) => Ok(vec![day]),
-        (None, Some(from), Some(to)) if from <= to => {
-            let mut days = Vec::new();
-            let mut day = from;
-            while day <= to && days.len() < 366 {
-                days.push(day);
-                day = day.checked_add_days(Days::new(1)).ok_or_else(|| CliError::new("date out of range"))?;
-            }
-            Ok(days)
-        }
-        _ => Err(CliError { message: "give --date YYYY-MM-DD or --from D --to D (from <= to)".into(), code: 2 }),
-    }
+/// The days asked for, checked against what WeChat can serve today (Asia/Shanghai): a day
+/// without a bill is the operator's mistake (exit 2), refused before anything is built, so no
+/// call to WeChat is made and no failed run is stored.
+fn days_of(args: &Args, today: NaiveDate) -> Result<Vec<NaiveDate>, CliError> {
+    let (from, to) = match (args.date, args.from, args.to) {
+        (Some(day), None, None) => (day, day),
+        (None, Some(from), Some(to)) => (from, to),
+        _ => return Err(CliError::usage("give --date YYYY-MM-DD or --from YYYY-MM-DD --to YYYY-MM-DD")),
+    };
+    bill_days(from, to, today).map_err(|e| CliError::usage(e.to_string()))
 }
 
 pub fn bill(command: BillCommand) -> Result<ExitCode, CliError> {

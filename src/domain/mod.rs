@@ -5,6 +5,7 @@
 //! `wechat::convert` (WeChat's JSON and bill rows) and `storage` (database rows).
 
 pub mod anomaly;
+pub mod bill_day;
 pub mod bill_run;
 pub mod catalog;
 pub mod discrepancy;

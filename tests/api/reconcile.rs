@@ -346,6 +346,45 @@ async fn the_cli_reports_and_exits_non_zero_on_unexplained(backend: Backend) {
     assert!(!parsed.0 && parsed.1.contains("line"), "{parsed:?}");
 }
 
+/// Days that cannot have a bill are the operator's mistake: exit 2 with the reason, refused
+/// before WeChat is asked and without a run recorded. A range is refused whole, never cut.
+async fn the_cli_refuses_days_that_cannot_have_a_bill(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let today = wechat_date(env.clock.now());
+    let day = |back: u64| today.checked_sub_days(Days::new(back)).unwrap().to_string();
+    let tomorrow = today.checked_add_days(Days::new(1)).unwrap().to_string();
+    let (today, old, month_ago, long_ago, yesterday, before) = (day(0), day(200), day(30), day(400), day(1), day(2));
+    let cases: [(Vec<&str>, &str); 7] = [
+        (vec!["--date", &today], "no bill yet"),
+        (vec!["--date", &tomorrow], "no bill yet"),
+        (vec!["--date", &old], "older than WeChat keeps bills"),
+        (vec!["--from", &month_ago, "--to", &today], "no bill yet"),
+        (vec!["--from", &long_ago, "--to", &yesterday], "at most 92"),
+        (vec!["--from", &yesterday, "--to", &before], "starts after it ends"),
+        (vec![], "required"),
+    ];
+    for (args, reason) in cases {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
+            .arg("reconcile")
+            .args(&args)
+            .envs(env.env_vars())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    let calls: Vec<Value> =
+        reqwest::get(format!("{}/sim/calls", env.sim.base_url())).await.unwrap().json().await.unwrap();
+    assert!(calls.is_empty(), "WeChat was asked: {calls:?}");
+    let db = wxpay_recon::storage::Db::connect(&env.settings().database).await.unwrap();
+    db.migrate().await.unwrap();
+    for date in [today, tomorrow, old, month_ago, yesterday] {
+        assert_eq!(db.bill_run(&date).await.unwrap(), None, "{date}: no run recorded");
+    }
+}
+
 fn sample_row() -> wxpay_recon::bill::BillRow {
     wxpay_recon::bill::BillRow {
         trade_time: "2026-11-24 12:00:00".into(),
@@ -396,4 +435,5 @@ crate::both_profiles!(
     payments_around_shanghai_midnight_land_on_their_own_day,
     the_scheduler_waits_for_the_bill_and_catches_up,
     the_cli_reports_and_exits_non_zero_on_unexplained,
+    the_cli_refuses_days_that_cannot_have_a_bill,
 );
