@@ -25,7 +25,7 @@ pub use amount::{
 };
 pub use read::{BillError, BillItem, BillReader, MAX_LINE_BYTES, read_bill};
 pub use row::{BillRow, COLUMNS, HEADER, RowError, TRADE_STATES, TRADE_TIME_FORMAT, format_trade_time};
-pub use summary::{BillSummary, SUMMARY_COLUMNS, SUMMARY_HEADER, SummaryError};
+pub use summary::{BillSummary, SUMMARY_COLUMNS, SUMMARY_HEADER, SUMMARY_LABELS, SummaryDisagreement, SummaryError};
 pub use write::{BOM, BillWriter, sanitize};
 
 #[cfg(test)]

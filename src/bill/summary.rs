@@ -15,6 +15,40 @@ pub const SUMMARY_HEADER: [&str; SUMMARY_COLUMNS] =
 /// Values on the summary line.
 pub const SUMMARY_COLUMNS: usize = 7;
 
+/// What each summary value is, in English, for people reading our output.
+pub const SUMMARY_LABELS: [&str; SUMMARY_COLUMNS] = [
+    "trades",
+    "settlement total (paid)",
+    "refunded",
+    "recharge-coupon refunds",
+    "fees",
+    "order total",
+    "refunds requested",
+];
+
+/// One value of a stated summary that the rows above it do not add up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryDisagreement {
+    /// Index into [`SUMMARY_HEADER`] and [`SUMMARY_LABELS`].
+    pub column: usize,
+    /// The value on the summary line, in the official text form (yuan with 2 decimals...).
+    pub stated: String,
+    /// The sum of the rows, in the same form.
+    pub rows: String,
+}
+
+impl SummaryDisagreement {
+    pub fn label(&self) -> &'static str {
+        SUMMARY_LABELS.get(self.column).copied().unwrap_or("?")
+    }
+}
+
+impl std::fmt::Display for SummaryDisagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: stated {}, rows add up to {}", self.label(), self.stated, self.rows)
+    }
+}
+
 /// Count of detail rows and sums of the amount columns 13, 17, 18, 23, 25 and 26.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillSummary {
@@ -85,6 +119,22 @@ impl BillSummary {
         })
     }
 
+    /// Where this stated summary disagrees with `rows` (the summary recomputed from the rows,
+    /// [`BillSummary::from_rows`] or the reader's running totals), value by value: every one
+    /// of the seven, since a file whose own totals disagree is corrupt whichever it is.
+    ///
+    /// Compared in the official text form, which is exact (integers rendered with a decimal
+    /// point, no rounding), so equal text means equal values and the report reads as the bill.
+    pub fn disagreements(&self, rows: &BillSummary) -> Vec<SummaryDisagreement> {
+        self.to_values()
+            .into_iter()
+            .zip(rows.to_values())
+            .enumerate()
+            .filter(|(_, (stated, rows))| stated != rows)
+            .map(|(column, (stated, rows))| SummaryDisagreement { column, stated, rows })
+            .collect()
+    }
+
     /// The values in the official style: integer count, 2-dp yuan, 5-dp fee total.
     pub fn to_values(&self) -> [String; SUMMARY_COLUMNS] {
         [
@@ -128,6 +178,28 @@ mod tests {
         assert_eq!(BillSummary::from_values(&["1"]), Err(SummaryError::ColumnCount(1)));
         let err = BillSummary::from_values(&["1", "x", "0", "0", "0", "0", "0"]).expect_err("bad");
         assert!(err.to_string().contains("应结订单总金额"), "{err}");
+    }
+
+    #[test]
+    fn disagreements_name_each_value_that_differs() {
+        let pay =
+            BillRow { settlement_total_fen: 10_700, order_total_fen: 10_700, fee_e5: 64_200, ..BillRow::default() };
+        let rows = BillSummary::from_rows([&pay]);
+        assert_eq!(rows.disagreements(&rows), vec![]);
+        let stated = BillSummary { count: 2, settlement_total_fen: 10_800, ..rows };
+        let found = stated.disagreements(&rows);
+        assert_eq!(
+            found,
+            vec![
+                SummaryDisagreement { column: 0, stated: "2".into(), rows: "1".into() },
+                SummaryDisagreement { column: 1, stated: "108.00".into(), rows: "107.00".into() },
+            ]
+        );
+        assert_eq!(found[1].to_string(), "settlement total (paid): stated 108.00, rows add up to 107.00");
+        // The two columns the reconciler used to skip are compared too.
+        let requested = BillSummary { refund_request_fen: 1, recharge_coupon_refund_fen: 2, ..rows };
+        let columns: Vec<usize> = requested.disagreements(&rows).iter().map(|d| d.column).collect();
+        assert_eq!(columns, vec![3, 6]);
     }
 
     #[test]

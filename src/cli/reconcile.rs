@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::bill::{BillItem, BillReader};
+use crate::bill::{BillReader, BillSummary, SUMMARY_LABELS};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::deps::Deps;
@@ -130,20 +130,56 @@ fn days_of(args: &Args, today: NaiveDate) -> Result<Vec<NaiveDate>, CliError> {
     bill_days(from, to, today).map_err(|e| CliError::usage(e.to_string()))
 }
 
+/// Reads the whole file (exit 1 on the first bad line), prints its summary beside the sums of
+/// its rows, and exits 1 when they disagree: such a file is corrupt whatever our books say
+/// (the reconciler records the same check as a `summary_mismatch`).
 pub fn bill(command: BillCommand) -> Result<ExitCode, CliError> {
     let BillCommand::Parse { file } = command;
-    let reader = BillReader::new(fetch::open_plain(&file).map_err(|e| CliError::new(e.to_string()))?);
-    let mut rows = 0u64;
-    let mut summary = None;
-    for item in reader {
-        match item.map_err(|e| CliError::new(format!("{}: {e}", file.display())))? {
-            BillItem::Row(_) => rows += 1,
-            BillItem::Summary(s) => summary = Some(s),
-        }
+    let mut reader = BillReader::new(fetch::open_plain(&file).map_err(|e| CliError::new(e.to_string()))?);
+    for item in &mut reader {
+        item.map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
     }
-    let summary = summary.ok_or_else(|| CliError::new(format!("{}: no summary (truncated?)", file.display())))?;
+    let stated = *reader
+        .stated_summary()
+        .ok_or_else(|| CliError::new(format!("{}: no summary (truncated?)", file.display())))?;
+    let rows = *reader.rows_summary();
     let sha1 = fetch::sha1_of_plain(&file).map_err(|e| CliError::new(e.to_string()))?;
-    println!("{}: {rows} rows, sha1 {sha1}", file.display());
-    println!("summary: {summary:?}");
-    Ok(ExitCode::SUCCESS)
+    println!("{}: {} rows, sha1 {sha1}", file.display(), rows.count);
+    print!("{}", summary_table(&stated, &rows));
+    let disagreements = stated.disagreements(&rows);
+    if disagreements.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = disagreements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    Err(CliError::new(format!("{}: the summary does not add up the rows: {list}", file.display())))
+}
+
+/// The summary line beside the sums of the rows, one value per line, amounts in yuan as the
+/// bill prints them (fees to 0.00001 yuan); a value that differs is marked.
+fn summary_table(stated: &BillSummary, rows: &BillSummary) -> String {
+    let mut table = format!("{:<24} {:>16} {:>16}\n", "summary", "stated", "rows add up to");
+    for (label, (stated, rows)) in SUMMARY_LABELS.iter().zip(stated.to_values().into_iter().zip(rows.to_values())) {
+        let mark = if stated == rows { "" } else { "  <- disagrees" };
+        table.push_str(&format!("{label:<24} {stated:>16} {rows:>16}{mark}\n"));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_table_reads_as_yuan_and_marks_what_differs() {
+        let rows = BillSummary { count: 2, settlement_total_fen: 10_700, fee_e5: 64_200, ..BillSummary::default() };
+        let stated = BillSummary { settlement_total_fen: 10_800, ..rows };
+        let table = summary_table(&stated, &rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 8, "{table}");
+        assert!(lines[1].starts_with("trades") && lines[1].ends_with(" 2"), "{table}");
+        assert!(lines[2].contains("108.00") && lines[2].contains("107.00"), "{table}");
+        assert!(lines[2].ends_with("<- disagrees"), "{table}");
+        assert!(lines[5].contains("0.64200") && !lines[5].contains("disagrees"), "{table}");
+        assert_eq!(table.matches("disagrees").count(), 1, "{table}");
+    }
 }

@@ -346,6 +346,40 @@ async fn the_cli_reports_and_exits_non_zero_on_unexplained(backend: Backend) {
     assert!(!parsed.0 && parsed.1.contains("line"), "{parsed:?}");
 }
 
+/// `bill parse` on a file whose summary (108.00) is not the sum of its rows (107.00): the
+/// totals are printed in yuan, the value that differs is named, and the exit code is 1.
+async fn bill_parse_fails_on_a_summary_that_disagrees_with_its_rows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mut writer = wxpay_recon::bill::BillWriter::new(Vec::new()).unwrap();
+    for fen in [10_000, 700] {
+        writer
+            .write_row(&wxpay_recon::bill::BillRow { settlement_total_fen: fen, order_total_fen: fen, ..sample_row() })
+            .unwrap();
+    }
+    let added_up = *writer.summary();
+    assert_eq!(added_up.settlement_total_fen, 10_700);
+    let stated = wxpay_recon::bill::BillSummary { settlement_total_fen: 10_800, ..added_up };
+    let path = env.path("disagrees.bill");
+    std::fs::write(&path, writer.finish_with(&stated).unwrap()).unwrap();
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"))
+        .args(["bill", "parse"])
+        .arg(&path)
+        .envs(env.env_vars())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 rows"), "{stdout}");
+    let settlement = stdout.lines().find(|l| l.starts_with("settlement total")).unwrap_or_default();
+    assert!(settlement.contains("108.00") && settlement.contains("107.00"), "{stdout}");
+    assert!(settlement.contains("disagrees"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("fees") && l.contains("0.06000")), "{stdout}");
+    assert!(!stdout.contains("BillSummary") && !stdout.contains("_fen"), "no Debug output: {stdout}");
+    assert!(stderr.contains("settlement total (paid): stated 108.00, rows add up to 107.00"), "{stderr}");
+}
+
 /// Days that cannot have a bill are the operator's mistake: exit 2 with the reason, refused
 /// before WeChat is asked and without a run recorded. A range is refused whole, never cut.
 async fn the_cli_refuses_days_that_cannot_have_a_bill(backend: Backend) {
@@ -435,5 +469,6 @@ crate::both_profiles!(
     payments_around_shanghai_midnight_land_on_their_own_day,
     the_scheduler_waits_for_the_bill_and_catches_up,
     the_cli_reports_and_exits_non_zero_on_unexplained,
+    bill_parse_fails_on_a_summary_that_disagrees_with_its_rows,
     the_cli_refuses_days_that_cannot_have_a_bill,
 );

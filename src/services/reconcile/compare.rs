@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::bill::{BillRow, BillSummary};
+use crate::bill::{BillRow, BillSummary, SummaryDisagreement};
 use crate::domain::{
     Discrepancy, DiscrepancyClass as Class, Fen, OrderStatus, OutTradeNo, PaidOrder, PaymentReport, Resolution,
 };
@@ -17,16 +17,6 @@ use super::ours::OursTable;
 pub struct Unmatched {
     pub line: u64,
     pub report: PaymentReport,
-}
-
-/// Running totals of the detail rows, checked against the bill's own summary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Totals {
-    count: u64,
-    settlement_total_fen: i64,
-    refund_total_fen: i64,
-    fee_e5: i64,
-    order_total_fen: i64,
 }
 
 /// One of our refunds applied for on the bill's day.
@@ -44,7 +34,8 @@ pub struct Comparator {
     healed_before: HashSet<String>,
     /// Keys of rows not in `ours` seen so far (duplicates among them).
     other_keys: HashSet<String>,
-    totals: Totals,
+    /// Running totals of the detail rows, checked against the bill's own summary.
+    totals: BillSummary,
     summary_seen: bool,
     found: Vec<Discrepancy>,
     unmatched: Vec<Unmatched>,
@@ -67,7 +58,7 @@ impl Comparator {
             our_refunds: HashMap::new(),
             healed_before,
             other_keys: HashSet::new(),
-            totals: Totals::default(),
+            totals: BillSummary::default(),
             summary_seen: false,
             found: Vec::new(),
             unmatched: Vec::new(),
@@ -91,11 +82,7 @@ impl Comparator {
     /// One detail row of the bill, at `line`. A row that does not read as a payment, a
     /// refund or a revocation is refused (the run fails; nothing is guessed).
     pub fn row(&mut self, line: u64, row: &BillRow) -> Result<(), ConvertError> {
-        self.totals.count += 1;
-        self.totals.settlement_total_fen += row.settlement_total_fen;
-        self.totals.refund_total_fen += row.refund_fen;
-        self.totals.fee_e5 += row.fee_e5;
-        self.totals.order_total_fen += row.order_total_fen;
+        self.totals.add(row);
         match convert::bill_entry(row)? {
             BillEntry::Payment(report) => self.payment_row(line, row, report),
             BillEntry::Refund { out_trade_no, out_refund_no, amount } => {
@@ -191,21 +178,20 @@ impl Comparator {
         self.found.push(Self::at(d, line, row));
     }
 
-    /// The bill's summary line: it must agree with the rows above it.
+    /// The bill's summary line: it must agree with the rows above it (every value, the same
+    /// check as `wxpay-recon bill parse`). The discrepancy names each value that differs, the
+    /// rows' sum as ours and the stated one as theirs.
     pub fn summary(&mut self, line: u64, summary: &BillSummary) {
         self.summary_seen = true;
-        let theirs = Totals {
-            count: summary.count,
-            settlement_total_fen: summary.settlement_total_fen,
-            refund_total_fen: summary.refund_total_fen,
-            fee_e5: summary.fee_e5,
-            order_total_fen: summary.order_total_fen,
-        };
-        if theirs != self.totals {
+        let disagreements = summary.disagreements(&self.totals);
+        if !disagreements.is_empty() {
+            let list = |value: fn(&SummaryDisagreement) -> &str| {
+                disagreements.iter().map(|d| format!("{} {}", d.label(), value(d))).collect::<Vec<_>>().join("; ")
+            };
             let mut d = Discrepancy::unexplained(Class::SummaryMismatch, None, "the summary does not add up the rows");
             d.bill_line = i64::try_from(line).ok();
-            d.ours = Some(format!("{:?}", self.totals));
-            d.theirs = Some(format!("{theirs:?}"));
+            d.ours = Some(list(|d| &d.rows));
+            d.theirs = Some(list(|d| &d.stated));
             self.found.push(d);
         }
     }
@@ -289,14 +275,8 @@ mod tests {
         for (i, row) in rows.iter().enumerate() {
             c.row(i as u64 + 2, row).expect("row");
         }
-        let summary = BillSummary {
-            count: rows.len() as u64,
-            settlement_total_fen: rows.iter().map(|r| r.settlement_total_fen).sum::<i64>() + summary_delta,
-            refund_total_fen: rows.iter().map(|r| r.refund_fen).sum(),
-            fee_e5: 0,
-            order_total_fen: rows.iter().map(|r| r.order_total_fen).sum(),
-            ..BillSummary::default()
-        };
+        let added_up = BillSummary::from_rows(rows);
+        let summary = BillSummary { settlement_total_fen: added_up.settlement_total_fen + summary_delta, ..added_up };
         c.summary(rows.len() as u64 + 4, &summary);
         c.finish()
     }
@@ -383,6 +363,10 @@ mod tests {
         let ours = [paid("ORDER0001", 100, None)];
         let found = compare(&ours, &[], &[payment("ORDER0001", 100, TXID)], 7);
         assert_eq!(classes(&found), vec![(Class::SummaryMismatch, Resolution::Unexplained)]);
+        // What differs, readably: the rows' sum is ours, the stated value theirs.
+        let d = &found.discrepancies[0];
+        assert_eq!(d.ours.as_deref(), Some("settlement total (paid) 1.00"));
+        assert_eq!(d.theirs.as_deref(), Some("settlement total (paid) 1.07"));
     }
 
     #[test]
