@@ -279,6 +279,10 @@ impl Applier {
             let detail = format!("mchid_mismatch: ours {}, {} {mchid}", self.merchant.mchid, evidence.source);
             return self.refuse(tx, evidence, refuse(AnomalyKind::MchidMismatch, detail)).await;
         }
+        // The order first, then the refund: the order in which a refund request locks them
+        // (`RefundService::record`). Locking the other way round deadlocked PostgreSQL when a
+        // request for a refund met the answer of the same refund applied concurrently.
+        let order = self.db.lock_order(tx, &report.out_trade_no).await?;
         let Some(refund) = self.db.lock_refund(tx, &report.out_refund_no).await? else {
             if report.status != RefundStatus::Success {
                 // No money moves either way: nothing here to end (as before the typed core).
@@ -303,8 +307,15 @@ impl Applier {
                 let detail = format!("refund amount: ours {}, WeChat {}", refund.amount.0, report.amount.0);
                 self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
             }
+            RefundStatus::Success if refund.out_trade_no != report.out_trade_no => {
+                let detail = format!(
+                    "refund {} is of order {} here, WeChat says {}",
+                    refund.out_refund_no, refund.out_trade_no, report.out_trade_no
+                );
+                self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await
+            }
             RefundStatus::Success => {
-                let Some(order) = self.db.lock_order(tx, &refund.out_trade_no).await? else {
+                let Some(order) = order else {
                     let detail = format!("refund {} names no order here", refund.out_refund_no);
                     return self.refuse(tx, evidence, refuse(AnomalyKind::UnknownRefund, detail)).await;
                 };
