@@ -426,7 +426,7 @@ fn histogram_vec(n: &str, help: &str, labels: &[&str]) -> HistogramVec {
 
 /// Metric options are compile-time constants checked by the unit test below.
 #[expect(clippy::panic, reason = "static metric definitions are validated by unit tests")]
-fn unreachable_metric(n: &str) -> ! {
+pub(super) fn unreachable_metric(n: &str) -> ! {
     panic!("invalid metric definition {n}")
 }
 

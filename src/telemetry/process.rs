@@ -13,6 +13,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, Opts};
 
+use super::metrics::unreachable_metric;
+
 /// `/proc/<pid>/stat` reports CPU time in USER_HZ ticks, which Linux fixes at 100 on every
 /// architecture for user-space interfaces (`sysconf(_SC_CLK_TCK)` would need `unsafe`).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -160,11 +162,6 @@ fn boot_time_secs(stat: &str) -> Option<u64> {
 /// The soft limit of `Max open files` in `/proc/self/limits` (`unlimited` reads as none).
 fn max_open_files(limits: &str) -> Option<u64> {
     limits.lines().find_map(|line| line.strip_prefix("Max open files")?.split_whitespace().next()?.parse().ok())
-}
-
-#[expect(clippy::panic, reason = "static metric definitions are validated by unit tests")]
-fn unreachable_metric(n: &str) -> ! {
-    panic!("invalid metric definition {n}")
 }
 
 #[cfg(test)]

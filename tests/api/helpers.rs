@@ -524,6 +524,29 @@ impl Process {
     }
 }
 
+/// A loopback port nobody listens on right now (free at the time of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// Records an apply job as dead, as the worker does when one exhausts its attempts
+/// (`worker::jobs::bury`), and tells the app's teardown it is expected.
+pub async fn bury_a_job(env: &TestEnv, app: &TestApp) {
+    app.expect_dead_jobs();
+    let payload = serde_json::to_string(&wxpay_recon::queue::Job::ApplyNotification { inbox_id: 0 }).expect("json");
+    app.state
+        .db
+        .insert_dead_job(
+            wxpay_recon::domain::JobKind::ApplyNotification,
+            &payload,
+            8,
+            "test: attempts exhausted",
+            env.clock.now_ms(),
+        )
+        .await
+        .expect("dead job recorded");
+}
+
 /// Waits until `check` is true or `timeout` passes (then panics with `what`).
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

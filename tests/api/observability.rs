@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wxpay_recon::queue::Job;
 
 use crate::helpers::*;
 
@@ -231,19 +230,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
 
     // What the worker writes when a job exhausts its attempts (`worker::jobs::bury`), so the
     // dead-jobs panels show a non-zero kind (the gauge itself is exported at 0 for every kind).
-    let payload = serde_json::to_string(&Job::ApplyNotification { inbox_id: 0 }).unwrap();
-    app.expect_dead_jobs();
-    app.state
-        .db
-        .insert_dead_job(
-            wxpay_recon::domain::JobKind::ApplyNotification,
-            &payload,
-            8,
-            "observability test: attempts exhausted",
-            env.clock.now_ms(),
-        )
-        .await
-        .unwrap();
+    bury_a_job(&env, &app).await;
 
     // Background work (apply, sweeper, poller) lands asynchronously: scrape until everything
     // is there or the deadline passes.

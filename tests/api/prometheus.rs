@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
-use wxpay_recon::queue::Job;
 
 use crate::helpers::*;
 use crate::observability::{DASHBOARD, dashboard_exprs};
@@ -35,10 +34,6 @@ fn prometheus_binary() -> PathBuf {
              through scripts/check-dashboards.sh before the tests run)"
         )
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A Prometheus server in a temporary directory, killed when dropped.
@@ -172,19 +167,7 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_the_first_failures_ale
     assert_eq!(app.post_notify(&headers, body).await.0, 204);
 
     // A job that exhausted its attempts.
-    app.expect_dead_jobs();
-    let payload = serde_json::to_string(&Job::ApplyNotification { inbox_id: 0 }).unwrap();
-    app.state
-        .db
-        .insert_dead_job(
-            wxpay_recon::domain::JobKind::ApplyNotification,
-            &payload,
-            8,
-            "prometheus test: attempts exhausted",
-            env.clock.now_ms(),
-        )
-        .await
-        .unwrap();
+    bury_a_job(&env, &app).await;
 
     let dashboard: Value = serde_json::from_str(DASHBOARD).unwrap();
     let exprs = dashboard_exprs(&dashboard);

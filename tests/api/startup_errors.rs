@@ -8,10 +8,6 @@ use tokio::process::Command;
 
 use crate::helpers::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Runs the binary with only `vars` (plus PATH) in its environment, from `dir`.
 async fn run(dir: &std::path::Path, args: &[&str], vars: &[(&str, String)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
