@@ -148,6 +148,17 @@ fn missing_metrics(referenced: &BTreeMap<String, BTreeSet<String>>, exposition: 
     missing
 }
 
+/// A user logs in, pays one order and leaves another unpaid: (their openid, the paid order).
+pub async fn a_paid_and_an_unpaid_order(env: &TestEnv, app: &TestApp) -> (String, String) {
+    let (client, openid) = env.client(app).await;
+    let paid = client.create_order("coffee", 1).await.unwrap();
+    client.pay(&paid.out_trade_no).await.unwrap();
+    client.wait_for_status(&paid.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
+    let unpaid = client.create_order("mug", 1).await.unwrap();
+    assert_eq!(client.order(&unpaid.out_trade_no).await.unwrap()["status"], "NOTPAY");
+    (openid, paid.out_trade_no)
+}
+
 async fn scrape(base: &str) -> String {
     let response = reqwest::get(format!("{base}/metrics")).await.expect("GET /metrics");
     assert_eq!(response.status().as_u16(), 200);
@@ -214,12 +225,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     // Labelled families appear in the exposition only once a label set is used, so exercise
     // what an SRE would see on a live shop: a login, a paid order, an unpaid one, a refused and
     // a contradicting notification, and a job in the dead-letter table.
-    let (client, openid) = env.client(&app).await;
-    let paid = client.create_order("coffee", 1).await.unwrap();
-    client.pay(&paid.out_trade_no).await.unwrap();
-    client.wait_for_status(&paid.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
-    let unpaid = client.create_order("mug", 1).await.unwrap();
-    assert_eq!(client.order(&unpaid.out_trade_no).await.unwrap()["status"], "NOTPAY");
+    let (openid, _paid) = a_paid_and_an_unpaid_order(&env, &app).await;
 
     let (status, _) = app.post_notify(&[], "{}").await;
     assert!((400..500).contains(&status), "unsigned notification refused, got {status}");

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::helpers::*;
-use crate::observability::{DASHBOARD, dashboard_exprs};
+use crate::observability::{DASHBOARD, a_paid_and_an_unpaid_order, dashboard_exprs};
 
 /// Alerts the traffic below must raise, with what raises them.
 const EXPECTED_ALERTS: &[(&str, &str)] = &[
@@ -138,15 +138,10 @@ async fn a_real_prometheus_sees_every_dashboard_query_and_the_first_failures_ale
     let up = format!(r#"up{{instance="{target}"}} == 1"#);
     eventually("prometheus scraped the instance", DEADLINE, || async { prometheus.query(&up).await.len() == 1 }).await;
 
-    let (client, openid) = env.client(&app).await;
-    let paid = client.create_order("coffee", 1).await.unwrap();
-    client.pay(&paid.out_trade_no).await.unwrap();
-    client.wait_for_status(&paid.out_trade_no, "SUCCESS", Duration::from_secs(20)).await.unwrap();
-    let unpaid = client.create_order("mug", 1).await.unwrap();
-    assert_eq!(client.order(&unpaid.out_trade_no).await.unwrap()["status"], "NOTPAY");
+    let (openid, paid) = a_paid_and_an_unpaid_order(&env, &app).await;
 
     // Six forged notifications in one burst (a rotated platform key we do not know).
-    let resource = env.transaction_json(&paid.out_trade_no, 100, &openid, "4200000000202612020000000001");
+    let resource = env.transaction_json(&paid, 100, &openid, "4200000000202612020000000001");
     let (headers, body) = env.notification("n-prometheus-forged", &resource);
     let forged: Vec<(&str, String)> = headers
         .into_iter()
