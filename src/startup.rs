@@ -60,11 +60,11 @@ fn load_secrets(settings: &Settings) -> Result<(Vault, Arc<Credentials>, Option<
     let vault = problems.check(Vault::from_settings(settings));
     let creds = problems.check(Credentials::load(settings));
     let admin_token = problems.check(admin_token(settings));
-    problems.finish()?;
-    match (vault, creds, admin_token) {
-        (Some(vault), Some(creds), Some(admin_token)) => Ok((vault, Arc::new(creds), admin_token)),
-        _ => Err(ConfigError::invalid("config", "invalid configuration")),
-    }
+    let all = match (vault, creds, admin_token) {
+        (Some(vault), Some(creds), Some(admin_token)) => Some((vault, Arc::new(creds), admin_token)),
+        _ => None,
+    };
+    problems.finish_with(all)
 }
 
 /// `server.admin_token` (or its file), long enough to guard refunds; `None` disables admin routes.

@@ -108,7 +108,7 @@ impl From<OrderError> for ApiError {
             OrderError::UnknownProduct(_) | OrderError::BadQuantity => ApiError::BadRequest(err.to_string()),
             OrderError::NotPayable(_) => ApiError::Conflict(err.to_string()),
             OrderError::PaymentUnavailable { out_trade_no, source } => {
-                note_cause(&source);
+                note_cause(&format_args!("order {out_trade_no}: {source}"));
                 ApiError::PaymentUnavailable { out_trade_no }
             }
             OrderError::Refused(source) => {

@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, each exposing `router()`; here they are assembled
-//! with the cross-cutting layers (body limit, timeout, tracing, HTTP metrics).
+//! with the cross-cutting layers (body limit, timeout, and `observe`: request id, span, error
+//! line, HTTP metrics).
 
 pub mod admin;
 pub mod auth;

@@ -174,6 +174,9 @@ impl Settings {
         if !header.is_empty() && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             problems.push(ConfigError::invalid("server.client_ip_header", format!("{header:?} is not a header name")));
         }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            problems.push(ConfigError::invalid("log.filter", format!("not a tracing filter: {err}")));
+        }
         problems.check(positive("notify.max_batch", self.notify.max_batch));
         problems.check(positive("notify.writers", self.notify.writers));
         if self.notify.writers.saturating_mul(2) > self.database.max_connections as usize {
@@ -267,10 +270,10 @@ impl Settings {
 /// error messages that must name the host but never a password.
 pub fn endpoint_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    if path.is_empty() { host.to_owned() } else { format!("{host}/{path}") }
+    // Credentials end at the last `@`: cut them before anything else, so a password holding
+    // `/`, `?` or `#` cannot leak through the cuts below.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, after)| after);
+    rest.split(['?', '#']).next().unwrap_or(rest).trim_end_matches('/').to_owned()
 }
 
 fn scheme(url: &str) -> &str {
@@ -311,6 +314,7 @@ mod tests {
         assert_eq!(endpoint_of("redis://:pw@10.0.0.5:6379/2"), "10.0.0.5:6379/2");
         assert_eq!(endpoint_of("redis://127.0.0.1:6379"), "127.0.0.1:6379");
         assert_eq!(endpoint_of("sqlite://data/x.sqlite"), "data/x.sqlite");
+        assert_eq!(endpoint_of("redis://:ab#c/d?e@10.0.0.5:6379"), "10.0.0.5:6379");
     }
 
     #[test]

@@ -17,7 +17,11 @@ use crate::wechat::login::LoginError;
 
 /// The `outcome` label of `wxpay_logins_total`: ok, a user's bad code, a blocked user, and
 /// everything that is WeChat's or our side's failure.
-const LOGIN_OUTCOMES: [&str; 4] = ["ok", "bad_code", "blocked", "unavailable"];
+const LOGIN_OK: &str = "ok";
+const LOGIN_BAD_CODE: &str = "bad_code";
+const LOGIN_BLOCKED: &str = "blocked";
+const LOGIN_UNAVAILABLE: &str = "unavailable";
+const LOGIN_OUTCOMES: [&str; 4] = [LOGIN_OK, LOGIN_BAD_CODE, LOGIN_BLOCKED, LOGIN_UNAVAILABLE];
 
 #[derive(Debug, Clone)]
 pub struct LoginService {
@@ -71,10 +75,10 @@ impl LoginService {
     pub async fn login(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
         let result = self.login_inner(code).await;
         let outcome = match &result {
-            Ok(_) => LOGIN_OUTCOMES[0],
-            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => LOGIN_OUTCOMES[1],
-            Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => LOGIN_OUTCOMES[2],
-            Err(_) => LOGIN_OUTCOMES[3],
+            Ok(_) => LOGIN_OK,
+            Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => LOGIN_BAD_CODE,
+            Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => LOGIN_BLOCKED,
+            Err(_) => LOGIN_UNAVAILABLE,
         };
         self.metrics.logins.with_label_values(&[outcome]).inc();
         result

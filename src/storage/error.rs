@@ -30,11 +30,16 @@ pub fn acquire_timeouts() -> u64 {
     ACQUIRE_TIMEOUTS.load(Ordering::Relaxed)
 }
 
+/// Counts `err` when it is a wait for a connection that timed out.
+pub(super) fn count_acquire_timeout(err: &sqlx::Error) {
+    if matches!(err, sqlx::Error::PoolTimedOut) {
+        ACQUIRE_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl From<sqlx::Error> for StorageError {
     fn from(err: sqlx::Error) -> Self {
-        if matches!(err, sqlx::Error::PoolTimedOut) {
-            ACQUIRE_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
-        }
+        count_acquire_timeout(&err);
         match err {
             sqlx::Error::RowNotFound => StorageError::NotFound,
             sqlx::Error::Database(ref db) if db.is_unique_violation() => {

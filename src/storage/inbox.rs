@@ -107,7 +107,7 @@ pub struct RecordedAnomaly {
     pub kind: AnomalyKind,
     pub source: EventSource,
     pub out_trade_no: Option<String>,
-    /// The refused evidence's reference (notification id, `poll:…`, `bill:<date>`).
+    /// The refused evidence's reference (`<how>:<reference>`, e.g. a notification id or `bill:<date>`).
     pub evidence: Option<String>,
     /// Our value and theirs, where the kind compares values.
     pub ours: Option<String>,

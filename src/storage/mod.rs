@@ -154,12 +154,12 @@ impl Db {
     }
 
     /// How long getting a writer connection takes right now (it is handed back at once): the
-    /// wait every write statement pays before it runs. A probe that times out reports the time
-    /// it waited (and is counted as a timeout), so the slowest waits are not the ones missing.
+    /// wait every write statement pays before it runs. A probe that times out in the pool is
+    /// counted as an acquire timeout like any statement's, and reports the time it waited.
     pub async fn probe_acquire(&self) -> Duration {
         let started = std::time::Instant::now();
         if let Err(err) = self.write.acquire().await {
-            let _ = StorageError::from(err);
+            error::count_acquire_timeout(&err);
         }
         started.elapsed()
     }

@@ -364,14 +364,6 @@ impl MetricHandles {
         &self.family_names
     }
 
-    /// Pre-creates the series of a histogram for each label value, so rates and quantiles
-    /// read 0 (not "no data") before the first observation.
-    pub fn touch_histogram(&self, vec: &HistogramVec, values: &[&str]) {
-        for value in values {
-            let _ = vec.with_label_values(&[value]);
-        }
-    }
-
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

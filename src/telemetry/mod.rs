@@ -24,8 +24,13 @@ const PG_NOTICES: &str = "sqlx::postgres::notice";
 /// Installs the global subscriber (JSON for `serve`, pretty for `demo`). `RUST_LOG` wins over
 /// the configured filter. A second call (tests) is a no-op.
 pub fn init(format: LogFormat, filter: &str) {
-    let text = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| filter.to_owned());
-    let events = EnvFilter::try_new(with_quiet_notices(&text)).unwrap_or_else(|_| EnvFilter::new("info"));
+    // An unusable RUST_LOG falls back to the configured filter (validated with the settings).
+    let events = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| EnvFilter::try_new(with_quiet_notices(&f)).ok())
+        .or_else(|| EnvFilter::try_new(with_quiet_notices(filter)).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     // sqlx's own statement events carry the SQL text: never printed as they are.
     let no_sql = Targets::new().with_target(slow_sql::TARGET, LevelFilter::OFF).with_default(LevelFilter::TRACE);
     let writer = std::io::stderr.with_max_level(tracing::Level::TRACE);

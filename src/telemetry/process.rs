@@ -8,6 +8,7 @@
 //! Off Linux the files do not exist and the collector reports nothing.
 
 use std::fs;
+use std::sync::Mutex;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -29,6 +30,8 @@ pub struct ProcessCollector {
     threads: Gauge,
     start_time: Gauge,
     descs: Vec<Desc>,
+    /// Scrapes may run at once; the CPU counter's read-then-add must not interleave.
+    refreshing: Mutex<()>,
 }
 
 impl Default for ProcessCollector {
@@ -59,10 +62,21 @@ impl ProcessCollector {
             .chain([&start_time as &dyn Collector])
             .flat_map(|c| c.desc().into_iter().cloned())
             .collect();
-        Self { cpu_seconds, resident_bytes, virtual_bytes, open_fds, max_fds, threads, start_time, descs }
+        Self {
+            cpu_seconds,
+            resident_bytes,
+            virtual_bytes,
+            open_fds,
+            max_fds,
+            threads,
+            start_time,
+            descs,
+            refreshing: Mutex::new(()),
+        }
     }
 
     fn refresh(&self) -> bool {
+        let _one_at_a_time = self.refreshing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(snapshot) = Snapshot::read() else { return false };
         let cpu = snapshot.cpu_ticks as f64 / TICKS_PER_SECOND;
         // A counter only goes up: add what was spent since the last scrape.
@@ -74,9 +88,8 @@ impl ProcessCollector {
         self.virtual_bytes.set(snapshot.virtual_kib as f64 * 1024.0);
         self.threads.set(snapshot.threads as f64);
         self.open_fds.set(snapshot.open_fds as f64);
-        if let Some(max) = snapshot.max_fds {
-            self.max_fds.set(max as f64);
-        }
+        // `unlimited` is exported as +Inf, so "fds used / limit" reads 0, not a division by 0.
+        self.max_fds.set(snapshot.max_fds.map_or(f64::INFINITY, |max| max as f64));
         if let Some(start) = snapshot.start_time_secs {
             self.start_time.set(start);
         }

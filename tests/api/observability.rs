@@ -180,7 +180,6 @@ const ZERO_AT_START: &[&str] = &[
     r#"wxpay_order_transitions_total{source="bill",to="SUCCESS"} 0"#,
     r#"wxpay_reconcile_runs_total{outcome="failed"} 0"#,
     r#"wxpay_jobs_dead{kind="check_refund"} 0"#,
-    r#"wxpay_db_pool_acquire_timeouts_total 0"#,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
