@@ -157,7 +157,7 @@ async fn run() {
             let line = reader.line();
             match item.unwrap() {
                 BillItem::Row(row) => comparator.row(line, &row).unwrap(),
-                BillItem::Summary(summary) => comparator.summary(line, &summary),
+                BillItem::Summary(summary) => comparator.summary(line, &summary, reader.rows_summary()),
             }
         }
         comparator.finish()

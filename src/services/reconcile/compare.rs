@@ -34,8 +34,8 @@ pub struct Comparator {
     healed_before: HashSet<String>,
     /// Keys of rows not in `ours` seen so far (duplicates among them).
     other_keys: HashSet<String>,
-    /// Running totals of the detail rows, checked against the bill's own summary.
-    totals: BillSummary,
+    /// Detail rows compared so far.
+    rows: u64,
     summary_seen: bool,
     found: Vec<Discrepancy>,
     unmatched: Vec<Unmatched>,
@@ -58,7 +58,7 @@ impl Comparator {
             our_refunds: HashMap::new(),
             healed_before,
             other_keys: HashSet::new(),
-            totals: BillSummary::default(),
+            rows: 0,
             summary_seen: false,
             found: Vec::new(),
             unmatched: Vec::new(),
@@ -82,7 +82,7 @@ impl Comparator {
     /// One detail row of the bill, at `line`. A row that does not read as a payment, a
     /// refund or a revocation is refused (the run fails; nothing is guessed).
     pub fn row(&mut self, line: u64, row: &BillRow) -> Result<(), ConvertError> {
-        self.totals.add(row);
+        self.rows += 1;
         match convert::bill_entry(row)? {
             BillEntry::Payment(report) => self.payment_row(line, row, report),
             BillEntry::Refund { out_trade_no, out_refund_no, amount } => {
@@ -178,12 +178,13 @@ impl Comparator {
         self.found.push(Self::at(d, line, row));
     }
 
-    /// The bill's summary line: it must agree with the rows above it (every value, the same
-    /// check as `wxpay-recon bill parse`). The discrepancy names each value that differs, the
-    /// rows' sum as ours and the stated one as theirs.
-    pub fn summary(&mut self, line: u64, summary: &BillSummary) {
+    /// The bill's summary line: it must agree with `rows`, the totals of the rows above it as
+    /// the reader added them up (every value, the same check as `wxpay-recon bill parse`). The
+    /// discrepancy names each value that differs, the rows' sum as ours and the stated one as
+    /// theirs.
+    pub fn summary(&mut self, line: u64, summary: &BillSummary, rows: &BillSummary) {
         self.summary_seen = true;
-        let disagreements = summary.disagreements(&self.totals);
+        let disagreements = summary.disagreements(rows);
         if !disagreements.is_empty() {
             let list = |value: fn(&SummaryDisagreement) -> &str| {
                 disagreements.iter().map(|d| format!("{} {}", d.label(), value(d))).collect::<Vec<_>>().join("; ")
@@ -213,7 +214,7 @@ impl Comparator {
             d.ours = Some(refund.amount.0.to_string());
             self.found.push(d);
         }
-        Comparison { rows: self.totals.count, orders_compared, discrepancies: self.found, unmatched: self.unmatched }
+        Comparison { rows: self.rows, orders_compared, discrepancies: self.found, unmatched: self.unmatched }
     }
 
     pub fn summary_seen(&self) -> bool {
@@ -277,7 +278,7 @@ mod tests {
         }
         let added_up = BillSummary::from_rows(rows);
         let summary = BillSummary { settlement_total_fen: added_up.settlement_total_fen + summary_delta, ..added_up };
-        c.summary(rows.len() as u64 + 4, &summary);
+        c.summary(rows.len() as u64 + 4, &summary, &added_up);
         c.finish()
     }
 

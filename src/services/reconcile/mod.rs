@@ -359,7 +359,7 @@ fn compare_file(
                     progress.rows(rows);
                 }
             }
-            BillItem::Summary(summary) => comparator.summary(line, &summary),
+            BillItem::Summary(summary) => comparator.summary(line, &summary, reader.rows_summary()),
         }
     }
     progress.rows(rows);
