@@ -45,9 +45,14 @@ async fn wait_for_payments(env: &TestEnv, app: &TestApp, n: i64) {
                     .fetch_one(app.state.db.reader())
                     .await
                     .unwrap();
+            let dead = app.state.db.dead_jobs().await.unwrap();
+            let queues = app.state.operations.queues().await;
             panic!(
-                "{} of {n} payments applied after 120 s; inbox {stored} stored, {processed} processed; simulator {stats}",
-                count_status(app, "SUCCESS").await
+                "{} of {n} payments applied after 120 s; inbox {stored} stored, {processed} processed; simulator {stats}; \
+                 {} dead job(s), first: {:?}; queues: {queues:?}",
+                count_status(app, "SUCCESS").await,
+                dead.len(),
+                dead.first().map(|j| (&j.kind, &j.last_error)),
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
