@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Problems, Secret, Settings};
 use crate::deps::Deps;
 pub use crate::deps::StartupError;
-use crate::services::enqueuer::Enqueuer;
+use crate::services::inbox_signal::InboxSignal;
 use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
@@ -125,13 +125,13 @@ impl Application {
         );
         let writers = if db.dialect() == crate::storage::Dialect::Sqlite { 1 } else { settings.notify.writers };
         let writer = InboxWriter::spawn(db.clone(), settings.notify.max_batch, writers, metrics.clone());
-        let enqueuer = Enqueuer::spawn(queue.clone(), settings.notify.max_batch * 64, metrics.clone());
+        let inbox_signal = InboxSignal::default();
         let ingest = NotifyIngest::new(
             Arc::clone(&creds),
             clock.clone(),
             settings.notify.timestamp_tolerance_secs,
             writer,
-            enqueuer,
+            inbox_signal.clone(),
             db.clone(),
             metrics.clone(),
         );
@@ -160,6 +160,7 @@ impl Application {
             reconciler: reconciler.clone(),
             refunds: refunds.clone(),
             applier,
+            inbox_signal,
             clock: clock.clone(),
             metrics: metrics.clone(),
             retry: RetryPolicy::from_settings(&settings.worker),

@@ -185,6 +185,14 @@ impl Settings {
                 "at most half of database.max_connections (each writer holds a connection while it commits)",
             ));
         }
+        if !(1..=ApplySettings::MAX_BATCH).contains(&self.apply.batch_size) {
+            problems.push(ConfigError::invalid(
+                "apply.batch_size",
+                format!("must be between 1 and {}", ApplySettings::MAX_BATCH),
+            ));
+        }
+        problems.check(positive("apply.claimers", self.apply.claimers));
+        problems.check(positive("apply.poll_interval_ms", usize::try_from(self.apply.poll_interval_ms).unwrap_or(0)));
         problems.check(positive("queue.concurrency", self.queue.concurrency));
         problems.check(positive("poll.batch", self.poll.batch));
         problems.check(positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0)));

@@ -16,6 +16,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub worker: WorkerSettings,
     pub notify: NotifySettings,
+    pub apply: ApplySettings,
     pub orders: OrderSettings,
     pub poll: PollSettings,
     pub reconcile: ReconcileSettings,
@@ -67,6 +68,29 @@ pub struct WorkerSettings {
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
     pub lease_ttl_ms: u64,
+}
+
+/// How the worker applies the inbox (see `services::apply::batch`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplySettings {
+    pub batch_size: usize,
+    pub claimers: usize,
+    pub poll_interval_ms: u64,
+    pub hold_before_commit_ms: u64,
+}
+
+impl ApplySettings {
+    /// Largest batch accepted: its statements stay far below both backends' parameter limits.
+    pub const MAX_BATCH: usize = 1000;
+
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn hold_before_commit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.hold_before_commit_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

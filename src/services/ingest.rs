@@ -1,7 +1,7 @@
 //! Notification ingest: verify the platform signature over the raw bytes and the timestamp
 //! window, decrypt the resource, store it durably in the inbox, and only then acknowledge.
-//! The apply job is enqueued after the commit, off the request path; if that fails the sweeper
-//! enqueues it later.
+//! The worker applies it from the inbox in batches; the handler only signals that an entry is
+//! waiting (see `inbox_signal`).
 //! Every rejection is counted, logged (no secrets) and recorded for later explanation.
 
 use std::sync::Arc;
@@ -10,14 +10,13 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::queue::{Envelope, Job};
 use crate::storage::Db;
 use crate::storage::inbox::{NewInboxRow, Rejection};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::verify::{SignedHeaders, VerifyError};
 use crate::wechat::{Credentials, notification};
 
-use super::enqueuer::Enqueuer;
+use super::inbox_signal::InboxSignal;
 use super::inbox_writer::{InboxWriter, WriteError};
 
 /// Rejection reason when the inbox could not be written.
@@ -54,7 +53,7 @@ pub struct NotifyIngest {
     clock: Clock,
     tolerance_secs: i64,
     writer: InboxWriter,
-    enqueuer: Enqueuer,
+    signal: InboxSignal,
     db: Db,
     metrics: Metrics,
 }
@@ -65,7 +64,7 @@ impl NotifyIngest {
         clock: Clock,
         tolerance_secs: i64,
         writer: InboxWriter,
-        enqueuer: Enqueuer,
+        signal: InboxSignal,
         db: Db,
         metrics: Metrics,
     ) -> Self {
@@ -76,7 +75,7 @@ impl NotifyIngest {
         for kind in ["new", "duplicate"] {
             let _ = metrics.notify_accepted.with_label_values(&[kind]);
         }
-        Self { creds, clock, tolerance_secs, writer, enqueuer, db, metrics }
+        Self { creds, clock, tolerance_secs, writer, signal, db, metrics }
     }
 
     pub async fn ingest(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
@@ -128,7 +127,7 @@ impl NotifyIngest {
             WriteError::Stopped => IngestError::Unavailable("inbox writer stopped".into()),
         })?;
         if stored.first_delivery && !stored.processed {
-            self.enqueuer.enqueue(Envelope::first(Job::ApplyNotification { inbox_id: stored.id }));
+            self.signal.entry_stored();
         }
         tracing::debug!(notify.id = %opened.id, notify.event_type = %opened.event_type, first = stored.first_delivery, "notification stored");
         Ok(if stored.first_delivery { Stored::New } else { Stored::Duplicate })

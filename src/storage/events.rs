@@ -1,10 +1,10 @@
 //! `order_events`: the append-only history of each order.
 
-use sqlx::FromRow;
+use sqlx::{AssertSqlSafe, FromRow};
 
 use crate::domain::{EventSource, OrderStatus};
 
-use super::{Db, StorageError, Tx};
+use super::{Db, StorageError, Tx, values_list};
 
 /// One event to append, inside the transaction that made (or refused) the change.
 #[derive(Debug, Clone)]
@@ -35,6 +35,33 @@ impl NewEvent<'_> {
         .bind(self.now_ms)
         .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+}
+
+impl NewEvent<'_> {
+    /// Appends many events in one statement per 256 (a batch's history), in the given order.
+    pub async fn insert_many(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), StorageError> {
+        for chunk in events.chunks(256) {
+            let sql = format!(
+                "INSERT INTO order_events (order_id, from_status, to_status, applied, source, evidence, note, created_at_ms)
+                 VALUES {}",
+                values_list(chunk.len(), 8, 1)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(e.order_id)
+                    .bind(e.from.map(OrderStatus::as_str))
+                    .bind(e.to.as_str())
+                    .bind(i64::from(e.applied))
+                    .bind(e.source.as_str())
+                    .bind(e.evidence)
+                    .bind(e.note)
+                    .bind(e.now_ms);
+            }
+            query.execute(&mut **tx).await?;
+        }
         Ok(())
     }
 }

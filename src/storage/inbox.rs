@@ -11,7 +11,7 @@ use sqlx::AssertSqlSafe;
 
 use crate::domain::{AnomalyKind, EventSource};
 
-use super::{Db, Dialect, StorageError, Tx, corrupt};
+use super::{Db, Dialect, StorageError, Tx, corrupt, values_list};
 
 /// A verified, decrypted notification ready to be stored.
 #[derive(Debug, Clone)]
@@ -163,19 +163,7 @@ fn upsert_statement<'q>(
              wechat_timestamp, wechat_nonce, signature, raw_body, resource_json, out_trade_no, deliveries,
              received_at_ms, last_delivery_at_ms, enqueued_at_ms) VALUES ",
     );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..NEW_COLUMNS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", i * NEW_COLUMNS + c + 1));
-        }
-        sql.push(')');
-    }
+    sql.push_str(&values_list(rows.len(), NEW_COLUMNS, 1));
     sql.push_str(
         " ON CONFLICT (notification_id) DO UPDATE SET
              deliveries = notifications.deliveries + excluded.deliveries,
@@ -321,14 +309,99 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Claims up to `limit` unprocessed entries whose apply job was last queued before
-    /// `cutoff_ms`, marking them queued now: each stuck entry is re-enqueued at most once per
-    /// sweep age, however long the backlog. Concurrent sweepers take disjoint rows.
+    /// Whether any entry waits for the batch applier: one index probe, on a reader, so an idle
+    /// applier polls without taking the write lock (SQLite) or a transaction.
+    pub async fn has_unapplied_inbox(&self) -> Result<bool, StorageError> {
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL LIMIT 1",
+        )
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// The ids of the oldest entries waiting for the batch applier, without claiming them: what
+    /// a failed batch most likely held, to be retried one by one.
+    pub async fn unapplied_inbox_ids(&self, limit: usize) -> Result<Vec<i64>, StorageError> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT id FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL
+             ORDER BY id LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.reader())
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Claims the oldest `limit` entries waiting for the batch applier, inside `tx`: on
+    /// PostgreSQL they stay locked until `tx` ends and concurrent claimers skip them (a crash
+    /// rolls the claim back with everything else); SQLite's write transaction already excludes
+    /// every other writer.
+    pub async fn claim_inbox_batch(&self, tx: &mut Tx, limit: usize) -> Result<Vec<InboxRow>, StorageError> {
+        let sql = format!(
+            "SELECT id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms,
+                    processed_at_ms, outcome
+             FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL
+             ORDER BY id LIMIT $1{}",
+            self.dialect().skip_locked()
+        );
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
+    /// Marks a whole batch processed in one statement: (inbox id, outcome, detail) each.
+    /// Returns how many rows it marked; fewer than given means another worker got there first
+    /// and the caller rolls back.
+    pub async fn mark_inbox_batch_processed(
+        &self,
+        tx: &mut Tx,
+        done: &[(i64, String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let mut marked = 0;
+        for chunk in done.chunks(MAX_ROWS_PER_STATEMENT) {
+            let rows = values_list(chunk.len(), 3, 2);
+            let sql = format!(
+                "WITH done (id, outcome, outcome_detail) AS (VALUES {rows})
+                 UPDATE notifications SET processed_at_ms = $1, outcome = done.outcome,
+                     outcome_detail = done.outcome_detail
+                 FROM done WHERE notifications.id = done.id AND notifications.processed_at_ms IS NULL"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_ms);
+            for (id, outcome, detail) in chunk {
+                query = query.bind(*id).bind(outcome.as_str()).bind(detail.as_deref());
+            }
+            marked += query.execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(marked)
+    }
+
+    /// Hands an entry the batch could not apply to its own retried job: the batch claimer
+    /// skips it from now on, and the sweeper re-enqueues it if that job is lost.
+    pub async fn defer_inbox(&self, id: i64, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE notifications SET deferred_at_ms = $2, enqueued_at_ms = $2
+             WHERE id = $1 AND processed_at_ms IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` deferred entries (see [`Self::defer_inbox`]) whose job was last
+    /// queued before `cutoff_ms`, marking them queued now: each is re-enqueued at most once per
+    /// sweep age, however long the backlog. Concurrent sweepers take disjoint rows. Entries
+    /// waiting for the batch applier are its own, not the sweeper's.
     pub async fn claim_stale_inbox(&self, cutoff_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<i64>, StorageError> {
         let sql = format!(
             "UPDATE notifications SET enqueued_at_ms = $2
              WHERE id IN (SELECT id FROM notifications
-                          WHERE processed_at_ms IS NULL AND enqueued_at_ms <= $1
+                          WHERE processed_at_ms IS NULL AND deferred_at_ms IS NOT NULL
+                            AND enqueued_at_ms <= $1
                           ORDER BY enqueued_at_ms LIMIT $3{})
              RETURNING id",
             self.dialect().skip_locked()

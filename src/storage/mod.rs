@@ -47,6 +47,25 @@ pub(crate) fn in_list<T: std::fmt::Display>(values: &[T]) -> String {
     values.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ")
 }
 
+/// `($f, $f+1, ..), (..)`: `rows` tuples of `columns` numbered parameters, the first `$first`.
+pub(crate) fn values_list(rows: usize, columns: usize, first: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", first + r * columns + c));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// The SQL differences between our two backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, FromRow};
 use crate::domain::{EventSource, Evidence, Fen, Order, OrderStatus, OutTradeNo, TransactionId};
 
 use super::events::NewEvent;
-use super::{Db, StorageError, Tx, corrupt, in_list};
+use super::{Db, StorageError, Tx, corrupt, in_list, values_list};
 
 #[derive(Debug, Clone, FromRow)]
 struct OrderRow {
@@ -107,6 +107,17 @@ pub struct TransitionRequest<'a> {
     pub now_ms: i64,
 }
 
+/// One order a batch moves to SUCCESS (see [`Db::record_payments`]).
+#[derive(Debug, Clone)]
+pub struct PaidTransition {
+    pub order_id: i64,
+    pub transaction_id: Option<TransactionId>,
+    pub paid_at_ms: i64,
+}
+
+/// Orders per statement at most in the batch statements, well under both backends' limits.
+const BATCH_ROWS: usize = 256;
+
 /// What the guarded transition did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionOutcome {
@@ -184,6 +195,62 @@ impl Db {
     pub async fn lock_order(&self, tx: &mut Tx, out_trade_no: &OutTradeNo) -> Result<Option<Order>, StorageError> {
         let sql = format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1{}", self.dialect().for_update());
         order(sqlx::query_as(AssertSqlSafe(sql)).bind(out_trade_no.as_str()).fetch_optional(&mut **tx).await?)
+    }
+
+    /// Every order named in `nos` that exists, re-read inside `tx` under row locks taken in id
+    /// order (PostgreSQL; SQLite's write lock covers them): two batches naming the same orders
+    /// wait for each other instead of deadlocking.
+    pub async fn lock_orders(&self, tx: &mut Tx, nos: &[&OutTradeNo]) -> Result<Vec<Order>, StorageError> {
+        let mut locked = Vec::with_capacity(nos.len());
+        for chunk in nos.chunks(BATCH_ROWS) {
+            let params = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM orders WHERE out_trade_no IN ({params}) ORDER BY id{}",
+                self.dialect().for_update()
+            );
+            let mut query = sqlx::query_as::<_, OrderRow>(AssertSqlSafe(sql));
+            for no in chunk {
+                query = query.bind(no.as_str());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                locked.push(Order::try_from(row)?);
+            }
+        }
+        Ok(locked)
+    }
+
+    /// Moves a batch of locked orders to SUCCESS in one statement per [`BATCH_ROWS`], each
+    /// guarded as [`Self::transition`] guards it. The caller decided every move from the rows it
+    /// locked and appends the events ([`NewEvent::insert_many`]); a count below `paid.len()`
+    /// means the books changed under it, and it rolls back.
+    pub async fn record_payments(
+        &self,
+        tx: &mut Tx,
+        paid: &[PaidTransition],
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let guard = in_list(OrderStatus::Success.allowed_from());
+        let mut moved = 0;
+        for chunk in paid.chunks(BATCH_ROWS) {
+            let rows = values_list(chunk.len(), 3, 2);
+            let sql = format!(
+                "WITH paid (id, transaction_id, paid_at_ms) AS (VALUES {rows})
+                 UPDATE orders SET status = '{success}',
+                     transaction_id = COALESCE(paid.transaction_id, orders.transaction_id),
+                     paid_at_ms = paid.paid_at_ms,
+                     next_check_at_ms = NULL,
+                     version = orders.version + 1,
+                     updated_at_ms = $1
+                 FROM paid WHERE orders.id = paid.id AND orders.status IN ({guard})",
+                success = OrderStatus::Success.as_str(),
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_ms);
+            for p in chunk {
+                query = query.bind(p.order_id).bind(p.transaction_id.as_ref().map(TransactionId::as_str)).bind(p.paid_at_ms);
+            }
+            moved += query.execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(moved)
     }
 
     /// The one way an order's status changes. Inside `tx`: lock the row, check the move is

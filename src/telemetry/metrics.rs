@@ -40,7 +40,8 @@ pub struct MetricHandles {
     pub notify_rejected: IntCounterVec,
     pub notify_commit_batch: Histogram,
     pub notify_ingest_duration: Histogram,
-    pub notify_enqueue_failures: IntCounter,
+    pub apply_batch: Histogram,
+    pub inbox_deferred: IntCounter,
     pub inbox_applied: IntCounterVec,
     pub inbox_unprocessed: IntGauge,
     pub inbox_oldest_unprocessed_age: IntGauge,
@@ -129,9 +130,14 @@ impl Metrics {
                 "Time from receiving a notification to answering it.",
                 LATENCY_BUCKETS,
             ),
-            notify_enqueue_failures: counter(
-                "notify_enqueue_failures_total",
-                "Stored notifications whose apply job could not be enqueued (the sweeper catches them up).",
+            apply_batch: histogram(
+                "apply_batch_size",
+                "Inbox entries applied by one batch transaction.",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            inbox_deferred: counter(
+                "inbox_deferred_total",
+                "Inbox entries the batch could not apply, handed to their own retried job.",
             ),
             inbox_applied: counter_vec(
                 "inbox_applied_total",
@@ -145,7 +151,7 @@ impl Metrics {
             ),
             inbox_swept: counter(
                 "inbox_swept_total",
-                "Inbox entries re-enqueued by the sweeper because they were left unprocessed.",
+                "Deferred inbox entries re-enqueued by the sweeper because their job was lost.",
             ),
             jobs_started: counter_vec("jobs_started_total", "Job executions started, by kind.", &["kind"]),
             jobs_finished: counter_vec(
@@ -311,7 +317,8 @@ impl MetricHandles {
             Box::new(self.notify_rejected.clone()),
             Box::new(self.notify_commit_batch.clone()),
             Box::new(self.notify_ingest_duration.clone()),
-            Box::new(self.notify_enqueue_failures.clone()),
+            Box::new(self.apply_batch.clone()),
+            Box::new(self.inbox_deferred.clone()),
             Box::new(self.inbox_applied.clone()),
             Box::new(self.inbox_unprocessed.clone()),
             Box::new(self.inbox_oldest_unprocessed_age.clone()),

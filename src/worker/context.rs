@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::queue::JobQueue;
 use crate::services::apply::Applier;
+use crate::services::inbox_signal::InboxSignal;
 use crate::services::reconcile::Reconciler;
 use crate::services::refunds::RefundService;
 use crate::services::sync::OrderSync;
@@ -18,6 +19,8 @@ pub struct JobContext {
     pub db: Db,
     pub queue: JobQueue,
     pub applier: Applier,
+    /// Rung by the notify handler of this process when an entry is stored.
+    pub inbox_signal: InboxSignal,
     pub sync: OrderSync,
     pub reconciler: Reconciler,
     pub refunds: RefundService,

@@ -1,7 +1,8 @@
-//! The background worker: apalis workers (one per queue) running `jobs::run`, plus the
-//! singleton sweeper. Registered in one place, stopped by one cancellation token.
+//! The background worker: the inbox batch appliers, apalis workers (one per queue) running
+//! `jobs::run`, plus the singleton sweeper, poller and reconcile scheduler. Registered in one place, stopped by one cancellation token.
 
 pub mod context;
+pub mod inbox_applier;
 pub mod jobs;
 pub mod poller;
 pub mod reconcile_scheduler;
@@ -48,6 +49,14 @@ pub async fn run(
     settings: Arc<Settings>,
     stop: CancellationToken,
 ) -> Result<(), MonitorError> {
+    // SQLite has one writer connection: a second claimer would only wait for the first.
+    let claimers = match ctx.db.dialect() {
+        crate::storage::Dialect::Sqlite => 1,
+        crate::storage::Dialect::Postgres => settings.apply.claimers,
+    };
+    let appliers: Vec<_> = (0..claimers)
+        .map(|claimer| tokio::spawn(inbox_applier::run(Arc::clone(&ctx), settings.apply.clone(), claimer, stop.clone())))
+        .collect();
     let holder = worker_name(QueueName::Apply, 0);
     let sweeper = tokio::spawn(sweeper::run(
         Arc::clone(&ctx),
@@ -127,6 +136,9 @@ pub async fn run(
             Ok(())
         })
         .await;
+    for applier in appliers {
+        let _ = applier.await;
+    }
     let _ = sweeper.await;
     let _ = poller.await;
     if let Some(scheduler) = scheduler {

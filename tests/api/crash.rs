@@ -1,9 +1,10 @@
-//! Crash safety with real processes: a worker killed with SIGKILL while holding jobs loses
-//! nothing, and nothing is applied twice.
+//! Crash safety with real processes: a worker killed with SIGKILL in the middle of an inbox
+//! batch (its transaction open, waiting to commit) loses nothing, and nothing is applied twice.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use sqlx::Connection;
 use wxpay_recon::config::DatabaseSettings;
 use wxpay_recon::demo::MiniProgram;
 use wxpay_recon::storage::Db;
@@ -17,49 +18,31 @@ async fn count(db: &Db, sql: &'static str) -> i64 {
     n
 }
 
-/// Jobs the queue shows as taken by a worker and not finished.
-async fn held_jobs(env: &TestEnv) -> i64 {
+/// Entries per batch of the worker that is killed, each held open before its commit.
+const BATCH: i64 = 64;
+
+/// Whether some process holds a write transaction open right now: on PostgreSQL a session idle
+/// inside one (the batch waiting to commit), on SQLite the write lock refusing a second writer.
+async fn write_transaction_open(env: &TestEnv, db: &Db) -> bool {
     match env.backend {
-        Backend::Embedded => {
-            let queue = sqlx::SqlitePool::connect(&env.settings().queue.url).await.unwrap();
-            let (held,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM Jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
-            )
-            .fetch_one(&queue)
-            .await
-            .unwrap();
-            held
-        }
         Backend::Cluster => {
-            let client = redis::Client::open(env.redis.as_str()).unwrap();
-            // The shared Redis holds every test's keys: SCAN in steps (KEYS timed out under load).
-            let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-            let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
-            let pattern = format!("{}.*:inflight:*", env.prefix);
-            let mut keys = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                keys.extend(found);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+            count(
+                db,
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state = 'idle in transaction'",
+            )
+            .await
+                > 0
+        }
+        Backend::Embedded => {
+            let url = env.settings().database.url.replacen("sqlite://", "", 1);
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(url).busy_timeout(Duration::ZERO);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+            let locked = sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.is_err();
+            if !locked {
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
             }
-            let mut held = 0;
-            for key in keys {
-                let n: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.unwrap();
-                held += n;
-            }
-            held
+            locked
         }
     }
 }
@@ -99,17 +82,25 @@ async fn worker_killed_mid_batch_loses_nothing_and_applies_once(backend: Backend
         "no worker yet"
     );
 
-    let mut worker = env.spawn_process(&["serve", "--worker-only"]).await;
-    eventually("the worker makes progress", Duration::from_secs(60), || async {
-        count(&db, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await >= 20
+    // Each batch waits 400 ms before its commit, so the kill lands inside one.
+    let overrides = [("APPLY__BATCH_SIZE", BATCH.to_string()), ("APPLY__HOLD_BEFORE_COMMIT_MS", "400".into())];
+    let mut worker = env.spawn_process_with(&["serve", "--worker-only"], &overrides).await;
+    eventually("the worker commits a batch", Duration::from_secs(60), || async {
+        count(&db, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await >= BATCH
     })
     .await;
+    eventually("a batch is open, waiting to commit", Duration::from_secs(30), || write_transaction_open(&env, &db))
+        .await;
     worker.sigkill();
     worker.wait().await;
 
     let processed_at_kill = count(&db, "SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL").await;
     assert!(processed_at_kill < ORDERS as i64, "killed mid-run ({processed_at_kill} of {ORDERS} done)");
-    assert!(held_jobs(&env).await > 0, "the killed worker was holding jobs");
+    assert_eq!(processed_at_kill % BATCH, 0, "whole batches only: the open one rolled back ({processed_at_kill})");
+    assert!(
+        count(&db, "SELECT COUNT(*) FROM orders WHERE status = 'SUCCESS'").await == processed_at_kill,
+        "orders moved with their batch's marks, not without them"
+    );
 
     let _worker = env.spawn_process(&["serve", "--worker-only"]).await;
     eventually("every notification applied after restart", Duration::from_secs(120), || async {

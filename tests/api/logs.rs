@@ -177,13 +177,12 @@ async fn serve_logs_json_lines_with_span_ids_and_no_secret() {
     assert_eq!(http["http.method"], "POST", "{created}");
     assert_eq!(http["http.route"], "/api/orders", "{created}");
 
-    // The worker applied the notification inside a `job` span naming the inbox entry.
+    // The worker applied the notification inside an `apply_batch` span, naming the inbox entry.
     let applied = events
         .iter()
         .find(|e| e["message"] == "notification applied" && e["order.out_trade_no"] == order.out_trade_no.as_str())
         .unwrap_or_else(|| panic!("no `notification applied` line: {events:#?}"));
-    let job = find_span(applied, "job").unwrap_or_else(|| panic!("no job span: {applied}"));
-    assert_eq!(job["job.kind"], "apply_notification", "{applied}");
-    assert_eq!(job["job.id"], inbox_id.to_string(), "{applied}");
-    assert!(job["job.attempt"].is_number(), "{applied}");
+    let batch = find_span(applied, "apply_batch").unwrap_or_else(|| panic!("no apply_batch span: {applied}"));
+    assert!(batch["apply.claimer"].is_number(), "{applied}");
+    assert_eq!(applied["notify.inbox_id"], inbox_id, "{applied}");
 }

@@ -10,18 +10,21 @@
 //! this twice for the same report, or for two reports of the same payment, changes the order
 //! once.
 
+mod batch;
+mod payment;
+
+use payment::PaymentPlan;
+
 use crate::clock::Clock;
 use crate::domain::refund::check_refund_success;
 use crate::domain::{
-    AnomalyKind, EventSource, Evidence, Merchant, Order, OrderStatus, PaymentReport, RefundReport, RefundStatus,
-    TransactionId,
+    AnomalyKind, EventSource, Evidence, Merchant, OrderStatus, PaymentReport, RefundReport, RefundStatus,
 };
-use crate::storage::events::NewEvent;
-use crate::storage::inbox::Anomaly;
+use crate::storage::inbox::{Anomaly, InboxRow};
 use crate::storage::orders::{TransitionOutcome, TransitionRequest};
 use crate::storage::{Db, StorageError, Tx};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::convert::{self, Notified};
+use crate::wechat::convert::{self, ConvertError, Notified};
 
 /// What applying one report did; `label()` feeds `wxpay_inbox_applied_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,14 @@ impl ApplyOutcome {
     }
 }
 
+/// The outcome as the inbox stores it (`anomaly:<kind>` names the kind).
+fn stored_label(outcome: &ApplyOutcome) -> String {
+    match outcome {
+        ApplyOutcome::Anomaly(kind) => format!("anomaly:{kind}"),
+        other => other.label().to_owned(),
+    }
+}
+
 /// How an absent value reads in anomalies and details.
 const NONE: &str = "none";
 
@@ -63,12 +74,25 @@ const NONE: &str = "none";
 type Applied = (ApplyOutcome, Option<String>);
 
 /// Evidence refused: what is recorded as an anomaly.
-struct Refusal<'a> {
+struct Refusal {
     kind: AnomalyKind,
-    out_trade_no: Option<&'a str>,
+    out_trade_no: Option<String>,
     /// (ours, theirs) where the kind compares values.
-    values: Option<(&'a str, &'a str)>,
+    values: Option<(String, String)>,
     detail: String,
+}
+
+impl Refusal {
+    fn log(&self, evidence: &Evidence) {
+        tracing::warn!(
+            anomaly.kind = %self.kind,
+            source = %evidence.source,
+            evidence = %evidence.reference,
+            order.out_trade_no = self.out_trade_no.as_deref().unwrap_or(""),
+            detail = %self.detail,
+            "evidence not applied"
+        );
+    }
 }
 
 /// What a report did, for the metrics counted after commit.
@@ -94,7 +118,8 @@ impl Applier {
         Self { db, merchant, clock, metrics }
     }
 
-    /// Applies the inbox entry `inbox_id` and marks it processed, in one transaction.
+    /// Applies the inbox entry `inbox_id` and marks it processed, in one transaction: the
+    /// path of an entry the batch could not apply (`batch` applies the rest).
     pub async fn apply_stored(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
         let Some(entry) = self.db.inbox_entry(inbox_id).await? else {
             self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::Missing.label()]).inc();
@@ -104,14 +129,32 @@ impl Applier {
             self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
             return Ok(ApplyOutcome::AlreadyProcessed);
         }
-        let evidence = Evidence::new(EventSource::Notify, entry.notification_id.clone());
         let mut tx = self.db.begin().await?;
-        let (counted, (outcome, detail)) = match convert::notification(&entry.event_type, &entry.resource_json) {
-            Ok(Notified::Payment(report)) => {
-                (Some(Counted::Payment), self.payment_in(&mut tx, &report, &evidence).await?)
-            }
+        let parsed = convert::notification(&entry.event_type, &entry.resource_json);
+        let (counted, (outcome, detail)) = self.entry_in(&mut tx, &entry, parsed).await?;
+        let label = stored_label(&outcome);
+        if !self.db.mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), self.clock.now_ms()).await? {
+            tx.rollback().await?;
+            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
+            return Ok(ApplyOutcome::AlreadyProcessed);
+        }
+        tx.commit().await?;
+        self.entry_done(&entry, counted, &outcome, &label);
+        Ok(outcome)
+    }
+
+    /// One inbox entry inside `tx`, whatever it reports.
+    async fn entry_in(
+        &self,
+        tx: &mut Tx,
+        entry: &InboxRow,
+        parsed: Result<Notified, ConvertError>,
+    ) -> Result<(Option<Counted>, Applied), StorageError> {
+        let evidence = Evidence::new(EventSource::Notify, entry.notification_id.clone());
+        Ok(match parsed {
+            Ok(Notified::Payment(report)) => (Some(Counted::Payment), self.payment_in(tx, &report, &evidence).await?),
             Ok(Notified::Refund(report)) => {
-                (Some(Counted::Refund(report.status)), self.refund_in(&mut tx, &report, &evidence).await?)
+                (Some(Counted::Refund(report.status)), self.refund_in(tx, &report, &evidence).await?)
             }
             Ok(Notified::Other(event_type)) => {
                 (None, (ApplyOutcome::Ignored, Some(format!("event type {event_type} is not applied by this version"))))
@@ -119,31 +162,30 @@ impl Applier {
             Err(err) => {
                 let refusal = Refusal {
                     kind: AnomalyKind::MalformedResource,
-                    out_trade_no: entry.out_trade_no.as_deref(),
+                    out_trade_no: entry.out_trade_no.clone(),
                     values: None,
                     detail: err.to_string(),
                 };
-                (None, self.refuse(&mut tx, &evidence, refusal).await?)
+                (None, self.refuse(tx, &evidence, refusal).await?)
             }
-        };
-        let label = match &outcome {
-            ApplyOutcome::Anomaly(kind) => format!("anomaly:{kind}"),
-            other => other.label().to_owned(),
-        };
-        if !self.db.mark_inbox_processed(&mut tx, entry.id, &label, detail.as_deref(), self.clock.now_ms()).await? {
-            tx.rollback().await?;
-            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
-            return Ok(ApplyOutcome::AlreadyProcessed);
-        }
-        tx.commit().await?;
+        })
+    }
+
+    /// After the commit that marked `entry` processed: metrics and the line that says so.
+    fn entry_done(&self, entry: &InboxRow, counted: Option<Counted>, outcome: &ApplyOutcome, label: &str) {
         self.metrics.inbox_applied.with_label_values(&[outcome.label()]).inc();
         if let Some(counted) = counted {
-            self.count(counted, &outcome, EventSource::Notify);
+            self.count(counted, outcome, EventSource::Notify);
         } else if let ApplyOutcome::Anomaly(kind) = outcome {
             self.metrics.anomalies.with_label_values(&[kind.as_str()]).inc();
         }
-        tracing::info!(notify.id = %entry.notification_id, order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""), outcome = %label, "notification applied");
-        Ok(outcome)
+        tracing::info!(
+            notify.id = %entry.notification_id,
+            notify.inbox_id = entry.id,
+            order.out_trade_no = entry.out_trade_no.as_deref().unwrap_or(""),
+            outcome = %label,
+            "notification applied"
+        );
     }
 
     /// Applies a payment WeChat reported, from any source, in its own transaction.
@@ -193,6 +235,7 @@ impl Applier {
         }
     }
 
+    /// One payment report inside `tx`: the order locked, judged, written (see `payment`).
     async fn payment_in(
         &self,
         tx: &mut Tx,
@@ -200,67 +243,11 @@ impl Applier {
         evidence: &Evidence,
     ) -> Result<Applied, StorageError> {
         let now_ms = self.clock.now_ms();
-        let no = report.out_trade_no.as_str();
-        let Some(order) = self.db.lock_order(tx, &report.out_trade_no).await? else {
-            let refusal = Refusal {
-                kind: AnomalyKind::UnknownOrder,
-                out_trade_no: Some(no),
-                values: None,
-                detail: "no order with this out_trade_no".into(),
-            };
-            return self.refuse(tx, evidence, refusal).await;
-        };
-        if let Some(c) = report.contradiction(&self.merchant, &order) {
-            let detail = format!("{}: ours {}, {} {}", c.kind, c.ours, evidence.source, c.theirs);
-            self.no_op_event(tx, &order, evidence, &detail, now_ms).await?;
-            let refusal = Refusal { kind: c.kind, out_trade_no: Some(no), values: Some((&c.ours, &c.theirs)), detail };
-            return self.refuse(tx, evidence, refusal).await;
-        }
-        let request = TransitionRequest {
-            out_trade_no: &order.out_trade_no,
-            to: OrderStatus::Success,
-            evidence,
-            transaction_id: report.transaction_id.as_ref(),
-            paid_at_ms: Some(report.success_time.map_or(now_ms, |t| t.timestamp_millis())),
-            note: None,
-            now_ms,
-        };
-        match self.db.transition(tx, &request).await? {
-            TransitionOutcome::Applied { .. } => Ok((ApplyOutcome::Applied, None)),
-            TransitionOutcome::NotFound => Ok((ApplyOutcome::Missing, None)),
-            TransitionOutcome::NotApplied { current, .. } => {
-                let same_payment = order.transaction_id.is_some() && order.transaction_id == report.transaction_id;
-                let refusal = match current {
-                    OrderStatus::Success | OrderStatus::Refund if same_payment => {
-                        return Ok((ApplyOutcome::Duplicate, None));
-                    }
-                    // Paid after we closed it: money moved for a closed order. Never silently
-                    // re-opened; an operator decides (refund or honour).
-                    OrderStatus::Closed => Refusal {
-                        kind: AnomalyKind::PaidAfterClose,
-                        out_trade_no: Some(no),
-                        values: None,
-                        detail: format!("paid at WeChat ({}) but closed here", evidence.source),
-                    },
-                    _ => {
-                        // The values themselves (or `none`), never `Some("…")`: this text is
-                        // stored and shown to operators.
-                        let ours = order.transaction_id.as_ref().map_or(NONE, TransactionId::as_str);
-                        let theirs = report.transaction_id.as_ref().map_or(NONE, TransactionId::as_str);
-                        Refusal {
-                            kind: AnomalyKind::TransactionMismatch,
-                            out_trade_no: Some(no),
-                            values: Some((ours, theirs)),
-                            detail: format!(
-                                "order is {current} with transaction {ours}, {} says {theirs}",
-                                evidence.source
-                            ),
-                        }
-                    }
-                };
-                self.refuse(tx, evidence, refusal).await
-            }
-        }
+        let mut order = self.db.lock_order(tx, &report.out_trade_no).await?;
+        let mut plan = PaymentPlan::default();
+        let applied = self.judge_payment(order.as_mut(), report, evidence, now_ms, &mut plan);
+        plan.write(&self.db, tx, now_ms).await?;
+        Ok(applied)
     }
 
     /// A refund's final outcome: SUCCESS moves money on the order (refund SUCCESS, the
@@ -273,8 +260,9 @@ impl Applier {
         evidence: &Evidence,
     ) -> Result<Applied, StorageError> {
         let now_ms = self.clock.now_ms();
-        let no = Some(report.out_trade_no.as_str());
-        let refuse = |kind, detail: String| Refusal { kind, out_trade_no: no, values: None, detail };
+        let no = report.out_trade_no.as_str();
+        let refuse =
+            |kind, detail: String| Refusal { kind, out_trade_no: Some(no.to_owned()), values: None, detail };
         if let Some(mchid) = report.mchid.as_ref().filter(|m| **m != self.merchant.mchid) {
             let detail = format!("mchid_mismatch: ours {}, {} {mchid}", self.merchant.mchid, evidence.source);
             return self.refuse(tx, evidence, refuse(AnomalyKind::MchidMismatch, detail)).await;
@@ -356,48 +344,18 @@ impl Applier {
     }
 
     /// Records evidence that was refused and returns the outcome that says so.
-    async fn refuse(&self, tx: &mut Tx, evidence: &Evidence, r: Refusal<'_>) -> Result<Applied, StorageError> {
-        tracing::warn!(
-            anomaly.kind = %r.kind,
-            source = %evidence.source,
-            evidence = %evidence.reference,
-            order.out_trade_no = r.out_trade_no.unwrap_or(""),
-            detail = %r.detail,
-            "evidence not applied"
-        );
+    async fn refuse(&self, tx: &mut Tx, evidence: &Evidence, r: Refusal) -> Result<Applied, StorageError> {
+        r.log(evidence);
         let anomaly = Anomaly {
             kind: r.kind,
             source: evidence.source,
-            out_trade_no: r.out_trade_no,
+            out_trade_no: r.out_trade_no.as_deref(),
             evidence: Some(&evidence.reference),
-            ours: r.values.map(|v| v.0),
-            theirs: r.values.map(|v| v.1),
+            ours: r.values.as_ref().map(|v| v.0.as_str()),
+            theirs: r.values.as_ref().map(|v| v.1.as_str()),
             now_ms: self.clock.now_ms(),
         };
         self.db.insert_anomaly(tx, &anomaly).await?;
         Ok((ApplyOutcome::Anomaly(r.kind), Some(r.detail)))
-    }
-
-    /// Records that evidence arrived for the order but was refused.
-    async fn no_op_event(
-        &self,
-        tx: &mut Tx,
-        order: &Order,
-        evidence: &Evidence,
-        note: &str,
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
-        NewEvent {
-            order_id: order.id,
-            from: Some(order.status),
-            to: OrderStatus::Success,
-            applied: false,
-            source: evidence.source,
-            evidence: Some(&evidence.reference),
-            note: Some(note),
-            now_ms,
-        }
-        .insert(tx)
-        .await
     }
 }
