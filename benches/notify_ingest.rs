@@ -1,15 +1,23 @@
-//! Notify ingest benchmark: how many WeChat notifications per second the API acknowledges
-//! (verified, decrypted, committed to the inbox, answered 204), and at what latency, on each
-//! profile, next to the raw ceilings measured in the same run:
+//! Notify benchmark: how many WeChat notifications per second the API acknowledges (verified,
+//! decrypted, committed to the inbox, answered 204) and how many per second the worker applies
+//! to the books (order SUCCESS + event, inbox marked processed), with the latency from the 204
+//! to the commit that applied each one, on each profile, at full speed (64 senders back to back)
+//! and at a fixed offered rate. Beside them, the ceilings measured in the same run:
 //!
-//! - RSA-2048 signature verifications per second (one core),
+//! - RSA-2048 signature verifications per second of the library the service uses (one core),
 //! - single-row commits per second on the same database at the same concurrency (what one
 //!   commit per notification would allow).
 //!
+//! Every notification names an order created beforehand, as in production. The embedded profile
+//! runs `serve` (API and worker in one process, the notify handler waking the applier); the
+//! cluster profile runs an API-only and a worker-only instance (separate replicas in production,
+//! so the worker finds new entries by its poll).
+//!
 //! Run: `cargo bench --bench notify_ingest` (PostgreSQL from `WXPAY_TEST_DATABASE_URL`, Redis
 //! from `WXPAY_TEST_REDIS_URL`, defaults as in scripts/test.sh). `BENCH_N` sets the number of
-//! notifications of the throughput run (default 30000: shorter runs are dominated by warm-up); `BENCH_DIAGNOSE=1` adds a PostgreSQL
-//! run with the SQLite queue, to see what the Redis enqueue costs.
+//! notifications of the full-speed run (default 30000: shorter runs are dominated by warm-up),
+//! `BENCH_RATE` and `BENCH_RATE_SECS` the fixed-rate run (default 1000/s for 60 s),
+//! `BENCH_PROFILES=embedded` or `cluster` runs one profile.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
@@ -30,12 +38,25 @@ use wxpay_recon::telemetry::metrics::Metrics;
 use wxpay_recon::wechat::devkeys::DevKeys;
 
 const CONCURRENCY: usize = 64;
-const RATE_PER_SEC: usize = 1000;
-const RATE_SECS: usize = 5;
 
 struct Prepared {
     headers: Headers,
     body: String,
+}
+
+/// One run's figures.
+struct Figures {
+    acked_per_sec: f64,
+    applied_per_sec: f64,
+    applied_while_loaded_per_sec: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    apply_p50_ms: f64,
+    apply_p99_ms: f64,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -45,7 +66,10 @@ fn main() {
 }
 
 async fn run() {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let n = env_usize("BENCH_N", 30_000);
+    let rate = env_usize("BENCH_RATE", 1000);
+    let rate_secs = env_usize("BENCH_RATE_SECS", 60);
+    let only = std::env::var("BENCH_PROFILES").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let keys_dir = dir.path().join("dev-keys");
     std::fs::create_dir_all(&keys_dir).unwrap();
@@ -56,14 +80,13 @@ async fn run() {
     let keys = DevKeys::load(&keys_dir).unwrap();
     let sim_keys = SimKeys::from_dev_keys(&keys).unwrap();
 
+    let total = n + rate * rate_secs;
     println!(
-        "notify ingest benchmark: {n} notifications (+{} for the latency run), {CONCURRENCY} concurrent senders",
-        RATE_PER_SEC * RATE_SECS
+        "notify benchmark: {n} notifications at full speed ({CONCURRENCY} concurrent senders), then {rate}/s offered for {rate_secs} s"
     );
     let started = Instant::now();
-    let all = prepare(&sim_keys, &keys, n + RATE_PER_SEC * RATE_SECS).await;
-    println!("  prepared (signed) in {:.1} s", started.elapsed().as_secs_f64());
-    let (throughput_set, rate_set) = all.split_at(n);
+    let all = prepare(&sim_keys, &keys, total).await;
+    println!("  prepared (signed) {total} in {:.1} s", started.elapsed().as_secs_f64());
 
     let verify_rate = rsa_verify_rate(&sim_keys);
     println!("\nceiling: RSA-2048 verify, one core: {verify_rate:.0}/s");
@@ -77,77 +100,188 @@ async fn run() {
     admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}"))).await.unwrap();
     let pg_url = format!("{}/{pg_name}", pg_admin.rsplit_once('/').unwrap().0);
 
-    let mut profiles = vec![
+    let profiles = [
         (
+            "embedded",
             "embedded (SQLite)",
             format!("sqlite://{}/data.sqlite", dir.path().display()),
             format!("sqlite://{}/queue.sqlite", dir.path().display()),
         ),
-        ("cluster (PostgreSQL + Redis)", pg_url.clone(), redis),
+        ("cluster", "cluster (PostgreSQL + Redis)", pg_url.clone(), redis),
     ];
-    if std::env::var_os("BENCH_DIAGNOSE").is_some() {
-        // PostgreSQL with the SQLite queue: how much of the cluster figure the Redis enqueue costs.
-        let name = format!("wxpay_bench_{}", uuid::Uuid::new_v4().simple());
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
-        let url = format!("{}/{name}", pg_admin.rsplit_once('/').unwrap().0);
-        profiles.push((
-            "diagnostic (PostgreSQL + SQLite queue)",
-            url,
-            format!("sqlite://{}/queue-pg.sqlite", dir.path().display()),
-        ));
-    }
     let mut rows = Vec::new();
-    for (name, db_url, queue_url) in profiles {
+    for (key, name, db_url, queue_url) in profiles {
+        if !only.is_empty() && only != key {
+            continue;
+        }
         println!("\n== {name}");
         let settings = settings(&keys_dir, &db_url, &queue_url);
         let commit_rate = single_row_commit_rate(&settings.database, CONCURRENCY, Duration::from_secs(3)).await;
         println!("  ceiling: single-row commits at concurrency {CONCURRENCY}: {commit_rate:.0}/s");
-        let app = Application::build(settings, Clock::system(), Roles { api: true, worker: false }, Metrics::new())
-            .await
-            .unwrap();
+
+        // `serve` on the embedded profile; an API replica and a worker replica on the cluster one.
+        let split = key == "cluster";
+        let roles = Roles { api: true, worker: !split };
+        let app = Application::build(settings.clone(), Clock::system(), roles, Metrics::new()).await.unwrap();
         let base = app.base_url();
+        let db = app.state.db.clone();
+        seed_orders(&db, total).await;
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
+        if split {
+            let mut worker_settings = settings.clone();
+            worker_settings.server.port = 0;
+            let worker = Application::build(
+                worker_settings,
+                Clock::system(),
+                Roles { api: false, worker: true },
+                Metrics::new(),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(worker.run(stop.clone()));
+        }
         let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
         let url = format!("{base}/api/pay/notify");
+        let (full_set, rate_set) = all.split_at(n);
 
-        let (acked, elapsed, mut latencies) = closed_loop(&client, &url, throughput_set).await;
-        let throughput = acked as f64 / elapsed.as_secs_f64();
-        latencies.sort_unstable_by(f64::total_cmp);
+        let full = measure(&db, full_set, 0, || closed_loop(&client, &url, full_set)).await;
+        report("full speed", &full);
+        let fixed = measure(&db, rate_set, n, || open_loop(&client, &url, rate_set, rate)).await;
+        report(&format!("{rate}/s offered"), &fixed);
         println!(
-            "  max throughput: {acked} acknowledged in {:.2} s = {throughput:.0}/s (p50 {:.1} ms, p99 {:.1} ms)",
-            elapsed.as_secs_f64(),
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99)
+            "  ratios: applied / acknowledged = {:.2} (full speed), {:.2} ({rate}/s); acknowledged / single-row commits = {:.2}; acknowledged / RSA verify (one core) = {:.2}",
+            full.applied_per_sec / full.acked_per_sec,
+            fixed.applied_per_sec / fixed.acked_per_sec,
+            full.acked_per_sec / commit_rate,
+            full.acked_per_sec / verify_rate
         );
-        let mut at_rate = open_loop(&client, &url, rate_set).await;
-        at_rate.sort_unstable_by(f64::total_cmp);
-        let (p50, p99) = (percentile(&at_rate, 0.50), percentile(&at_rate, 0.99));
-        println!(
-            "  at {RATE_PER_SEC}/s for {RATE_SECS} s: p50 {p50:.1} ms, p99 {p99:.1} ms ({} acknowledged)",
-            at_rate.len()
-        );
-        println!(
-            "  ratios: throughput / single-row commit rate = {:.2}; throughput / RSA verify rate (one core) = {:.2}",
-            throughput / commit_rate,
-            throughput / verify_rate
-        );
-        rows.push((name, throughput, commit_rate, p50, p99));
+        rows.push((name, full, fixed, commit_rate));
         stop.cancel();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
-        "\n| profile | acknowledged/s | single-row commits/s | ratio | RSA verify/s (1 core) | p50 @1000/s | p99 @1000/s |"
+        "\n| profile | acknowledged/s | applied/s | applied while loaded/s | applied ÷ acked | ack→applied p50 / p99 | at {rate}/s: ack→applied p50 / p99 | single-row commits/s | RSA verify/s (1 core) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, throughput, commit_rate, p50, p99) in rows {
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, full, fixed, commit_rate) in rows {
         println!(
-            "| {name} | {throughput:.0} | {commit_rate:.0} | {:.2} | {verify_rate:.0} | {p50:.1} ms | {p99:.1} ms |",
-            throughput / commit_rate
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {commit_rate:.0} | {verify_rate:.0} |",
+            full.acked_per_sec,
+            full.applied_per_sec,
+            full.applied_while_loaded_per_sec,
+            full.applied_per_sec / full.acked_per_sec,
+            full.apply_p50_ms,
+            full.apply_p99_ms,
+            fixed.apply_p50_ms,
+            fixed.apply_p99_ms,
         );
     }
     let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"))).await;
     drop_bench_keys(&redis_url).await;
+}
+
+fn report(what: &str, f: &Figures) {
+    println!(
+        "  {what}: acknowledged {:.0}/s (answer p50 {:.1} ms, p99 {:.1} ms); applied {:.0}/s ({:.0}/s while loaded); ack→applied p50 {:.0} ms, p99 {:.0} ms",
+        f.acked_per_sec,
+        f.ack_p50_ms,
+        f.ack_p99_ms,
+        f.applied_per_sec,
+        f.applied_while_loaded_per_sec,
+        f.apply_p50_ms,
+        f.apply_p99_ms
+    );
+}
+
+/// Milliseconds since the Unix epoch: the clock the service stamps `processed_at_ms` with.
+fn wall_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// NOTPAY orders `BENCH000000000000`.. for every prepared notification, inserted in bulk (the
+/// bench measures applying, not order creation: see the order_create bench).
+async fn seed_orders(db: &wxpay_recon::storage::Db, count: usize) {
+    let now = wall_ms();
+    let (user_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO users (openid, session_key_enc, created_at_ms, updated_at_ms) VALUES ('oBench', 'x', $1, $1) RETURNING id",
+    )
+    .bind(now)
+    .fetch_one(db.writer())
+    .await
+    .unwrap();
+    const ROWS: usize = 500;
+    for start in (0..count).step_by(ROWS) {
+        let end = (start + ROWS).min(count);
+        let values: Vec<String> = (start..end)
+            .map(|i| format!("('BENCH{i:012}', $1, 'oBench', 'sticker', 1, 1, 'bench', 'NOTPAY', $2, $3, $3)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO orders (out_trade_no, user_id, payer_openid, product_id, quantity, amount_fen, description,
+                 status, time_expire_ms, created_at_ms, updated_at_ms) VALUES {}",
+            values.join(", ")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(now + 86_400_000)
+            .bind(now)
+            .execute(db.writer())
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends `set` with `send`, then waits until every one of them is applied, and computes the
+/// figures from the client's acknowledgement times and the inbox's `processed_at_ms`.
+async fn measure<F, Fut>(db: &wxpay_recon::storage::Db, set: &[Prepared], offset: usize, send: F) -> Figures
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Vec<(usize, i64, f64)>>,
+{
+    let processed = |db: wxpay_recon::storage::Db| async move {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM notifications WHERE processed_at_ms IS NOT NULL")
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+        count as usize
+    };
+    let before = processed(db.clone()).await;
+    let start_ms = wall_ms();
+    let started = Instant::now();
+    let acks = send().await;
+    let send_secs = started.elapsed().as_secs_f64();
+    let applied_at_end_of_send = processed(db.clone()).await - before;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while processed(db.clone()).await - before < set.len() {
+        assert!(Instant::now() < deadline, "not every notification was applied within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT notification_id, processed_at_ms FROM notifications WHERE processed_at_ms IS NOT NULL")
+            .fetch_all(db.reader())
+            .await
+            .unwrap();
+    let processed_at: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+    let mut apply_latency = Vec::with_capacity(acks.len());
+    let mut answer_latency = Vec::with_capacity(acks.len());
+    let mut last_applied = start_ms;
+    for (i, acked_ms, answer_ms) in &acks {
+        let at = processed_at[&format!("bench-{}", offset + i)];
+        last_applied = last_applied.max(at);
+        apply_latency.push((at - acked_ms).max(0) as f64);
+        answer_latency.push(*answer_ms);
+    }
+    apply_latency.sort_unstable_by(f64::total_cmp);
+    answer_latency.sort_unstable_by(f64::total_cmp);
+    Figures {
+        acked_per_sec: set.len() as f64 / send_secs,
+        applied_per_sec: set.len() as f64 / ((last_applied - start_ms) as f64 / 1000.0).max(send_secs),
+        applied_while_loaded_per_sec: applied_at_end_of_send as f64 / send_secs,
+        ack_p50_ms: percentile(&answer_latency, 0.50),
+        ack_p99_ms: percentile(&answer_latency, 0.99),
+        apply_p50_ms: percentile(&apply_latency, 0.50),
+        apply_p99_ms: percentile(&apply_latency, 0.99),
+    }
 }
 
 /// The queue keys of this run's jobs (one hash per job): left behind they fill the shared Redis.
@@ -287,6 +421,7 @@ async fn single_row_commit_rate(settings: &DatabaseSettings, concurrency: usize,
     rate
 }
 
+/// Sends one notification; returns whether it was acknowledged and how long the answer took.
 async fn post(client: &reqwest::Client, url: &str, p: &Prepared) -> (bool, f64) {
     let started = Instant::now();
     let mut request = client.post(url).header("Content-Type", "application/json").body(p.body.clone());
@@ -297,35 +432,41 @@ async fn post(client: &reqwest::Client, url: &str, p: &Prepared) -> (bool, f64) 
     (ok, started.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// `CONCURRENCY` senders back to back: the maximum acknowledged rate.
-async fn closed_loop(client: &reqwest::Client, url: &str, set: &[Prepared]) -> (usize, Duration, Vec<f64>) {
-    let started = Instant::now();
-    let results: Vec<(bool, f64)> =
-        futures::stream::iter(set).map(|p| post(client, url, p)).buffer_unordered(CONCURRENCY).collect().await;
-    let elapsed = started.elapsed();
-    let acked = results.iter().filter(|(ok, _)| *ok).count();
-    assert_eq!(acked, set.len(), "every notification must be acknowledged");
-    (acked, elapsed, results.into_iter().map(|(_, ms)| ms).collect())
+/// `CONCURRENCY` senders back to back: the maximum acknowledged rate. Returns (index, when
+/// acknowledged, answer latency) for each.
+async fn closed_loop(client: &reqwest::Client, url: &str, set: &[Prepared]) -> Vec<(usize, i64, f64)> {
+    let results: Vec<(usize, i64, f64)> = futures::stream::iter(set.iter().enumerate())
+        .map(|(i, p)| async move {
+            let (ok, ms) = post(client, url, p).await;
+            assert!(ok, "every notification must be acknowledged");
+            (i, wall_ms(), ms)
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    results
 }
 
-/// Notifications sent at a fixed rate, whatever the answers: latency under a steady load.
-async fn open_loop(client: &reqwest::Client, url: &str, set: &[Prepared]) -> Vec<f64> {
-    let interval = Duration::from_secs_f64(1.0 / RATE_PER_SEC as f64);
+/// Notifications sent at `rate` per second, whatever the answers: latency under a steady load.
+async fn open_loop(client: &reqwest::Client, url: &str, set: &[Prepared], rate: usize) -> Vec<(usize, i64, f64)> {
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(set.len());
     for (i, p) in set.iter().enumerate() {
         tokio::time::sleep_until(start + interval * u32::try_from(i).unwrap()).await;
         let (client, url) = (client.clone(), url.to_owned());
         let p = Prepared { headers: p.headers.clone(), body: p.body.clone() };
-        tasks.push(tokio::spawn(async move { post(&client, &url, &p).await }));
+        tasks.push(tokio::spawn(async move {
+            let (ok, ms) = post(&client, &url, &p).await;
+            assert!(ok, "every notification must be acknowledged");
+            (i, wall_ms(), ms)
+        }));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut acks = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (ok, ms) = task.await.unwrap();
-        assert!(ok, "every notification must be acknowledged");
-        latencies.push(ms);
+        acks.push(task.await.unwrap());
     }
-    latencies
+    acks
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

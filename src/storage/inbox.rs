@@ -379,17 +379,19 @@ impl Db {
     }
 
     /// Hands an entry the batch could not apply to its own retried job: the batch claimer
-    /// skips it from now on, and the sweeper re-enqueues it if that job is lost.
-    pub async fn defer_inbox(&self, id: i64, now_ms: i64) -> Result<(), StorageError> {
-        sqlx::query(
+    /// skips it from now on, and the sweeper re-enqueues it if that job is lost. Returns false
+    /// when it was already deferred (or applied): two claimers that both failed on it then
+    /// enqueue one job, not two.
+    pub async fn defer_inbox(&self, id: i64, now_ms: i64) -> Result<bool, StorageError> {
+        let done = sqlx::query(
             "UPDATE notifications SET deferred_at_ms = $2, enqueued_at_ms = $2
-             WHERE id = $1 AND processed_at_ms IS NULL",
+             WHERE id = $1 AND processed_at_ms IS NULL AND deferred_at_ms IS NULL",
         )
         .bind(id)
         .bind(now_ms)
         .execute(self.writer())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Claims up to `limit` deferred entries (see [`Self::defer_inbox`]) whose job was last

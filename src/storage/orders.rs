@@ -202,7 +202,9 @@ impl Db {
     /// wait for each other instead of deadlocking.
     pub async fn lock_orders(&self, tx: &mut Tx, nos: &[&OutTradeNo]) -> Result<Vec<Order>, StorageError> {
         let mut locked = Vec::with_capacity(nos.len());
-        for chunk in nos.chunks(BATCH_ROWS) {
+        // One statement for any batch the settings allow: locks taken by two statements would
+        // not be in one id order.
+        for chunk in nos.chunks(crate::config::ApplySettings::MAX_BATCH) {
             let params = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
             let sql = format!(
                 "SELECT {COLUMNS} FROM orders WHERE out_trade_no IN ({params}) ORDER BY id{}",
@@ -246,7 +248,10 @@ impl Db {
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_ms);
             for p in chunk {
-                query = query.bind(p.order_id).bind(p.transaction_id.as_ref().map(TransactionId::as_str)).bind(p.paid_at_ms);
+                query = query
+                    .bind(p.order_id)
+                    .bind(p.transaction_id.as_ref().map(TransactionId::as_str))
+                    .bind(p.paid_at_ms);
             }
             moved += query.execute(&mut **tx).await?.rows_affected();
         }

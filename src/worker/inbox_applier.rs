@@ -97,9 +97,14 @@ async fn one_by_one(ctx: &SharedContext, limit: usize) {
 /// Hands entry `id` to its own `ApplyNotification` job. If the queue refuses it, the entry is
 /// still marked deferred, and the sweeper enqueues it after `worker.sweep_min_age_ms`.
 async fn defer(ctx: &SharedContext, id: i64, error: &str) {
-    if let Err(err) = ctx.db.defer_inbox(id, ctx.clock.now_ms()).await {
-        tracing::warn!(notify.inbox_id = id, error = %err, "cannot defer the inbox entry; the next batch takes it again");
-        return;
+    match ctx.db.defer_inbox(id, ctx.clock.now_ms()).await {
+        Ok(true) => {}
+        // Another claimer deferred it first; its job is already queued.
+        Ok(false) => return,
+        Err(err) => {
+            tracing::warn!(notify.inbox_id = id, error = %err, "cannot defer the inbox entry; the next batch takes it again");
+            return;
+        }
     }
     ctx.metrics.inbox_deferred.inc();
     tracing::warn!(notify.inbox_id = id, error, "inbox entry handed to its own retried job");

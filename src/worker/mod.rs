@@ -55,7 +55,9 @@ pub async fn run(
         crate::storage::Dialect::Postgres => settings.apply.claimers,
     };
     let appliers: Vec<_> = (0..claimers)
-        .map(|claimer| tokio::spawn(inbox_applier::run(Arc::clone(&ctx), settings.apply.clone(), claimer, stop.clone())))
+        .map(|claimer| {
+            tokio::spawn(inbox_applier::run(Arc::clone(&ctx), settings.apply.clone(), claimer, stop.clone()))
+        })
         .collect();
     let holder = worker_name(QueueName::Apply, 0);
     let sweeper = tokio::spawn(sweeper::run(

@@ -411,7 +411,6 @@ impl TestApp {
     }
 
     /// This test leaves inbox entries unapplied on purpose: the teardown does not check the inbox.
-    #[expect(dead_code, reason = "no test leaves notifications unapplied today; this is how one would say so")]
     pub fn allow_unapplied(&self) {
         self.unapplied_allowed.store(true, Ordering::Relaxed);
     }

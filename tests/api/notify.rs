@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine;
 use futures::future::join_all;
 use wxpay_recon::sim::notifier::signed_headers;
+use wxpay_recon::startup::Roles;
 
 use crate::helpers::*;
 
@@ -213,4 +214,53 @@ crate::both_profiles!(
     bad_notifications_are_rejected_or_flagged_and_never_applied,
     five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops,
     a_second_transaction_for_a_paid_order_is_recorded_by_value,
+    an_entry_the_batch_cannot_apply_is_deferred_and_the_rest_applied,
 );
+
+/// One entry the batch cannot apply (its order row is corrupt) does not hold back the others:
+/// they are applied, and it is deferred to its own job, which dead-letters it (a corrupt row is
+/// final, retrying cannot help).
+async fn an_entry_the_batch_cannot_apply_is_deferred_and_the_rest_applied(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let api = env.spawn_app(Roles { api: true, worker: false }).await;
+    let (client, openid) = env.client(&api).await;
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        orders.push(client.create_order("sticker", 1).await.unwrap());
+    }
+    let poisoned = orders[3].out_trade_no.clone();
+    sqlx::query("UPDATE orders SET transaction_id = 'not a transaction id' WHERE out_trade_no = $1")
+        .bind(&poisoned)
+        .execute(api.state.db.writer())
+        .await
+        .unwrap();
+    for (i, order) in orders.iter().enumerate() {
+        let resource = env.transaction_json(&order.out_trade_no, order.amount_fen, &openid, &format!("42000{i:023}"));
+        let (headers, body) = env.notification(&format!("n-batch-{i}"), &resource);
+        assert_eq!(api.post_notify(&headers, body).await.0, 204);
+    }
+
+    let worker = env.spawn_app(Roles { api: false, worker: true }).await;
+    worker.expect_dead_jobs();
+    worker.allow_unapplied();
+    api.expect_dead_jobs();
+    api.allow_unapplied();
+    let db = &api.state.db;
+    eventually(
+        "every other payment applied, and the poisoned entry dead-lettered in its own job",
+        Duration::from_secs(60),
+        || async { orders_with_status(db, "SUCCESS").await == 9 && !db.dead_jobs().await.unwrap().is_empty() },
+    )
+    .await;
+    let (deferred, processed): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(deferred_at_ms), COUNT(processed_at_ms) FROM notifications WHERE out_trade_no = $1",
+    )
+    .bind(&poisoned)
+    .fetch_one(db.reader())
+    .await
+    .unwrap();
+    assert_eq!((deferred, processed), (1, 0), "deferred, not applied");
+    let dead = db.dead_jobs().await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(worker.metrics.inbox_deferred.get(), 1);
+}

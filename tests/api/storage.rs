@@ -175,11 +175,17 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
     assert_eq!(db.transition(&mut tx, &missing).await.unwrap(), TransitionOutcome::NotFound);
 }
 
-async fn sweeper_claims_are_disjoint_and_once_per_age(backend: Backend) {
+async fn sweeper_claims_deferred_rows_disjoint_and_once_per_age(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
-    let rows: Vec<NewInboxRow> = (0..200).map(|i| row(&format!("n{i}"), 1_000)).collect();
-    db.upsert_inbox_batch(&rows).await.unwrap();
+    let rows: Vec<NewInboxRow> = (0..250).map(|i| row(&format!("n{i}"), 1_000)).collect();
+    let stored = db.upsert_inbox_batch(&rows).await.unwrap();
+    // The sweeper's rows are the deferred ones (handed to their own job); the other 50 are the
+    // batch applier's and never swept.
+    for entry in &stored[..200] {
+        assert!(db.defer_inbox(entry.id, 1_000).await.unwrap());
+    }
+    assert!(!db.defer_inbox(stored[0].id, 2_000).await.unwrap(), "deferred once only");
     let (a, b) = tokio::join!(db.claim_stale_inbox(5_000, 10_000, 150), db.claim_stale_inbox(5_000, 10_000, 150));
     let (a, b) = (a.unwrap(), b.unwrap());
     let a_set: HashSet<i64> = a.iter().copied().collect();
@@ -344,7 +350,7 @@ crate::both_profiles!(
     large_inbox_batches_span_statements_and_stay_exact,
     inbox_batches_fold_duplicates_and_report_first_delivery,
     transitions_are_guarded_and_always_recorded,
-    sweeper_claims_are_disjoint_and_once_per_age,
+    sweeper_claims_deferred_rows_disjoint_and_once_per_age,
     leases_expire_and_release_only_their_own,
     dead_jobs_sessions_and_users,
     unknown_stored_values_are_corrupt_not_a_panic,

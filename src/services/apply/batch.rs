@@ -62,7 +62,8 @@ impl Applier {
             if let Ok(Notified::Payment(report)) = parsed {
                 let evidence = Evidence::new(EventSource::Notify, entry.notification_id.clone());
                 let order = orders.get_mut(report.out_trade_no.as_str());
-                results[i] = Some((Some(Counted::Payment), self.judge_payment(order, report, &evidence, now_ms, &mut plan)));
+                results[i] =
+                    Some((Some(Counted::Payment), self.judge_payment(order, report, &evidence, now_ms, &mut plan)));
             }
         }
         plan.write(&self.db, &mut tx, now_ms).await?;

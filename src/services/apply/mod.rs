@@ -261,8 +261,7 @@ impl Applier {
     ) -> Result<Applied, StorageError> {
         let now_ms = self.clock.now_ms();
         let no = report.out_trade_no.as_str();
-        let refuse =
-            |kind, detail: String| Refusal { kind, out_trade_no: Some(no.to_owned()), values: None, detail };
+        let refuse = |kind, detail: String| Refusal { kind, out_trade_no: Some(no.to_owned()), values: None, detail };
         if let Some(mchid) = report.mchid.as_ref().filter(|m| **m != self.merchant.mchid) {
             let detail = format!("mchid_mismatch: ours {}, {} {mchid}", self.merchant.mchid, evidence.source);
             return self.refuse(tx, evidence, refuse(AnomalyKind::MchidMismatch, detail)).await;

@@ -168,9 +168,13 @@ impl Applier {
                 // and shown to operators.
                 let ours = order.transaction_id.as_ref().map_or(NONE, TransactionId::as_str).to_owned();
                 let theirs = report.transaction_id.as_ref().map_or(NONE, TransactionId::as_str).to_owned();
-                let detail =
-                    format!("order is {current} with transaction {ours}, {} says {theirs}", evidence.source);
-                Refusal { kind: AnomalyKind::TransactionMismatch, out_trade_no: no, values: Some((ours, theirs)), detail }
+                let detail = format!("order is {current} with transaction {ours}, {} says {theirs}", evidence.source);
+                Refusal {
+                    kind: AnomalyKind::TransactionMismatch,
+                    out_trade_no: no,
+                    values: Some((ours, theirs)),
+                    detail,
+                }
             }
         };
         plan.refuse(evidence, refusal)
