@@ -40,6 +40,8 @@ use wxpay_recon::wechat::devkeys::DevKeys;
 const CONCURRENCY: usize = 64;
 
 struct Prepared {
+    /// The notification id (`bench-<n>`), to find when it was applied.
+    id: String,
     headers: Headers,
     body: String,
 }
@@ -145,9 +147,9 @@ async fn run() {
         let url = format!("{base}/api/pay/notify");
         let (full_set, rate_set) = all.split_at(n);
 
-        let full = measure(&db, full_set, 0, || closed_loop(&client, &url, full_set)).await;
+        let full = measure(&db, full_set, || closed_loop(&client, &url, full_set)).await;
         report("full speed", &full);
-        let fixed = measure(&db, rate_set, n, || open_loop(&client, &url, rate_set, rate)).await;
+        let fixed = measure(&db, rate_set, || open_loop(&client, &url, rate_set, rate)).await;
         report(&format!("{rate}/s offered"), &fixed);
         println!(
             "  ratios: applied / acknowledged = {:.2} (full speed), {:.2} ({rate}/s); acknowledged / single-row commits = {:.2}; acknowledged / RSA verify (one core) = {:.2}",
@@ -233,7 +235,7 @@ async fn seed_orders(db: &wxpay_recon::storage::Db, count: usize) {
 
 /// Sends `set` with `send`, then waits until every one of them is applied, and computes the
 /// figures from the client's acknowledgement times and the inbox's `processed_at_ms`.
-async fn measure<F, Fut>(db: &wxpay_recon::storage::Db, set: &[Prepared], offset: usize, send: F) -> Figures
+async fn measure<F, Fut>(db: &wxpay_recon::storage::Db, set: &[Prepared], send: F) -> Figures
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Vec<(usize, i64, f64)>>,
@@ -266,7 +268,11 @@ where
     let mut answer_latency = Vec::with_capacity(acks.len());
     let mut last_applied = start_ms;
     for (i, acked_ms, answer_ms) in &acks {
-        let at = processed_at[&format!("bench-{}", offset + i)];
+        let id = &set[*i].id;
+        let at = *processed_at.get(id).unwrap_or_else(|| {
+            let sample: Vec<_> = processed_at.keys().take(3).collect();
+            panic!("{id} not processed ({} processed, e.g. {sample:?})", processed_at.len())
+        });
         last_applied = last_applied.max(at);
         apply_latency.push((at - acked_ms).max(0) as f64);
         answer_latency.push(*answer_ms);
@@ -348,7 +354,7 @@ async fn prepare(sim_keys: &SimKeys, keys: &DevKeys, count: usize) -> Arc<Vec<Pr
                         let plain = PlainNotification::transaction_success(format!("bench-{i}"), resource, now);
                         let body = envelope_body(&sim_keys, &plain, "Fmwp04ry88f3");
                         let headers = signed_headers(&sim_keys, &body, now.timestamp(), &format!("NONCE{i:027}"));
-                        Prepared { headers, body }
+                        Prepared { id: format!("bench-{i}"), headers, body }
                     })
                     .collect::<Vec<_>>()
             })
@@ -455,7 +461,7 @@ async fn open_loop(client: &reqwest::Client, url: &str, set: &[Prepared], rate: 
     for (i, p) in set.iter().enumerate() {
         tokio::time::sleep_until(start + interval * u32::try_from(i).unwrap()).await;
         let (client, url) = (client.clone(), url.to_owned());
-        let p = Prepared { headers: p.headers.clone(), body: p.body.clone() };
+        let p = Prepared { id: p.id.clone(), headers: p.headers.clone(), body: p.body.clone() };
         tasks.push(tokio::spawn(async move {
             let (ok, ms) = post(&client, &url, &p).await;
             assert!(ok, "every notification must be acknowledged");

@@ -15,7 +15,8 @@
 //! - `services`: use cases shared by API and worker (login, orders, ingest, apply, sync,
 //!   refunds, reconcile). The one applier takes a `PaymentReport` from every source.
 //! - `api`: axum handlers, one module per resource; each calls services and answers DTOs.
-//! - `worker`: apalis workers, job kinds, retry policy, sweeper, poller, scheduler.
+//! - `worker`: inbox batch appliers, apalis workers, job kinds, retry policy, sweeper, poller,
+//!   scheduler.
 //! - `storage`: the database (SQLite or PostgreSQL) behind one type; the other conversion
 //!   edge (private row structs in, domain types out).
 //! - `queue`: the job queue (SQLite or Redis) behind one type.

@@ -215,7 +215,63 @@ crate::both_profiles!(
     five_concurrent_deliveries_apply_once_and_late_copies_are_no_ops,
     a_second_transaction_for_a_paid_order_is_recorded_by_value,
     an_entry_the_batch_cannot_apply_is_deferred_and_the_rest_applied,
+    reports_of_one_order_in_one_batch_are_judged_in_order,
 );
+
+/// Three reports of one order stored before any worker runs land in one batch, judged in inbox
+/// order against the order as the batch moves it: the first pays it, the second (same payment,
+/// another notification id) is a recorded no-op, the third (another transaction) an anomaly.
+async fn reports_of_one_order_in_one_batch_are_judged_in_order(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let api = env.spawn_app(Roles { api: true, worker: false }).await;
+    let (client, openid) = env.client(&api).await;
+    let order = client.create_order("mug", 1).await.unwrap();
+    let no = order.out_trade_no.as_str();
+    let (paid, other) = ("4200001234202611240000000021", "4200001234202611240000000022");
+    for (id, transaction) in [("n-one", paid), ("n-again", paid), ("n-other", other)] {
+        let (headers, body) = env.notification(id, &env.transaction_json(no, order.amount_fen, &openid, transaction));
+        assert_eq!(api.post_notify(&headers, body).await.0, 204);
+    }
+    let worker = env.spawn_app(Roles { api: false, worker: true }).await;
+    let db = &api.state.db;
+    eventually("the three notifications are processed", Duration::from_secs(20), || async {
+        db.inbox_backlog().await.unwrap().0 == 0
+    })
+    .await;
+    assert_eq!(
+        worker.metrics.apply_batch.get_sample_count(),
+        1,
+        "one batch held all three (else this test proves nothing)"
+    );
+    let outcomes: Vec<(String, String)> =
+        sqlx::query_as("SELECT notification_id, outcome FROM notifications ORDER BY id")
+            .fetch_all(db.reader())
+            .await
+            .unwrap();
+    let expected = [("n-one", "applied"), ("n-again", "duplicate"), ("n-other", "anomaly:transaction_mismatch")];
+    assert_eq!(outcomes, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+    let stored = db.order_by_no(&wxpay_recon::domain::OutTradeNo::parse(no).unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.transaction_id.as_ref().map(|t| t.as_str()), Some(paid));
+    let events: Vec<(String, i64, Option<String>)> = db
+        .order_events(stored.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.to_status == "SUCCESS")
+        .map(|e| (e.from_status.unwrap_or_default(), e.applied, e.evidence))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("NOTPAY".to_owned(), 1, Some("n-one".to_owned())),
+            ("SUCCESS".to_owned(), 0, Some("n-again".to_owned())),
+            ("SUCCESS".to_owned(), 0, Some("n-other".to_owned())),
+        ]
+    );
+    let anomalies = db.anomalies(Some(no)).await.unwrap();
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    assert_eq!((anomalies[0].ours.as_deref(), anomalies[0].theirs.as_deref()), (Some(paid), Some(other)));
+}
 
 /// One entry the batch cannot apply (its order row is corrupt) does not hold back the others:
 /// they are applied, and it is deferred to its own job, which dead-letters it (a corrupt row is
