@@ -32,7 +32,8 @@ impl QueueName {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Job {
-    /// Apply the inbox entry `inbox_id` to its order (idempotent).
+    /// Apply the inbox entry `inbox_id` to its order (idempotent): an entry its batch could not
+    /// apply, deferred to this job so that it retries alone (`worker::inbox_applier`).
     ApplyNotification { inbox_id: i64 },
     /// Ask WeChat about the unpaid order `out_trade_no` and act on the answer.
     CheckOrder { out_trade_no: String },

@@ -1,8 +1,10 @@
 //! Applying what WeChat reported to our books, idempotently, whichever way it arrived: a
 //! stored notification, the answer to a query, or a bill row. There is one entry per kind of
 //! report, [`Applier::apply`] for payments and [`Applier::apply_refund`] for refunds, and
-//! the inbox path ([`Applier::apply_stored`]) runs the very same checks inside the transaction
-//! that marks the notification processed.
+//! the inbox paths (batches: [`Applier::apply_inbox_batch`]; one deferred entry:
+//! [`Applier::apply_stored`]) run the very same checks inside the transaction that marks the
+//! notifications processed. Payments are judged by one function (`payment`) whether one or
+//! hundreds are applied at once.
 //!
 //! Everything happens in one transaction: the order is re-read under lock, the report is
 //! checked against it (amount, appid, mchid, payer: never trusted alone), the guarded

@@ -1,4 +1,6 @@
-//! Job: apply one stored notification to its order (see `services::apply`).
+//! Job: apply one stored notification to its order (see `services::apply`). Only entries a
+//! batch could not apply come here (`worker::inbox_applier`); the rest never pass through the
+//! queue.
 
 use super::JobError;
 use crate::worker::context::JobContext;
