@@ -10,7 +10,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rsa::sha2::Sha256;
 use serde_json::json;
 
 use crate::wechat::sign::{self, SCHEME, parse_authorization, request_message};
@@ -52,7 +51,7 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
         && B64
             .decode(&params.signature)
             .ok()
-            .is_some_and(|sig| sim.keys.merchant_public.pkcs1v15_verify::<Sha256>(message.as_bytes(), &sig).is_ok());
+            .is_some_and(|sig| sim.keys.merchant_public.verify(message.as_bytes(), &sig));
     if !signature_ok {
         sim.record_sign_error();
         let truncated: String = message.chars().take(64).collect();
