@@ -153,11 +153,12 @@ impl OrderService {
             }
         };
         self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await?;
-        self.payment_params(&prepay_id).await
+        self.payment_params(&prepay_id)
     }
 
-    /// Signs the four `paySign` lines with the merchant key.
-    pub async fn payment_params(&self, prepay_id: &str) -> Result<PaymentParams, OrderError> {
+    /// Signs the four `paySign` lines with the merchant key (inline: see
+    /// [`sign::RsaSigner::sign_blocking`] for why).
+    pub fn payment_params(&self, prepay_id: &str) -> Result<PaymentParams, OrderError> {
         let time_stamp = self.clock.now().timestamp();
         let nonce_str = sign::nonce(32);
         let package = format!("prepay_id={prepay_id}");
@@ -166,8 +167,7 @@ impl OrderService {
             .creds
             .merchant
             .signer
-            .sign_blocking(message.into_bytes())
-            .await
+            .sign(message.as_bytes())
             .map_err(|e| OrderError::Sign(e.to_string()))?;
         Ok(PaymentParams {
             app_id: self.creds.appid.clone(),
