@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rsa::PublicKey;
-use rsa::sha2::Sha256;
 use serde_json::{Value, json};
 
 use crate::wechat::sign::pay_sign_message;
+use crate::wechat::verify::RsaVerifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -149,7 +148,7 @@ impl MiniProgram {
 }
 
 /// Checks `paySign` the way WeChat's client does, with the merchant public key.
-pub fn verify_pay_sign(payment: &Value, merchant_public: &PublicKey) -> bool {
+pub fn verify_pay_sign(payment: &Value, merchant_public: &RsaVerifier) -> bool {
     let field = |name: &str| payment.get(name).and_then(Value::as_str).unwrap_or_default();
     let Ok(timestamp) = field("timeStamp").parse::<i64>() else {
         return false;
@@ -158,7 +157,7 @@ pub fn verify_pay_sign(payment: &Value, merchant_public: &PublicKey) -> bool {
     let Ok(signature) = B64.decode(field("paySign")) else {
         return false;
     };
-    field("signType") == "RSA" && merchant_public.pkcs1v15_verify::<Sha256>(message.as_bytes(), &signature).is_ok()
+    field("signType") == "RSA" && merchant_public.verify(message.as_bytes(), &signature)
 }
 
 fn other(step: &'static str, err: &reqwest::Error) -> ClientError {

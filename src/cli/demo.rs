@@ -15,6 +15,7 @@ use crate::domain::OrderStatus;
 use crate::startup::{Application, Roles};
 use crate::telemetry::{self, metrics::Metrics};
 use crate::wechat::devkeys::DevKeys;
+use crate::wechat::verify::RsaVerifier;
 
 use super::CliError;
 
@@ -46,7 +47,7 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
     settings.wechat.notify_url = String::new();
     settings.server.port = 0;
     let data = settings.database.url.clone();
-    let merchant_public = DevKeys::load(&settings.wechat.dev_keys_dir)?.merchant_key.to_public_key();
+    let merchant_public = DevKeys::load(&settings.wechat.dev_keys_dir)?.merchant_key.public_key();
 
     let metrics = Metrics::new();
     let app = Application::build(settings, clock, Roles { api: true, worker: true }, metrics.clone()).await?;
@@ -112,7 +113,7 @@ fn sum_rejected(metrics: &Metrics) -> u64 {
 async fn purchase(
     api: &str,
     sim: &str,
-    merchant_public: &rsa::PublicKey,
+    merchant_public: &RsaVerifier,
     product: &str,
     quantity: i64,
 ) -> Result<String, String> {

@@ -176,14 +176,19 @@ impl Db {
         Ok(order)
     }
 
-    pub async fn set_prepay(&self, order_id: i64, prepay_id: &str, now_ms: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1")
+    /// Records the prepay_id WeChat answered and returns the order as it now stands (`None` if
+    /// it is gone), so ordering needs no second read.
+    pub async fn set_prepay(&self, order_id: i64, prepay_id: &str, now_ms: i64) -> Result<Option<Order>, StorageError> {
+        let sql = format!(
+            "UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1 RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query_as(AssertSqlSafe(sql))
             .bind(order_id)
             .bind(prepay_id)
             .bind(now_ms)
-            .execute(self.writer())
+            .fetch_optional(self.writer())
             .await?;
-        Ok(())
+        order(row)
     }
 
     pub async fn order_by_no(&self, out_trade_no: &OutTradeNo) -> Result<Option<Order>, StorageError> {

@@ -243,8 +243,7 @@ impl PayClient {
         let authorization = self
             .creds
             .merchant
-            .authorization_blocking("GET", &canonical, "", self.clock.now().timestamp(), &sign::nonce(32))
-            .await
+            .authorization("GET", &canonical, "", self.clock.now().timestamp(), &sign::nonce(32))
             .map_err(|e| WechatError::Sign(e.to_string()))?;
         let mut response = self
             .http
@@ -310,8 +309,7 @@ impl PayClient {
         let authorization = self
             .creds
             .merchant
-            .authorization_blocking(method.as_str(), &canonical, body_text, timestamp, &nonce)
-            .await
+            .authorization(method.as_str(), &canonical, body_text, timestamp, &nonce)
             .map_err(|e| WechatError::Sign(e.to_string()))?;
         let mut request = self
             .http

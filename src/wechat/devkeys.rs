@@ -2,6 +2,9 @@
 //! use into a directory, so `demo`, `sim` and local runs need no real credentials. The
 //! simulator plays WeChat with the platform half; the service uses the merchant half.
 //! Never used by `serve` unless explicitly asked for.
+//!
+//! The keys are generated with the `rsa` crate (`ring` signs and verifies but cannot generate
+//! RSA keys) and, like any key, loaded into `ring` signers.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -26,9 +29,9 @@ pub struct DevKeys {
     pub appid: String,
     pub mchid: String,
     pub merchant_serial: String,
-    pub merchant_key: PrivateKey,
+    pub merchant_key: RsaSigner,
     pub platform_serial: String,
-    pub platform_key: PrivateKey,
+    pub platform_key: RsaSigner,
     pub apiv3_key: Secret<String>,
     pub app_secret: Secret<String>,
     pub data_key: Secret<String>,
@@ -111,14 +114,14 @@ impl DevKeys {
     /// The merchant's side of the set.
     pub fn credentials(&self) -> Result<Credentials, ConfigError> {
         let mut platform_keys = PlatformKeys::default();
-        platform_keys.insert(self.platform_serial.clone(), self.platform_key.to_public_key());
+        platform_keys.insert(self.platform_serial.clone(), self.platform_key.public_key());
         Ok(Credentials {
             appid: self.appid.clone(),
             mchid: self.mchid.clone(),
             merchant: MerchantSigner {
                 mchid: self.mchid.clone(),
                 serial: self.merchant_serial.clone(),
-                signer: RsaSigner::new(self.merchant_key.clone()),
+                signer: self.merchant_key.clone(),
             },
             platform_keys,
             apiv3_key: ApiV3Key::new(self.apiv3_key.expose().as_bytes())

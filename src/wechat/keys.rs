@@ -1,8 +1,12 @@
 //! Loading key material: PEM parsing with errors that name the setting, and the credential set
 //! the client (and the simulator, from dev keys) work with.
+//!
+//! The `rsa` crate reads the PEM forms (PKCS#8, PKCS#1, SPKI, X.509); the keys are then handed
+//! to `ring`, which does every signature and verification. The conversion happens here, once.
 
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
+use rsa::traits::PublicKeyParts;
 use rsa::{PrivateKey, PublicKey};
 
 use crate::config::{ConfigError, PlatformKeySetting, Problems, Secret, Settings, secret};
@@ -10,20 +14,29 @@ use crate::config::{ConfigError, PlatformKeySetting, Problems, Secret, Settings,
 use super::aead::ApiV3Key;
 use super::devkeys::DevKeys;
 use super::sign::{MerchantSigner, RsaSigner};
-use super::verify::PlatformKeys;
+use super::verify::{PlatformKeys, RsaVerifier};
 
 /// Parses an RSA private key in PKCS#8 (`BEGIN PRIVATE KEY`, WeChat's apiclient_key.pem) or
-/// PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM.
-pub fn parse_private_key(setting: &str, pem: &str) -> Result<PrivateKey, ConfigError> {
+/// PKCS#1 (`BEGIN RSA PRIVATE KEY`) PEM, into a signer.
+pub fn parse_private_key(setting: &str, pem: &str) -> Result<RsaSigner, ConfigError> {
     let pem = pem.trim();
-    PrivateKey::from_pkcs8_pem(pem).or_else(|_| PrivateKey::from_pkcs1_pem(pem)).map_err(|_| {
+    let key = PrivateKey::from_pkcs8_pem(pem).or_else(|_| PrivateKey::from_pkcs1_pem(pem)).map_err(|_| {
         ConfigError::invalid(setting, "not an RSA private key in PEM form (expected -----BEGIN PRIVATE KEY-----)")
-    })
+    })?;
+    // Re-encoded as PKCS#8 whatever it came as: one form for `ring` to take.
+    let der = key.to_pkcs8_der().map_err(|e| ConfigError::invalid(setting, format!("re-encoding the key: {e}")))?;
+    RsaSigner::from_pkcs8_der(der.as_bytes()).map_err(|e| ConfigError::invalid(setting, e.to_string()))
 }
 
 /// Parses a public key: SPKI (`BEGIN PUBLIC KEY`, the WeChat Pay public key), PKCS#1, or the
-/// key inside an X.509 platform certificate (`BEGIN CERTIFICATE`).
-pub fn parse_public_key(setting: &str, pem: &str) -> Result<PublicKey, ConfigError> {
+/// key inside an X.509 platform certificate (`BEGIN CERTIFICATE`), into a verifier.
+pub fn parse_public_key(setting: &str, pem: &str) -> Result<RsaVerifier, ConfigError> {
+    let key = parse_rsa_public_key(setting, pem)?;
+    RsaVerifier::from_components(&key.n_bytes(), &key.e_bytes())
+        .map_err(|e| ConfigError::invalid(setting, e.to_string()))
+}
+
+fn parse_rsa_public_key(setting: &str, pem: &str) -> Result<PublicKey, ConfigError> {
     let pem = pem.trim();
     if pem.starts_with("-----BEGIN CERTIFICATE-----") {
         return public_key_of_certificate(setting, pem);
@@ -64,7 +77,7 @@ pub struct Credentials {
 }
 
 /// The `i`th configured platform key, read and parsed.
-fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<PublicKey, ConfigError> {
+fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<RsaVerifier, ConfigError> {
     let setting = format!("wechat.platform_keys[{i}].public_key");
     let pem = match (&entry.public_key, &entry.public_key_file) {
         (Some(pem), None) => pem.clone(),
@@ -110,7 +123,7 @@ impl Credentials {
                     merchant: MerchantSigner {
                         mchid: wechat.mchid.clone(),
                         serial: wechat.merchant_serial.clone(),
-                        signer: RsaSigner::new(key),
+                        signer: key,
                     },
                     platform_keys: PlatformKeys::default(),
                     apiv3_key,
@@ -158,6 +171,11 @@ mod tests {
     fn k1_parses_in_both_halves() {
         let private = parse_private_key("k", testkeys::K1_PRIVATE_PEM).expect("private");
         let public = parse_public_key("k", testkeys::K1_PUBLIC_PEM).expect("public");
-        assert_eq!(private.to_public_key(), public);
+        assert_eq!(private.public_key(), public);
+        // The PEM-read public key (through the `rsa` crate's parser) verifies the official vector.
+        use base64::Engine;
+        let v1 = base64::engine::general_purpose::STANDARD.decode(testkeys::V1_SIGNATURE).expect("base64");
+        assert!(public.verify(b"source", &v1));
+        assert!(!public.verify(b"sourcE", &v1));
     }
 }

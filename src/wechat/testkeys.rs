@@ -3,8 +3,7 @@
 
 #![allow(dead_code)]
 
-use rsa::pkcs8::DecodePrivateKey;
-
+use super::keys::parse_private_key;
 use super::sign::RsaSigner;
 
 pub const K1_PRIVATE_PEM: &str = r#"-----BEGIN PRIVATE KEY-----
@@ -47,7 +46,7 @@ a7UAdb1c08hEQFVRbF14AR73xbnd8N0obCWJPCbzMCtkaSef4FdEEgEXJiw0VAJT
 -----END PUBLIC KEY-----"#;
 
 pub fn k1_signer() -> RsaSigner {
-    RsaSigner::new(rsa::PrivateKey::from_pkcs8_pem(K1_PRIVATE_PEM).expect("K1 parses"))
+    parse_private_key("K1", K1_PRIVATE_PEM).expect("K1 parses")
 }
 
 pub const V1_SIGNATURE: &str = "BKyAfU4iMCuvXMXS0Wzam3V/cnxZ+JaqigPM5OhljS2iOT95OO6Fsuml2JkFANJU9K6q9bLlDhPXuoVz+pp4hAm6pHU4ld815U4jsKu1RkyaII+1CYBUYC8TK0XtJ8FwUXXz8vZHh58rrAVN1XwNyvD1vfpxrMT4SL536GLwvpUHlCqIMzoZUguLli/K8V29QiOhuH6IEqLNJn8e9b3nwNcQ7be3CzYGpDAKBfDGPCqCv8Rw5zndhlffk2FEA70G4hvMwe51qMN/RAJbknXG23bSlObuTCN7Ndj1aJGH6/L+hdwfLpUtJm4QYVazzW7DFD27EpSQEqA8bX9+8m1rLg==";

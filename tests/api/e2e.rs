@@ -19,7 +19,7 @@ async fn login_order_pay_notify_reaches_success(backend: Backend) {
 
     let order = client.create_order("coffee", 2).await.unwrap();
     assert_eq!(order.amount_fen, 2 * 6800, "price comes from the catalog");
-    let merchant_public = env.keys.merchant_key.to_public_key();
+    let merchant_public = env.keys.merchant_key.public_key();
     assert!(verify_pay_sign(&order.payment, &merchant_public), "paySign verifies: {}", order.payment);
     assert_eq!(order.payment["package"].as_str().unwrap().split_once('=').unwrap().0, "prepay_id");
     assert_eq!(order.payment["appId"], env.keys.appid.as_str());
@@ -54,7 +54,7 @@ async fn simulator_rejects_a_request_with_a_bad_authorization(backend: Backend) 
     let wrong = wxpay_recon::wechat::sign::MerchantSigner {
         mchid: env.keys.mchid.clone(),
         serial: env.keys.merchant_serial.clone(),
-        signer: wxpay_recon::wechat::sign::RsaSigner::new(env.keys.platform_key.clone()),
+        signer: env.keys.platform_key.clone(),
     };
     let path = format!("/v3/pay/transactions/out-trade-no/NO123456?mchid={}", env.keys.mchid);
     let auth = wrong.authorization("GET", &path, "", ts, "NONCE123").unwrap();
@@ -74,7 +74,7 @@ async fn simulator_rejects_a_request_with_a_bad_authorization(backend: Backend) 
     let right = wxpay_recon::wechat::sign::MerchantSigner {
         mchid: env.keys.mchid.clone(),
         serial: env.keys.merchant_serial.clone(),
-        signer: wxpay_recon::wechat::sign::RsaSigner::new(env.keys.merchant_key.clone()),
+        signer: env.keys.merchant_key.clone(),
     };
     let auth = right.authorization("GET", "/v3/pay/transactions/out-trade-no/NO123456", "", ts, "NONCE123").unwrap();
     let response = reqwest::Client::new()

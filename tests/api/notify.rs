@@ -25,7 +25,7 @@ async fn bad_notifications_are_rejected_or_flagged_and_never_applied(backend: Ba
 
     // 1. Forged: signed with a key that is not WeChat's.
     let (mut headers, body) = env.notification("n-forged", &good);
-    let forged = wxpay_recon::wechat::sign::RsaSigner::new(env.keys.merchant_key.clone());
+    let forged = env.keys.merchant_key.clone();
     *header(&mut headers, "Wechatpay-Signature") = forged
         .sign(&wxpay_recon::wechat::sign::response_message(
             &now.to_string(),

@@ -20,7 +20,7 @@ use crate::sim::chaos::{BillChaos, BillCorruption, Chaos};
 use crate::sim::state::SimOrder;
 use crate::sim::{SimConfig, SimContext, SimKeys, router};
 use crate::wechat::devkeys::DevKeys;
-use crate::wechat::sign::{MerchantSigner, RsaSigner, nonce};
+use crate::wechat::sign::{MerchantSigner, nonce};
 use crate::wechat::wire::pay::{JsapiPrepayRequest, Payer, PrepayAmount};
 
 struct Env {
@@ -43,7 +43,7 @@ fn env() -> Env {
     let signer = MerchantSigner {
         mchid: keys.mchid.clone(),
         serial: keys.merchant_serial.clone(),
-        signer: RsaSigner::new(keys.merchant_key.clone()),
+        signer: keys.merchant_key.clone(),
     };
     Env { sim: SimContext::new(config), signer }
 }
