@@ -1,7 +1,7 @@
 //! Order creation benchmark: how many `POST /api/orders` per second the API answers (order
 //! stored, JSAPI prepay at the simulator, paySign computed), and at what latency, on each
 //! profile, next to the ceiling measured in the same run: RSA-2048 signatures and
-//! verifications per second on one core through `ring`, the library the service signs with.
+//! verifications per second on one core through `aws-lc-rs`, the library the service signs with.
 //!
 //! Every order costs three signatures (the merchant's request to WeChat, the simulator's answer
 //! as WeChat, the paySign) and two verifications (the simulator checks the request, the API
@@ -66,8 +66,8 @@ async fn run() {
     println!(
         "order create benchmark: closed loop {connections} connections for {secs} s; open loop {rate}/s for {rate_secs} s"
     );
-    let (sign_rate, verify_rate) = ring_rates(&keys.merchant_key);
-    println!("\nceiling: ring RSA-2048, one core: sign {sign_rate:.0}/s, verify {verify_rate:.0}/s");
+    let (sign_rate, verify_rate) = rsa_rates(&keys.merchant_key);
+    println!("\nceiling: RSA-2048 (aws-lc-rs), one core: sign {sign_rate:.0}/s, verify {verify_rate:.0}/s");
     println!(
         "  3 signatures + 2 verifications per order: at most {:.0} orders/s per core from RSA alone",
         1.0 / (3.0 / sign_rate + 2.0 / verify_rate)
@@ -128,7 +128,7 @@ async fn run() {
             "  open loop, {rate}/s for {rate_secs} s: p50 {p50:.1} ms, p99 {p99:.1} ms ({} orders)",
             at_rate.len()
         );
-        println!("  ratio: orders/s / ring signatures/s (one core) = {:.3}", throughput / sign_rate);
+        println!("  ratio: orders/s / RSA signatures/s (one core) = {:.3}", throughput / sign_rate);
         rows.push((name, throughput, c50, c99, p50, p99));
         stop.cancel();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -136,7 +136,7 @@ async fn run() {
     sim.stop();
 
     println!(
-        "\n| profile | orders/s @{connections} conn | p50 | p99 | p50 @{rate}/s | p99 @{rate}/s | ring sign/s (1 core) | ring verify/s (1 core) | orders/s / sign/s |"
+        "\n| profile | orders/s @{connections} conn | p50 | p99 | p50 @{rate}/s | p99 @{rate}/s | RSA sign/s (1 core) | RSA verify/s (1 core) | orders/s / sign/s |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, throughput, c50, c99, p50, p99) in rows {
@@ -247,7 +247,7 @@ async fn open_loop(users: &Arc<Vec<MiniProgram>>, rate: u32, secs: u32) -> Vec<f
 
 /// Signatures and verifications per second on one core with the service's own types, over a
 /// message the size of a prepay request's signing string.
-fn ring_rates(signer: &RsaSigner) -> (f64, f64) {
+fn rsa_rates(signer: &RsaSigner) -> (f64, f64) {
     let body = json!({"appid": "wx0000000000000000", "mchid": "1900000000", "description": "coffee",
         "out_trade_no": "20261124103456000000000001", "notify_url": "https://example.com/api/pay/notify",
         "amount": {"total": 6800, "currency": "CNY"}, "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}})

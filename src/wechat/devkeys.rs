@@ -3,8 +3,8 @@
 //! simulator plays WeChat with the platform half; the service uses the merchant half.
 //! Never used by `serve` unless explicitly asked for.
 //!
-//! The keys are generated with the `rsa` crate (`ring` signs and verifies but cannot generate
-//! RSA keys) and, like any key, loaded into `ring` signers.
+//! The keys are generated with the `rsa` crate (`aws-lc-rs` signs and verifies; we generate with
+//! the crate that also reads PEM) and, like any key, loaded into `aws-lc-rs` signers.
 
 use std::fs;
 use std::path::{Path, PathBuf};

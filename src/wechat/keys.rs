@@ -2,7 +2,8 @@
 //! the client (and the simulator, from dev keys) work with.
 //!
 //! The `rsa` crate reads the PEM forms (PKCS#8, PKCS#1, SPKI, X.509); the keys are then handed
-//! to `ring`, which does every signature and verification. The conversion happens here, once.
+//! to `aws-lc-rs`, which does every signature and verification. The conversion happens here,
+//! once.
 
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
@@ -23,7 +24,7 @@ pub fn parse_private_key(setting: &str, pem: &str) -> Result<RsaSigner, ConfigEr
     let key = PrivateKey::from_pkcs8_pem(pem).or_else(|_| PrivateKey::from_pkcs1_pem(pem)).map_err(|_| {
         ConfigError::invalid(setting, "not an RSA private key in PEM form (expected -----BEGIN PRIVATE KEY-----)")
     })?;
-    // Re-encoded as PKCS#8 whatever it came as: one form for `ring` to take.
+    // Re-encoded as PKCS#8 whatever it came as: one form for the RSA library to take.
     let der = key.to_pkcs8_der().map_err(|e| ConfigError::invalid(setting, format!("re-encoding the key: {e}")))?;
     RsaSigner::from_pkcs8_der(der.as_bytes()).map_err(|e| ConfigError::invalid(setting, e.to_string()))
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 
 use super::sign::{SCHEME, response_message};
 
@@ -71,19 +71,27 @@ impl VerifyError {
     }
 }
 
-/// An RSA public key that checks PKCS#1 v1.5 / SHA-256 signatures through `ring`.
+/// An RSA public key that checks PKCS#1 v1.5 / SHA-256 signatures through `aws-lc-rs`.
 ///
-/// Holds the modulus and exponent as bytes: `ring` 0.17 has no verifier that keeps a parsed
-/// key between calls, and of its two forms the components skip the DER parse that
-/// `UnparsedPublicKey` repeats on every signature (measured in `benches/order_create.rs`).
-#[derive(Clone, PartialEq, Eq)]
+/// The key is parsed once, when it is loaded ([`ParsedPublicKey`]), not on every signature;
+/// the modulus and exponent are kept to compare keys and describe them.
+#[derive(Clone)]
 pub struct RsaVerifier {
     n: Arc<[u8]>,
     e: Arc<[u8]>,
+    parsed: Arc<ParsedPublicKey>,
 }
 
+impl PartialEq for RsaVerifier {
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n && self.e == other.e
+    }
+}
+
+impl Eq for RsaVerifier {}
+
 /// A public key outside what we verify with: 2048 to 8192 bits, odd exponent of at least 3
-/// (`ring`'s limits, checked when the key is loaded rather than on the first signature).
+/// (the library's limits, checked when the key is loaded rather than on the first signature).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("RSA public key rejected: {0}")]
 pub struct PublicKeyRejected(&'static str);
@@ -104,19 +112,15 @@ impl RsaVerifier {
         if e.last().is_none_or(|low| low & 1 == 0) || bit_length(e) < 2 || bit_length(e) > 33 {
             return Err(PublicKeyRejected("the exponent must be odd, at least 3 and at most 33 bits"));
         }
-        Ok(Self { n: n.into(), e: e.into() })
-    }
-
-    /// The public half of a private key `ring` has already validated.
-    pub(super) fn of_key_pair(components: RsaPublicKeyComponents<Vec<u8>>) -> Self {
-        Self { n: components.n.into(), e: components.e.into() }
+        let parsed = RsaPublicKeyComponents { n, e }
+            .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+            .map_err(|_| PublicKeyRejected("not a usable RSA public key"))?;
+        Ok(Self { n: n.into(), e: e.into(), parsed: Arc::new(parsed) })
     }
 
     /// Whether `signature` (raw bytes) is this key's SHA256withRSA signature of `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        RsaPublicKeyComponents { n: &*self.n, e: &*self.e }
-            .verify(&RSA_PKCS1_2048_8192_SHA256, message, signature)
-            .is_ok()
+        self.parsed.verify_sig(message, signature).is_ok()
     }
 }
 
@@ -299,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn public_keys_outside_ring_limits_are_refused_at_load() {
+    fn public_keys_outside_the_library_limits_are_refused_at_load() {
         let n = [0xC1u8; 256];
         let key = RsaVerifier::from_components(&[&[0, 0][..], &n].concat(), &[0, 1, 0, 1]).expect("leading zeros");
         assert_eq!(key, RsaVerifier::from_components(&n, &[1, 0, 1]).expect("same key"));
