@@ -74,6 +74,9 @@ pub async fn jobs(settings: Settings, command: JobsCommand) -> Result<ExitCode, 
                     continue;
                 }
                 let subject = parsed.subject();
+                if let Job::ApplyNotification { inbox_id } = parsed {
+                    db.inbox_job_retried(inbox_id, clock.now_ms()).await.map_err(|e| CliError::new(e.to_string()))?;
+                }
                 queue.push(Envelope::first(parsed), None).await.map_err(|e| CliError::new(e.to_string()))?;
                 retried += 1;
                 println!("re-enqueued dead job {} ({} job.id={subject})", job.id, job.kind);

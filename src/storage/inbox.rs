@@ -394,16 +394,40 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The deferred entry's job was dead-lettered: the sweeper stops re-enqueueing it (it would
+    /// die again every sweep age); an operator's `jobs retry` hands it back
+    /// ([`Self::inbox_job_retried`]).
+    pub async fn inbox_job_dead(&self, id: i64, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE notifications SET job_dead_at_ms = $2 WHERE id = $1 AND processed_at_ms IS NULL")
+            .bind(id)
+            .bind(now_ms)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
+    /// An operator re-enqueued the entry's dead job: the sweeper covers it again should that
+    /// job be lost.
+    pub async fn inbox_job_retried(&self, id: i64, now_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE notifications SET job_dead_at_ms = NULL, enqueued_at_ms = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
     /// Claims up to `limit` deferred entries (see [`Self::defer_inbox`]) whose job was last
     /// queued before `cutoff_ms`, marking them queued now: each is re-enqueued at most once per
     /// sweep age, however long the backlog. Concurrent sweepers take disjoint rows. Entries
-    /// waiting for the batch applier are its own, not the sweeper's.
+    /// waiting for the batch applier are its own, not the sweeper's, and an entry whose job is
+    /// dead-lettered waits for an operator.
     pub async fn claim_stale_inbox(&self, cutoff_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<i64>, StorageError> {
         let sql = format!(
             "UPDATE notifications SET enqueued_at_ms = $2
              WHERE id IN (SELECT id FROM notifications
                           WHERE processed_at_ms IS NULL AND deferred_at_ms IS NOT NULL
-                            AND enqueued_at_ms <= $1
+                            AND job_dead_at_ms IS NULL AND enqueued_at_ms <= $1
                           ORDER BY enqueued_at_ms LIMIT $3{})
              RETURNING id",
             self.dialect().skip_locked()

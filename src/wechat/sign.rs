@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 use super::verify::RsaVerifier;
 
@@ -89,8 +89,8 @@ impl RsaSigner {
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyRejected> {
         let key = RsaKeyPair::from_pkcs8(der).map_err(|e| KeyRejected(e.to_string()))?;
         let components: RsaPublicKeyComponents<Vec<u8>> = key.public_key().into();
-        let public = RsaVerifier::from_components(&components.n, &components.e)
-            .map_err(|e| KeyRejected(e.to_string()))?;
+        let public =
+            RsaVerifier::from_components(&components.n, &components.e).map_err(|e| KeyRejected(e.to_string()))?;
         Ok(Self { key: std::sync::Arc::new(key), public, rng: SystemRandom::new() })
     }
 

@@ -192,7 +192,14 @@ async fn sweeper_claims_deferred_rows_disjoint_and_once_per_age(backend: Backend
     assert!(b.iter().all(|id| !a_set.contains(id)), "two sweepers never claim the same row");
     assert_eq!(a.len() + b.len(), 200);
     assert!(db.claim_stale_inbox(5_000, 10_000, 500).await.unwrap().is_empty(), "claimed rows wait another age");
-    assert_eq!(db.claim_stale_inbox(10_000, 20_000, 500).await.unwrap().len(), 200, "and come back after it");
+    // A deferred entry whose job is dead-lettered waits for an operator, not for the sweeper.
+    db.inbox_job_dead(stored[0].id, 15_000).await.unwrap();
+    assert_eq!(db.claim_stale_inbox(10_000, 20_000, 500).await.unwrap().len(), 199, "and come back after it");
+    db.inbox_job_retried(stored[0].id, 25_000).await.unwrap();
+    let swept = db.claim_stale_inbox(24_999, 30_000, 500).await.unwrap();
+    assert_eq!(swept.len(), 199, "the others, queued at 20 s");
+    assert!(!swept.contains(&stored[0].id), "the retried one has a fresh age");
+    assert_eq!(db.claim_stale_inbox(25_000, 35_000, 500).await.unwrap(), vec![stored[0].id], "then is swept again");
 }
 
 async fn leases_expire_and_release_only_their_own(backend: Backend) {

@@ -134,6 +134,12 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
 async fn bury(ctx: &JobContext, envelope: &Envelope, message: &str) -> Result<(), BoxDynError> {
     let kind = envelope.job.kind();
     ctx.metrics.jobs_finished.with_label_values(&[kind.as_str(), "dead"]).inc();
+    if let Job::ApplyNotification { inbox_id } = envelope.job
+        && let Err(err) = ctx.db.inbox_job_dead(inbox_id, ctx.clock.now_ms()).await
+    {
+        // The sweeper may then enqueue it again after a sweep age; it dies again, nothing lost.
+        tracing::warn!(error = %err, notify.inbox_id = inbox_id, "could not mark the inbox entry's job dead");
+    }
     let payload = serde_json::to_string(&envelope.job)?;
     match ctx.db.insert_dead_job(kind, &payload, i64::from(envelope.attempt), message, ctx.clock.now_ms()).await {
         Ok(dead_job_id) => {
