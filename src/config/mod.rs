@@ -192,6 +192,18 @@ impl Settings {
             ));
         }
         problems.check(positive("apply.claimers", self.apply.claimers));
+        if self.apply.claimers.saturating_add(self.notify.writers) >= self.database.max_connections as usize {
+            problems.push(ConfigError::invalid(
+                "apply.claimers",
+                "apply.claimers + notify.writers must stay below database.max_connections (each holds a connection while it commits)",
+            ));
+        }
+        if self.apply.hold_before_commit_ms > 10_000 {
+            problems.push(ConfigError::invalid(
+                "apply.hold_before_commit_ms",
+                "at most 10000 (a fault-injection knob for crash tests; 0 in production)",
+            ));
+        }
         problems.check(positive("apply.poll_interval_ms", usize::try_from(self.apply.poll_interval_ms).unwrap_or(0)));
         problems.check(positive("queue.concurrency", self.queue.concurrency));
         problems.check(positive("poll.batch", self.poll.batch));

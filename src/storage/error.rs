@@ -9,6 +9,10 @@ pub enum StorageError {
     NotFound,
     #[error("conflict on unique key {0}")]
     Conflict(String),
+    /// A guarded write found the rows other than the transaction had just read and locked
+    /// them: another writer got there first. Retrying reads them again.
+    #[error("the books changed under a lock: {0}")]
+    Changed(String),
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// The server could not be reached at start: which one, and why.

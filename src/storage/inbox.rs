@@ -309,6 +309,31 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The entry `id`, locked inside `tx` if it is still unprocessed (PostgreSQL: `None` too when
+    /// another transaction holds it, a batch most likely; SQLite's write lock excludes them).
+    /// Taken before the order is locked, in the batch's order (notification, then order), so
+    /// the single-entry path and a batch never wait for each other in a cycle.
+    pub async fn lock_unprocessed_inbox_entry(&self, tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StorageError> {
+        let sql = format!(
+            "SELECT id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms,
+                    processed_at_ms, outcome
+             FROM notifications WHERE id = $1 AND processed_at_ms IS NULL{}",
+            self.dialect().skip_locked()
+        );
+        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut **tx).await?)
+    }
+
+    /// The deferred entry's job was re-scheduled to run at `due_ms`: the sweeper counts its age
+    /// from then, so a job waiting out its backoff is not taken for lost.
+    pub async fn inbox_job_due(&self, id: i64, due_ms: i64) -> Result<(), StorageError> {
+        sqlx::query("UPDATE notifications SET enqueued_at_ms = $2 WHERE id = $1 AND processed_at_ms IS NULL")
+            .bind(id)
+            .bind(due_ms)
+            .execute(self.writer())
+            .await?;
+        Ok(())
+    }
+
     /// Whether any entry waits for the batch applier: one index probe, on a reader, so an idle
     /// applier polls without taking the write lock (SQLite) or a transaction.
     pub async fn has_unapplied_inbox(&self) -> Result<bool, StorageError> {

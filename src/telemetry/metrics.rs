@@ -41,6 +41,7 @@ pub struct MetricHandles {
     pub notify_commit_batch: Histogram,
     pub notify_ingest_duration: Histogram,
     pub apply_batch: Histogram,
+    pub apply_batch_failures: IntCounterVec,
     pub inbox_deferred: IntCounter,
     pub inbox_applied: IntCounterVec,
     pub inbox_unprocessed: IntGauge,
@@ -134,6 +135,11 @@ impl Metrics {
                 "apply_batch_size",
                 "Inbox entries applied by one batch transaction.",
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            apply_batch_failures: counter_vec(
+                "apply_batch_failures_total",
+                "Inbox batches that failed, by reason (unavailable: database; failed: an error; panicked).",
+                &["reason"],
             ),
             inbox_deferred: counter(
                 "inbox_deferred_total",
@@ -318,6 +324,7 @@ impl MetricHandles {
             Box::new(self.notify_commit_batch.clone()),
             Box::new(self.notify_ingest_duration.clone()),
             Box::new(self.apply_batch.clone()),
+            Box::new(self.apply_batch_failures.clone()),
             Box::new(self.inbox_deferred.clone()),
             Box::new(self.inbox_applied.clone()),
             Box::new(self.inbox_unprocessed.clone()),

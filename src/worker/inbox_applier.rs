@@ -23,37 +23,54 @@ use super::context::SharedContext;
 /// Longest pause after consecutive infrastructure failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Why a batch failed, as `wxpay_apply_batch_failures_total` labels it.
+pub const FAILURE_REASONS: &[&str] = &["unavailable", "failed", "panicked"];
+
+/// The pause after `failures` consecutive failed batches: short at first (one bad entry is
+/// dealt with by the one-by-one pass), then growing, so that a batch path that fails every time
+/// (not one entry's fault) does not spin.
+fn pause_after(failures: u32) -> Duration {
+    (Duration::from_millis(50) * 2u32.saturating_pow(failures.min(8))).min(MAX_BACKOFF)
+}
+
 /// Runs one claimer until `stop` fires. Several may run at once: their claims are disjoint.
 pub async fn run(ctx: SharedContext, settings: ApplySettings, claimer: usize, stop: CancellationToken) {
+    for reason in FAILURE_REASONS {
+        let _ = ctx.metrics.apply_batch_failures.with_label_values(&[reason]);
+    }
     let (size, hold) = (settings.batch_size, settings.hold_before_commit());
     let mut failures: u32 = 0;
     while !stop.is_cancelled() {
         let span = tracing::info_span!("apply_batch", apply.claimer = claimer);
         let attempt = AssertUnwindSafe(ctx.applier.apply_inbox_batch(size, hold)).catch_unwind();
-        match attempt.instrument(span.clone()).await {
+        let reason = match attempt.instrument(span.clone()).await {
             Ok(Ok(applied)) => {
                 failures = 0;
                 if applied < size {
                     wait_for_work(&ctx, settings.poll_interval(), &stop).await;
                 }
+                continue;
             }
             Ok(Err(err)) if err.is_unavailable() => {
-                failures = failures.saturating_add(1);
-                let pause = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(7))).min(MAX_BACKOFF);
-                tracing::warn!(error = %err, pause_ms = pause.as_millis() as u64, "inbox batch failed: database unavailable");
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(pause) => {}
-                }
+                tracing::warn!(parent: &span, error = %err, "inbox batch failed: database unavailable");
+                "unavailable"
             }
             Ok(Err(err)) => {
                 tracing::warn!(parent: &span, error = %err, "inbox batch failed; applying its entries one by one");
                 one_by_one(&ctx, size).instrument(span).await;
+                "failed"
             }
             Err(_) => {
                 tracing::error!(parent: &span, "inbox batch panicked; applying its entries one by one");
                 one_by_one(&ctx, size).instrument(span).await;
+                "panicked"
             }
+        };
+        ctx.metrics.apply_batch_failures.with_label_values(&[reason]).inc();
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(pause_after(failures)) => {}
         }
     }
 }
@@ -87,6 +104,11 @@ async fn one_by_one(ctx: &SharedContext, limit: usize) {
     for id in ids {
         let error = match AssertUnwindSafe(ctx.applier.apply_stored(id)).catch_unwind().await {
             Ok(Ok(_)) => continue,
+            Ok(Err(err)) if err.is_unavailable() => {
+                // Not this entry's fault: leave the rest to the next batch, after the pause.
+                tracing::warn!(error = %err, "database unavailable while applying one by one");
+                return;
+            }
             Ok(Err(err)) => err.to_string(),
             Err(_) => "applying it panicked".to_owned(),
         };

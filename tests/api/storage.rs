@@ -202,6 +202,39 @@ async fn sweeper_claims_deferred_rows_disjoint_and_once_per_age(backend: Backend
     assert_eq!(db.claim_stale_inbox(25_000, 35_000, 500).await.unwrap(), vec![stored[0].id], "then is swept again");
 }
 
+/// The batch claim takes the oldest waiting entries, skips deferred ones, and (PostgreSQL) two
+/// open claims take disjoint rows; a claim rolled back frees its rows for the next.
+async fn batch_claims_are_oldest_first_disjoint_and_skip_deferred(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let db = db(&env).await;
+    let rows: Vec<NewInboxRow> = (0..10).map(|i| row(&format!("c{i}"), 1_000)).collect();
+    let stored = db.upsert_inbox_batch(&rows).await.unwrap();
+    let mut ids: Vec<i64> = stored.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    assert!(db.defer_inbox(ids[1], 2_000).await.unwrap());
+    assert!(db.has_unapplied_inbox().await.unwrap());
+
+    let mut first = db.begin().await.unwrap();
+    let claimed: Vec<i64> = db.claim_inbox_batch(&mut first, 4).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(claimed, vec![ids[0], ids[2], ids[3], ids[4]], "oldest first, the deferred one skipped");
+    if backend == Backend::Cluster {
+        let mut second = db.begin().await.unwrap();
+        let other: Vec<i64> = db.claim_inbox_batch(&mut second, 10).await.unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(other, ids[5..].to_vec(), "a concurrent claim skips the rows the first holds");
+        second.rollback().await.unwrap();
+    }
+    first.rollback().await.unwrap();
+    let mut again = db.begin().await.unwrap();
+    assert_eq!(db.claim_inbox_batch(&mut again, 10).await.unwrap().len(), 9, "rolled back: claimable again");
+    let done: Vec<(i64, String, Option<String>)> =
+        ids.iter().filter(|&&id| id != ids[1]).map(|&id| (id, "applied".to_owned(), None)).collect();
+    assert_eq!(db.mark_inbox_batch_processed(&mut again, &done, 3_000).await.unwrap(), 9);
+    assert_eq!(db.mark_inbox_batch_processed(&mut again, &done, 3_000).await.unwrap(), 0, "marked once");
+    again.commit().await.unwrap();
+    assert!(!db.has_unapplied_inbox().await.unwrap(), "only the deferred entry is left, and it is not the batch's");
+    assert_eq!(db.unapplied_inbox_ids(10).await.unwrap(), Vec::<i64>::new());
+}
+
 async fn leases_expire_and_release_only_their_own(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let db = db(&env).await;
@@ -358,6 +391,7 @@ crate::both_profiles!(
     inbox_batches_fold_duplicates_and_report_first_delivery,
     transitions_are_guarded_and_always_recorded,
     sweeper_claims_deferred_rows_disjoint_and_once_per_age,
+    batch_claims_are_oldest_first_disjoint_and_skip_deferred,
     leases_expire_and_release_only_their_own,
     dead_jobs_sessions_and_users,
     unknown_stored_values_are_corrupt_not_a_panic,

@@ -8,6 +8,12 @@
 //! all of it back, claim included, and the entries are claimed again; after it, they are done.
 //! Each payment is applied exactly once because the mark and the move commit together, guarded
 //! by `processed_at_ms IS NULL` and the order's status.
+//!
+//! Within a batch, payments are applied before refunds and other reports, whatever their inbox
+//! order: a refund later in the batch then sees the payment it refunds. The only visible
+//! difference from strict inbox order is the `from_status` of a late duplicate payment queued
+//! after a refund of the same order (SUCCESS instead of REFUND); its outcome is still a
+//! duplicate and no money moves.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -84,7 +90,7 @@ impl Applier {
             .collect();
         let marked = self.db.mark_inbox_batch_processed(&mut tx, &done, now_ms).await?;
         if marked != entries.len() as u64 {
-            return Err(StorageError::Conflict(format!(
+            return Err(StorageError::Changed(format!(
                 "{marked} of {} claimed notifications marked: another worker processed some",
                 entries.len()
             )));

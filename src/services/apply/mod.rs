@@ -123,15 +123,17 @@ impl Applier {
     /// Applies the inbox entry `inbox_id` and marks it processed, in one transaction: the
     /// path of an entry the batch could not apply (`batch` applies the rest).
     pub async fn apply_stored(&self, inbox_id: i64) -> Result<ApplyOutcome, StorageError> {
-        let Some(entry) = self.db.inbox_entry(inbox_id).await? else {
-            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::Missing.label()]).inc();
-            return Ok(ApplyOutcome::Missing);
-        };
-        if entry.processed_at_ms.is_some() {
-            self.metrics.inbox_applied.with_label_values(&[ApplyOutcome::AlreadyProcessed.label()]).inc();
-            return Ok(ApplyOutcome::AlreadyProcessed);
-        }
         let mut tx = self.db.begin().await?;
+        let Some(entry) = self.db.lock_unprocessed_inbox_entry(&mut tx, inbox_id).await? else {
+            tx.rollback().await?;
+            // Applied already, held by a batch that is applying it, or no such entry.
+            let outcome = match self.db.inbox_entry(inbox_id).await? {
+                Some(_) => ApplyOutcome::AlreadyProcessed,
+                None => ApplyOutcome::Missing,
+            };
+            self.metrics.inbox_applied.with_label_values(&[outcome.label()]).inc();
+            return Ok(outcome);
+        };
         let parsed = convert::notification(&entry.event_type, &entry.resource_json);
         let (counted, (outcome, detail)) = self.entry_in(&mut tx, &entry, parsed).await?;
         let label = stored_label(&outcome);

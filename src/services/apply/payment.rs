@@ -69,12 +69,12 @@ impl PaymentPlan {
     }
 
     /// Runs the plan inside `tx`: one guarded statement moves every paid order, one appends
-    /// every event, then the (rare) anomalies. Fails with [`StorageError::Conflict`] when an
+    /// every event, then the (rare) anomalies. Fails with [`StorageError::Changed`] when an
     /// order no longer allows its move (the caller rolls back).
     pub(super) async fn write(self, db: &Db, tx: &mut Tx, now_ms: i64) -> Result<(), StorageError> {
         let moved = db.record_payments(tx, &self.paid, now_ms).await?;
         if moved != self.paid.len() as u64 {
-            return Err(StorageError::Conflict(format!(
+            return Err(StorageError::Changed(format!(
                 "{} of {} paid orders moved: the books changed under the lock",
                 moved,
                 self.paid.len()

@@ -31,7 +31,7 @@ impl From<StorageError> for JobError {
     fn from(err: StorageError) -> Self {
         let failure = match err {
             StorageError::Unavailable(_) | StorageError::Unreachable { .. } => Some(Failure::Infrastructure),
-            StorageError::Conflict(_) | StorageError::Other(_) => Some(Failure::Transient),
+            StorageError::Conflict(_) | StorageError::Changed(_) | StorageError::Other(_) => Some(Failure::Transient),
             StorageError::NotFound | StorageError::Corrupt(_) => None,
         };
         Self { message: err.to_string(), failure }
@@ -105,6 +105,13 @@ pub async fn run(ctx: &JobContext, envelope: Envelope) -> Result<(), BoxDynError
                 let next = Envelope { job: envelope.job.clone(), attempt: envelope.attempt + 1 };
                 match ctx.queue.push(next, Some(delay)).await {
                     Ok(()) => {
+                        if let Job::ApplyNotification { inbox_id } = envelope.job {
+                            let due_ms = ctx.clock.now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                            if let Err(err) = ctx.db.inbox_job_due(inbox_id, due_ms).await {
+                                // The sweeper may enqueue a second job meanwhile: applied once anyway.
+                                tracing::warn!(error = %err, notify.inbox_id = inbox_id, "could not record the retry's due time");
+                            }
+                        }
                         ctx.metrics.jobs_finished.with_label_values(&[kind, "retried"]).inc();
                         tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "job failed, retry scheduled");
                         Ok(())
