@@ -18,15 +18,18 @@
 //! from `WXPAY_TEST_REDIS_URL`, defaults as in scripts/test.sh). `BENCH_N` sets the number of
 //! notifications of the full-speed run (default 30000: shorter runs are dominated by warm-up),
 //! `BENCH_RATE` and `BENCH_RATE_SECS` the fixed-rate run (default 1000/s for 60 s),
-//! `BENCH_PROFILES=embedded` or `cluster` runs one profile.
+//! `BENCH_PROFILE=embedded` or `cluster` runs one profile.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{dev_keys, drop_bench_keys, env_or, percentile};
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::Executor;
@@ -58,10 +61,6 @@ struct Figures {
     apply_p99_ms: f64,
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -69,19 +68,12 @@ fn main() {
 }
 
 async fn run() {
-    let n = env_usize("BENCH_N", 30_000);
-    let rate = env_usize("BENCH_RATE", 1000);
-    let rate_secs = env_usize("BENCH_RATE_SECS", 60);
-    let only = std::env::var("BENCH_PROFILES").unwrap_or_default();
+    let n = env_or("BENCH_N", 30_000usize);
+    let rate = env_or("BENCH_RATE", 1000usize);
+    let rate_secs = env_or("BENCH_RATE_SECS", 60usize);
+    let only = std::env::var("BENCH_PROFILE").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
-    let keys_dir = dir.path().join("dev-keys");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-keys")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), keys_dir.join(entry.file_name())).unwrap();
-    }
-    let keys = DevKeys::load(&keys_dir).unwrap();
-    let sim_keys = SimKeys::from_dev_keys(&keys).unwrap();
+    let (keys_dir, keys, sim_keys) = dev_keys(dir.path());
 
     let total = n + rate * rate_secs;
     println!(
@@ -181,7 +173,7 @@ async fn run() {
         );
     }
     let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"))).await;
-    drop_bench_keys(&redis_url).await;
+    drop_bench_keys(&redis_url, "wxpay-bench-").await;
 }
 
 fn report(what: &str, f: &Figures) {
@@ -288,33 +280,6 @@ where
         ack_p99_ms: percentile(&answer_latency, 0.99),
         apply_p50_ms: percentile(&apply_latency, 0.50),
         apply_p99_ms: percentile(&apply_latency, 0.99),
-    }
-}
-
-/// The queue keys of this run's jobs (one hash per job): left behind they fill the shared Redis.
-async fn drop_bench_keys(redis_url: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let mut cursor: u64 = 0;
-    loop {
-        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("wxpay-bench-*")
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
     }
 }
 
@@ -478,12 +443,4 @@ async fn open_loop(client: &reqwest::Client, url: &str, set: &[Prepared], rate: 
         acks.push(task.await.unwrap());
     }
     acks
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }

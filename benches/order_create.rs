@@ -16,29 +16,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{dev_keys, drop_bench_keys, env_or, percentile};
 use serde_json::json;
 use sqlx::Executor;
 use wxpay_recon::clock::Clock;
 use wxpay_recon::config::Settings;
 use wxpay_recon::demo::MiniProgram;
-use wxpay_recon::sim::{SimConfig, SimKeys, SimServer};
+use wxpay_recon::sim::{SimConfig, SimServer};
 use wxpay_recon::startup::{Application, Roles};
 use wxpay_recon::telemetry::metrics::Metrics;
-use wxpay_recon::wechat::devkeys::DevKeys;
 use wxpay_recon::wechat::sign::{self, RsaSigner};
 use wxpay_recon::wechat::verify::RsaVerifier;
 
 /// Orders the closed loop places before timing starts (connections, caches, JIT-free warm-up
 /// of the database's plans).
 const WARM_UP_ORDERS: usize = 200;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -54,14 +52,7 @@ async fn run() {
     let only = std::env::var("BENCH_PROFILE").ok();
 
     let dir = tempfile::tempdir().unwrap();
-    let keys_dir = dir.path().join("dev-keys");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-keys")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), keys_dir.join(entry.file_name())).unwrap();
-    }
-    let keys = DevKeys::load(&keys_dir).unwrap();
-    let sim_keys = SimKeys::from_dev_keys(&keys).unwrap();
+    let (keys_dir, keys, sim_keys) = dev_keys(dir.path());
 
     println!(
         "order create benchmark: closed loop {connections} connections for {secs} s; open loop {rate}/s for {rate_secs} s"
@@ -273,39 +264,4 @@ fn rsa_rates(signer: &RsaSigner) -> (f64, f64) {
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text).unwrap()
-}
-
-/// This run's queue keys: left behind they fill the shared Redis.
-async fn drop_bench_keys(redis_url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let mut cursor: u64 = 0;
-    loop {
-        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }

@@ -15,14 +15,14 @@
 mod batch;
 mod payment;
 
-use payment::PaymentPlan;
+use payment::{PaymentPlan, PlannedAnomaly};
 
 use crate::clock::Clock;
 use crate::domain::refund::check_refund_success;
 use crate::domain::{
     AnomalyKind, EventSource, Evidence, Merchant, OrderStatus, PaymentReport, RefundReport, RefundStatus,
 };
-use crate::storage::inbox::{Anomaly, InboxRow};
+use crate::storage::inbox::InboxRow;
 use crate::storage::orders::{TransitionOutcome, TransitionRequest};
 use crate::storage::{Db, StorageError, Tx};
 use crate::telemetry::metrics::Metrics;
@@ -349,16 +349,8 @@ impl Applier {
     /// Records evidence that was refused and returns the outcome that says so.
     async fn refuse(&self, tx: &mut Tx, evidence: &Evidence, r: Refusal) -> Result<Applied, StorageError> {
         r.log(evidence);
-        let anomaly = Anomaly {
-            kind: r.kind,
-            source: evidence.source,
-            out_trade_no: r.out_trade_no.as_deref(),
-            evidence: Some(&evidence.reference),
-            ours: r.values.as_ref().map(|v| v.0.as_str()),
-            theirs: r.values.as_ref().map(|v| v.1.as_str()),
-            now_ms: self.clock.now_ms(),
-        };
-        self.db.insert_anomaly(tx, &anomaly).await?;
-        Ok((ApplyOutcome::Anomaly(r.kind), Some(r.detail)))
+        let (anomaly, applied) = PlannedAnomaly::of(evidence, r);
+        anomaly.insert(&self.db, tx, self.clock.now_ms()).await?;
+        Ok(applied)
     }
 }

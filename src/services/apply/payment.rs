@@ -25,14 +25,41 @@ struct PlannedEvent {
     note: Option<String>,
 }
 
-/// An anomaly to record, owned until the plan is written.
+/// An anomaly to record, owned until it is written.
 #[derive(Debug)]
-struct PlannedAnomaly {
+pub(super) struct PlannedAnomaly {
     kind: AnomalyKind,
     source: EventSource,
     evidence: String,
     out_trade_no: Option<String>,
     values: Option<(String, String)>,
+}
+
+impl PlannedAnomaly {
+    /// The anomaly that records `evidence` refused for `r` (which it consumes but the detail).
+    pub(super) fn of(evidence: &Evidence, r: Refusal) -> (Self, Applied) {
+        let anomaly = Self {
+            kind: r.kind,
+            source: evidence.source,
+            evidence: evidence.reference.clone(),
+            out_trade_no: r.out_trade_no,
+            values: r.values,
+        };
+        (anomaly, (ApplyOutcome::Anomaly(r.kind), Some(r.detail)))
+    }
+
+    pub(super) async fn insert(&self, db: &Db, tx: &mut Tx, now_ms: i64) -> Result<(), StorageError> {
+        let anomaly = Anomaly {
+            kind: self.kind,
+            source: self.source,
+            out_trade_no: self.out_trade_no.as_deref(),
+            evidence: Some(&self.evidence),
+            ours: self.values.as_ref().map(|v| v.0.as_str()),
+            theirs: self.values.as_ref().map(|v| v.1.as_str()),
+            now_ms,
+        };
+        db.insert_anomaly(tx, &anomaly).await
+    }
 }
 
 /// What a set of payment reports does to the books, not yet written.
@@ -58,14 +85,9 @@ impl PaymentPlan {
     /// Plans the anomaly that records refused evidence and returns the outcome that says so.
     fn refuse(&mut self, evidence: &Evidence, r: Refusal) -> Applied {
         r.log(evidence);
-        self.anomalies.push(PlannedAnomaly {
-            kind: r.kind,
-            source: evidence.source,
-            evidence: evidence.reference.clone(),
-            out_trade_no: r.out_trade_no,
-            values: r.values,
-        });
-        (ApplyOutcome::Anomaly(r.kind), Some(r.detail))
+        let (anomaly, applied) = PlannedAnomaly::of(evidence, r);
+        self.anomalies.push(anomaly);
+        applied
     }
 
     /// Runs the plan inside `tx`: one guarded statement moves every paid order, one appends
@@ -95,17 +117,8 @@ impl PaymentPlan {
             })
             .collect();
         NewEvent::insert_many(tx, &events).await?;
-        for a in &self.anomalies {
-            let anomaly = Anomaly {
-                kind: a.kind,
-                source: a.source,
-                out_trade_no: a.out_trade_no.as_deref(),
-                evidence: Some(&a.evidence),
-                ours: a.values.as_ref().map(|v| v.0.as_str()),
-                theirs: a.values.as_ref().map(|v| v.1.as_str()),
-                now_ms,
-            };
-            db.insert_anomaly(tx, &anomaly).await?;
+        for anomaly in &self.anomalies {
+            anomaly.insert(db, tx, now_ms).await?;
         }
         Ok(())
     }
