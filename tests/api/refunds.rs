@@ -31,7 +31,9 @@ async fn partial_and_full_refunds_move_money_once(backend: Backend) {
     let (status, first) =
         admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1000, "reason": "破损"})).await;
     assert_eq!(status, 201, "{first}");
-    assert_eq!(first["status"], "PROCESSING");
+    // WeChat accepted it (PROCESSING); its REFUND.SUCCESS notification may already be applied
+    // by the time the answer is read back (the worker applies the inbox within milliseconds).
+    assert!(["PROCESSING", "SUCCESS"].contains(&first["status"].as_str().unwrap_or("")), "{first}");
     eventually("the partial refund succeeds", Duration::from_secs(20), || async {
         refunded(&app, &a).await == ("REFUND".into(), 1000)
     })
