@@ -20,7 +20,7 @@ use crate::queue::{Envelope, Job};
 
 use super::context::SharedContext;
 
-/// Longest pause after consecutive infrastructure failures.
+/// Longest pause after consecutive failed batches.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Why a batch failed, as `wxpay_apply_batch_failures_total` labels it.
