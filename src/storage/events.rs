@@ -21,25 +21,9 @@ pub struct NewEvent<'a> {
 
 impl NewEvent<'_> {
     pub async fn insert(&self, tx: &mut Tx) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO order_events (order_id, from_status, to_status, applied, source, evidence, note, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(self.order_id)
-        .bind(self.from.map(OrderStatus::as_str))
-        .bind(self.to.as_str())
-        .bind(i64::from(self.applied))
-        .bind(self.source.as_str())
-        .bind(self.evidence)
-        .bind(self.note)
-        .bind(self.now_ms)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        Self::insert_many(tx, std::slice::from_ref(self)).await
     }
-}
 
-impl NewEvent<'_> {
     /// Appends many events in one statement per 256 (a batch's history), in the given order.
     pub async fn insert_many(tx: &mut Tx, events: &[NewEvent<'_>]) -> Result<(), StorageError> {
         for chunk in events.chunks(256) {

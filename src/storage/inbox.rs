@@ -77,6 +77,9 @@ pub struct InboxRow {
 
 const NEW_COLUMNS: usize = 16;
 
+/// The columns an [`InboxRow`] is read from.
+const INBOX_COLUMNS: &str = "id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms, processed_at_ms, outcome";
+
 /// A rejected notification, kept so the rejection can be explained later.
 #[derive(Debug, Clone)]
 pub struct Rejection<'a> {
@@ -276,14 +279,8 @@ impl Db {
     }
 
     pub async fn inbox_entry(&self, id: i64) -> Result<Option<InboxRow>, StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms,
-                    processed_at_ms, outcome
-             FROM notifications WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(self.reader())
-        .await?)
+        let sql = format!("SELECT {INBOX_COLUMNS} FROM notifications WHERE id = $1");
+        Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_optional(self.reader()).await?)
     }
 
     /// Marks an entry processed inside the transaction that applied it. Returns false if
@@ -315,9 +312,7 @@ impl Db {
     /// the single-entry path and a batch never wait for each other in a cycle.
     pub async fn lock_unprocessed_inbox_entry(&self, tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StorageError> {
         let sql = format!(
-            "SELECT id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms,
-                    processed_at_ms, outcome
-             FROM notifications WHERE id = $1 AND processed_at_ms IS NULL{}",
+            "SELECT {INBOX_COLUMNS} FROM notifications WHERE id = $1 AND processed_at_ms IS NULL{}",
             self.dialect().skip_locked()
         );
         Ok(sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut **tx).await?)
@@ -337,12 +332,7 @@ impl Db {
     /// Whether any entry waits for the batch applier: one index probe, on a reader, so an idle
     /// applier polls without taking the write lock (SQLite) or a transaction.
     pub async fn has_unapplied_inbox(&self) -> Result<bool, StorageError> {
-        let found: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL LIMIT 1",
-        )
-        .fetch_optional(self.reader())
-        .await?;
-        Ok(found.is_some())
+        Ok(!self.unapplied_inbox_ids(1).await?.is_empty())
     }
 
     /// The ids of the oldest entries waiting for the batch applier, without claiming them: what
@@ -364,9 +354,7 @@ impl Db {
     /// every other writer.
     pub async fn claim_inbox_batch(&self, tx: &mut Tx, limit: usize) -> Result<Vec<InboxRow>, StorageError> {
         let sql = format!(
-            "SELECT id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms,
-                    processed_at_ms, outcome
-             FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL
+            "SELECT {INBOX_COLUMNS} FROM notifications WHERE processed_at_ms IS NULL AND deferred_at_ms IS NULL
              ORDER BY id LIMIT $1{}",
             self.dialect().skip_locked()
         );
