@@ -14,7 +14,8 @@ use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
 use super::state::AppState;
 
-/// Our limit on `reason`, in characters.
+/// Our limit on `reason`, in characters (a sanity cap): WeChat is sent its first 80 UTF-8
+/// bytes (`wechat::client`), the record keeps it whole.
 const REASON_MAX_CHARS: usize = 80;
 
 pub fn router() -> Router<AppState> {

@@ -17,6 +17,7 @@ pub mod refund;
 pub mod report;
 pub mod text;
 pub mod time;
+pub mod wechat_text;
 
 pub use anomaly::AnomalyKind;
 pub use bill_run::{BillRun, BillRunStatus, PaidOrder};

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::OrderSettings;
+use crate::domain::wechat_text::{self, DESCRIPTION_MAX_BYTES};
 use crate::domain::{Order, OutTradeNo};
 use crate::storage::orders::NewOrder;
 use crate::storage::{Db, StorageError};
@@ -18,8 +19,6 @@ use crate::wechat::{Credentials, PayClient, WechatError, sign};
 /// Attempts at prepay within one API request (the call is idempotent for identical parameters).
 const PREPAY_ATTEMPTS: u32 = 3;
 const PREPAY_RETRY_BASE: Duration = Duration::from_millis(150);
-/// WeChat's limit on `description` (characters).
-const DESCRIPTION_MAX: usize = 127;
 pub const MAX_QUANTITY: i64 = 99;
 
 /// What `wx.requestPayment` takes, field names as the mini-program API spells them.
@@ -191,15 +190,13 @@ fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
-/// WeChat takes at most 127 characters, each 1-3 bytes of UTF-8 (no emoji).
+/// WeChat takes at most 127 UTF-8 *bytes* of 1-3-byte characters (see `domain::wechat_text`):
+/// a product name of 50 CJK characters is cut to 42 rather than refused forever.
 /// Commas, backticks and line breaks become spaces: WeChat's bill has no quoting, and the
 /// description comes back in it as 商品名称.
 fn wechat_description(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.len_utf8() <= 3)
-        .map(|c| if matches!(c, ',' | '`' | '\r' | '\n') { ' ' } else { c })
-        .take(DESCRIPTION_MAX)
-        .collect()
+    let unquoted: String = text.chars().map(|c| if matches!(c, ',' | '`' | '\r' | '\n') { ' ' } else { c }).collect();
+    wechat_text::fit(&unquoted, DESCRIPTION_MAX_BYTES)
 }
 
 #[cfg(test)]
@@ -210,7 +207,14 @@ mod tests {
     fn description_is_trimmed_to_wechat_rules() {
         assert_eq!(wechat_description("咖啡豆 250g ☕"), "咖啡豆 250g ☕");
         assert_eq!(wechat_description("mug 🍵"), "mug ");
-        assert_eq!(wechat_description(&"x".repeat(300)).chars().count(), 127);
+        assert_eq!(wechat_description(&"x".repeat(300)).len(), 127);
         assert_eq!(wechat_description("beans, 250g\n`dark`"), "beans  250g  dark ");
+    }
+
+    #[test]
+    fn a_long_chinese_name_fits_in_127_bytes() {
+        let description = wechat_description(&"茶".repeat(50));
+        assert!(description.len() <= 127, "{} bytes", description.len());
+        assert_eq!(description, "茶".repeat(42));
     }
 }

@@ -23,6 +23,7 @@ use super::wire::error::ErrorBody;
 use super::wire::pay::{CloseRequest, JsapiPrepayRequest, Payer, PrepayAmount, PrepayResponse, Transaction};
 use super::wire::refund::{Refund as WireRefund, RefundRequest, RefundRequestAmount};
 use crate::domain::time::{from_ms, to_wechat_rfc3339};
+use crate::domain::wechat_text::{self, REFUND_REASON_MAX_BYTES};
 use crate::domain::{Fen, Order, OutRefundNo, OutTradeNo, PaymentReport, Refund, RefundReport, TransactionId};
 
 /// Every `endpoint` label this client measures.
@@ -158,7 +159,9 @@ impl PayClient {
             transaction_id: application.transaction_id.map(ToString::to_string),
             out_trade_no: refund.out_trade_no.to_string(),
             out_refund_no: refund.out_refund_no.to_string(),
-            reason: refund.reason.clone(),
+            // Our record keeps the operator's whole reason; WeChat takes 80 UTF-8 bytes of it
+            // (1-3-byte characters only), so that much is what it is sent.
+            reason: refund.reason.as_deref().map(|r| wechat_text::fit(r, REFUND_REASON_MAX_BYTES)),
             notify_url: Some(application.notify_url.to_owned()),
             amount: RefundRequestAmount {
                 refund: refund.amount.0,
