@@ -33,6 +33,10 @@ pub enum ApiError {
     PaymentUnavailable { out_trade_no: String },
     #[error("{0}")]
     Upstream(String),
+    /// Our own configuration is wrong (WeChat refuses our appid or secret): a 500, since the
+    /// client can do nothing about it, and not a 503, since retrying cannot help either.
+    #[error("{0}")]
+    Misconfigured(String),
     #[error("internal error")]
     Internal,
 }
@@ -56,6 +60,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             ApiError::PaymentUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "PAYMENT_UNAVAILABLE"),
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR"),
+            ApiError::Misconfigured(_) => (StatusCode::INTERNAL_SERVER_ERROR, "SERVER_MISCONFIGURED"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         };
         let out_trade_no = match &self {
@@ -91,6 +96,9 @@ impl From<LoginFailure> for ApiError {
             }
             LoginFailure::Wechat(LoginError::Blocked { .. }) => {
                 ApiError::Conflict("this WeChat user cannot log in".into())
+            }
+            LoginFailure::Wechat(LoginError::Misconfigured { .. }) => {
+                ApiError::Misconfigured("login is misconfigured on the server; retrying will not help".into())
             }
             LoginFailure::Wechat(other) => {
                 note_cause(&other);

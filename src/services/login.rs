@@ -15,13 +15,15 @@ use crate::vault::{self, Vault};
 use crate::wechat::LoginClient;
 use crate::wechat::login::LoginError;
 
-/// The `outcome` label of `wxpay_logins_total`: ok, a user's bad code, a blocked user, and
-/// everything that is WeChat's or our side's failure.
+/// The `outcome` label of `wxpay_logins_total`: ok, a user's bad code, a blocked user, our
+/// own WeChat identity refused (`misconfigured`: nobody can log in until an operator acts),
+/// and everything else that is WeChat's or our side's failure.
 const LOGIN_OK: &str = "ok";
 const LOGIN_BAD_CODE: &str = "bad_code";
 const LOGIN_BLOCKED: &str = "blocked";
+const LOGIN_MISCONFIGURED: &str = "misconfigured";
 const LOGIN_UNAVAILABLE: &str = "unavailable";
-const LOGIN_OUTCOMES: [&str; 4] = [LOGIN_OK, LOGIN_BAD_CODE, LOGIN_BLOCKED, LOGIN_UNAVAILABLE];
+const LOGIN_OUTCOMES: [&str; 5] = [LOGIN_OK, LOGIN_BAD_CODE, LOGIN_BLOCKED, LOGIN_MISCONFIGURED, LOGIN_UNAVAILABLE];
 
 #[derive(Debug, Clone)]
 pub struct LoginService {
@@ -78,6 +80,11 @@ impl LoginService {
             Ok(_) => LOGIN_OK,
             Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => LOGIN_BAD_CODE,
             Err(LoginFailure::Wechat(LoginError::Blocked { .. })) => LOGIN_BLOCKED,
+            Err(LoginFailure::Wechat(LoginError::Misconfigured { errcode, errmsg, setting })) => {
+                // Logged here, once per refused login, at ERROR: it names the setting to fix.
+                tracing::error!(setting, errcode, errmsg, "WeChat login refuses our configuration: check {setting}");
+                LOGIN_MISCONFIGURED
+            }
             Err(_) => LOGIN_UNAVAILABLE,
         };
         self.metrics.logins.with_label_values(&[outcome]).inc();

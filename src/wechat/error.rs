@@ -24,9 +24,9 @@ pub enum WechatError {
 }
 
 /// Codes WeChat documents as transient: retry the same call with the same parameters.
+/// Compared with [`same_code`], so older spellings without underscores match too.
 const RETRYABLE_CODES: &[&str] = &[
     "SYSTEM_ERROR",
-    "SYSTEMERROR",
     "FREQUENCY_LIMITED",
     "RATELIMIT_EXCEEDED",
     "RATE_LIMITED",
@@ -35,14 +35,32 @@ const RETRYABLE_CODES: &[&str] = &[
     "USERPAYING",
 ];
 
+/// Codes WeChat answers with HTTP 500 that are nevertheless final (protocol §6): the openid is
+/// not one of this appid's users, or the transaction id is wrong. The same call fails the same
+/// way forever, so retrying only delays the answer (and, in a job, ends in the dead set).
+const FINAL_SERVER_CODES: &[&str] = &["OPENID_MISMATCH", "INVALID_TRANSACTIONID"];
+
+/// Codes meaning the order or refund named in the call does not exist at WeChat.
+const NOT_FOUND_CODES: &[&str] = &["ORDER_NOT_EXIST", "RESOURCE_NOT_EXISTS"];
+
+/// Whether two WeChat codes are the same, ignoring underscores: older tables spell some codes
+/// without them (`ORDERNOTEXIST`, `SYSTEMERROR`, `NOAUTH`), and protocol §6 says to parse
+/// leniently. No two documented codes differ only by underscores.
+fn same_code(a: &str, b: &str) -> bool {
+    a.bytes().filter(|&c| c != b'_').eq(b.bytes().filter(|&c| c != b'_'))
+}
+
+fn code_in(code: &str, set: &[&str]) -> bool {
+    set.iter().any(|known| same_code(code, known))
+}
+
 impl WechatError {
     /// Whether the same call may succeed if repeated later.
     pub fn retryable(&self) -> bool {
         match self {
             WechatError::Timeout { .. } | WechatError::Network { .. } | WechatError::Signature { .. } => true,
-            WechatError::Api { status, code, .. } => {
-                *status >= 500 || *status == 429 || RETRYABLE_CODES.contains(&code.as_str())
-            }
+            WechatError::Api { code, .. } if code_in(code, FINAL_SERVER_CODES) => false,
+            WechatError::Api { status, code, .. } => *status >= 500 || *status == 429 || code_in(code, RETRYABLE_CODES),
             WechatError::Decode { .. } | WechatError::Unrecognised { .. } | WechatError::Sign(_) => false,
         }
     }
@@ -50,7 +68,7 @@ impl WechatError {
     /// WeChat asked us to slow down: back off harder than for other failures.
     pub fn rate_limited(&self) -> bool {
         matches!(self, WechatError::Api { status, code, .. }
-            if *status == 429 || matches!(code.as_str(), "FREQUENCY_LIMITED" | "RATELIMIT_EXCEEDED" | "RATE_LIMITED"))
+            if *status == 429 || code_in(code, &["FREQUENCY_LIMITED", "RATELIMIT_EXCEEDED", "RATE_LIMITED"]))
     }
 
     /// The WeChat error code, if WeChat answered with one.
@@ -67,13 +85,10 @@ impl WechatError {
     }
 
     /// WeChat does not know the order or refund named in the call (it never reached WeChat).
+    /// Only these codes: a 404 with another code (a wrong path at a proxy, say) is not an
+    /// answer about the order.
     pub fn is_not_found(&self) -> bool {
-        matches!(self.code(), Some("ORDER_NOT_EXIST" | "RESOURCE_NOT_EXISTS"))
-    }
-
-    /// A close refused because the payer paid first.
-    pub fn is_already_paid(&self) -> bool {
-        self.code() == Some("ORDERPAID")
+        self.code().is_some_and(|code| code_in(code, NOT_FOUND_CODES))
     }
 
     /// The day's bill is not generated yet.
@@ -96,6 +111,9 @@ impl WechatError {
             WechatError::Timeout { .. } => "timeout",
             WechatError::Network { .. } => "network",
             WechatError::Api { .. } if self.rate_limited() => "rate_limited",
+            // A final answer sent with HTTP 500 is a refusal, not an outage: keep it out of the
+            // server-error rate that pages.
+            WechatError::Api { code, .. } if code_in(code, FINAL_SERVER_CODES) => "client_error",
             WechatError::Api { status, .. } if *status >= 500 => "server_error",
             WechatError::Api { .. } => "client_error",
             WechatError::Signature { .. } => "bad_signature",
@@ -142,5 +160,36 @@ mod tests {
         assert!(WechatError::Timeout { endpoint: "x" }.retryable());
         assert_eq!(api(400, "PARAM_ERROR").outcome(), "client_error");
         assert_eq!(api(429, "FREQUENCY_LIMITED").outcome(), "rate_limited");
+    }
+
+    #[test]
+    fn some_500s_are_final() {
+        for code in ["OPENID_MISMATCH", "INVALID_TRANSACTIONID"] {
+            assert!(!api(500, code).retryable(), "{code}");
+            assert_eq!(api(500, code).outcome(), "client_error", "{code}");
+        }
+        assert!(api(500, "SYSTEM_ERROR").retryable());
+        assert!(api(500, "BANK_ERROR").retryable());
+        assert!(api(502, "HTTP_502").retryable(), "a gateway's 502 without a code stays retryable");
+        assert_eq!(api(500, "SYSTEM_ERROR").outcome(), "server_error");
+    }
+
+    #[test]
+    fn only_the_not_found_codes_mean_not_found_in_either_spelling() {
+        assert!(api(404, "ORDER_NOT_EXIST").is_not_found());
+        assert!(api(404, "ORDERNOTEXIST").is_not_found());
+        assert!(api(404, "RESOURCE_NOT_EXISTS").is_not_found());
+        assert!(!api(404, "NOT_FOUND").is_not_found());
+        assert!(!api(404, "HTTP_404").is_not_found());
+        assert!(!api(400, "ORDER_CLOSED").is_not_found());
+        assert!(!WechatError::Timeout { endpoint: "x" }.is_not_found());
+    }
+
+    #[test]
+    fn older_spellings_classify_like_the_current_ones() {
+        assert!(api(400, "SYSTEMERROR").retryable());
+        assert!(api(400, "FREQUENCYLIMITED").rate_limited());
+        assert!(!api(500, "OPENIDMISMATCH").retryable());
+        assert!(!same_code("ORDER_NOT_EXIST", "ORDER_NOT_EXISTS"));
     }
 }

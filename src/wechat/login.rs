@@ -21,8 +21,8 @@ pub struct WechatSession {
 /// Why a login code was not exchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    /// The code is invalid, expired or already used (40029, 40163): the client must call
-    /// `wx.login` again.
+    /// The code is invalid, expired, already used or missing (40029, 40163, 41008): the
+    /// client must call `wx.login` again.
     #[error("login code rejected by WeChat ({errcode}): {errmsg}")]
     BadCode { errcode: i64, errmsg: String },
     /// WeChat refuses this user (40226, high-risk).
@@ -31,6 +31,11 @@ pub enum LoginError {
     /// Busy (-1) or minute quota exceeded (45011): try again shortly.
     #[error("WeChat login temporarily unavailable ({errcode}): {errmsg}")]
     Unavailable { errcode: i64, errmsg: String },
+    /// WeChat refuses *our* identity (bad or missing appid or AppSecret, bad grant_type):
+    /// every login fails until an operator fixes `setting`. Not an outage: retrying cannot
+    /// help, and calling it "unavailable" sent people looking at WeChat instead of the config.
+    #[error("WeChat login refuses our configuration ({errcode}, check {setting}): {errmsg}")]
+    Misconfigured { errcode: i64, errmsg: String, setting: &'static str },
     #[error(transparent)]
     Transport(#[from] WechatError),
 }
@@ -57,6 +62,7 @@ impl LoginClient {
             .build()
             .map_err(|e| WechatError::Network { endpoint: "code2session", message: e.without_url().to_string() })?;
         super::client::touch_call_series(&metrics, "code2session");
+        let _ = metrics.wechat_calls.with_label_values(&["code2session", CONFIG_ERROR]);
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), appid, secret, metrics })
     }
 
@@ -67,6 +73,7 @@ impl LoginClient {
             Ok(_) => "ok",
             Err(LoginError::Transport(err)) => err.outcome(),
             Err(LoginError::Unavailable { .. }) => "server_error",
+            Err(LoginError::Misconfigured { .. }) => CONFIG_ERROR,
             Err(_) => "client_error",
         };
         self.metrics.wechat_calls.with_label_values(&["code2session", outcome]).inc();
@@ -117,9 +124,63 @@ impl LoginClient {
                         .into())
                 }
             },
-            40029 | 40163 => Err(LoginError::BadCode { errcode, errmsg }),
-            40226 => Err(LoginError::Blocked { errcode, errmsg }),
-            _ => Err(LoginError::Unavailable { errcode, errmsg }),
+            _ => Err(classify(errcode, errmsg)),
         }
+    }
+}
+
+/// The `outcome` of `wxpay_wechat_calls_total{endpoint="code2session"}` when WeChat refuses
+/// our appid or secret.
+pub const CONFIG_ERROR: &str = "config_error";
+
+/// What a jscode2session `errcode` means for us (protocol §10).
+///
+/// The issue that asked for this listed 40163 among configuration errors; protocol.md (and
+/// the real message, "code been used") says it is a code already exchanged, which is the
+/// user's code, not our configuration: it stays a bad code (the client calls `wx.login` again).
+fn classify(errcode: i64, errmsg: String) -> LoginError {
+    match errcode {
+        40029 | 40163 | 41008 => LoginError::BadCode { errcode, errmsg },
+        40226 => LoginError::Blocked { errcode, errmsg },
+        // 40013 invalid appid, 41002 appid missing.
+        40013 | 41002 => LoginError::Misconfigured { errcode, errmsg, setting: "wechat.appid" },
+        // 40125 invalid appsecret, 41004 secret missing.
+        40125 | 41004 => LoginError::Misconfigured { errcode, errmsg, setting: "wechat.app_secret" },
+        // 40002 invalid grant_type: we always send `authorization_code`, so a build or proxy
+        // altered the request; no setting fixes it, but it is ours to fix all the same.
+        40002 => LoginError::Misconfigured { errcode, errmsg, setting: "grant_type (sent by this build)" },
+        // -1 busy, 45011 quota, and anything new: WeChat's side, worth retrying shortly.
+        _ => LoginError::Unavailable { errcode, errmsg },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(errcode: i64) -> String {
+        match classify(errcode, String::new()) {
+            LoginError::BadCode { .. } => "bad_code".into(),
+            LoginError::Blocked { .. } => "blocked".into(),
+            LoginError::Unavailable { .. } => "unavailable".into(),
+            LoginError::Misconfigured { setting, .. } => format!("config:{setting}"),
+            LoginError::Transport(_) => "transport".into(),
+        }
+    }
+
+    #[test]
+    fn every_documented_errcode_takes_its_path() {
+        assert_eq!(kind(40029), "bad_code");
+        assert_eq!(kind(40163), "bad_code", "code been used: the user's code, not our config");
+        assert_eq!(kind(41008), "bad_code");
+        assert_eq!(kind(40226), "blocked");
+        assert_eq!(kind(-1), "unavailable");
+        assert_eq!(kind(45011), "unavailable");
+        assert_eq!(kind(40013), "config:wechat.appid");
+        assert_eq!(kind(41002), "config:wechat.appid");
+        assert_eq!(kind(40125), "config:wechat.app_secret");
+        assert_eq!(kind(41004), "config:wechat.app_secret");
+        assert!(kind(40002).starts_with("config:grant_type"));
+        assert_eq!(kind(99999), "unavailable");
     }
 }
