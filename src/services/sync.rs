@@ -192,24 +192,52 @@ impl OrderSync {
         self.close_at_wechat(order, EventSource::Api, "cancelled by the payer").await
     }
 
+    /// Closes at WeChat, then here, without trusting any one error code to mean "paid":
+    /// `ORDERPAID` is documented for the HK v3 close API only (protocol §5.4), and a close
+    /// that failed (or timed out) says nothing sure about the order. So WeChat is asked for the
+    /// order's state before CLOSED is recorded whenever the close is not a plain success, and
+    /// once more after a 204 when the owner cancels (the payer may be tapping "pay" on another
+    /// device at that very moment). An order WeChat reports paid is recorded as paid through
+    /// the applier, never as CLOSED.
     async fn close_at_wechat(&self, order: &Order, source: EventSource, why: &str) -> Result<CloseOutcome, SyncError> {
-        let reference = match self.pay.close_order(&order.out_trade_no).await {
-            Ok(()) => "close:204".to_owned(),
-            // WeChat never saw it (prepay failed): nothing to close there.
-            Err(err) if err.is_not_found() => format!("close:{}", err.code().unwrap_or("not-found")),
-            Err(err) if err.is_already_paid() => {
-                let report = self.pay.query_order(&order.out_trade_no).await?;
-                let how = format!("query-after-close-{source}");
-                return match self.settle_from(order, Some(&report), &how).await? {
-                    Some(CheckOutcome::Paid(_)) => Ok(CloseOutcome::AlreadyPaid),
-                    _ => Err(WechatError::Decode {
-                        endpoint: "close_order",
-                        message: format!("the payer paid first, but the order queries as {}", report.status),
+        let no = &order.out_trade_no;
+        let reference = match self.pay.close_order(no).await {
+            Ok(()) if source == EventSource::Api => {
+                let report = self.pay.query_order(no).await?;
+                match report.status {
+                    OrderStatus::Success | OrderStatus::Refund => {
+                        return self.paid_instead(order, &report, source).await;
                     }
-                    .into()),
-                };
+                    // NOTPAY right after a 204 is WeChat's view lagging its own close: the
+                    // close succeeded, and no payment can follow it.
+                    status => format!("close:204+query:{status}"),
+                }
             }
-            Err(err) => return Err(err.into()),
+            Ok(()) => "close:204".to_owned(),
+            // WeChat never saw it (prepay failed): nothing to close there, nothing to pay.
+            Err(err) if err.is_not_found() => format!("close:{}", err.code().unwrap_or("not-found")),
+            Err(err) => {
+                let report = match self.pay.query_order(no).await {
+                    Ok(report) => report,
+                    Err(query_err) => {
+                        tracing::warn!(order.out_trade_no = %no, error = %query_err, "close failed and the order could not be queried; not recorded as closed");
+                        return Err(err.into());
+                    }
+                };
+                match report.status {
+                    OrderStatus::Success | OrderStatus::Refund => {
+                        return self.paid_instead(order, &report, source).await;
+                    }
+                    OrderStatus::Closed => format!("close:{}+query:CLOSED", err.code().unwrap_or(err.outcome())),
+                    OrderStatus::Payerror => {
+                        let how = format!("query-after-close-{source}");
+                        self.settle_from(order, Some(&report), &how).await?;
+                        return Ok(CloseOutcome::NotOpen(OrderStatus::Payerror));
+                    }
+                    // Still open at WeChat: the close did not happen; the caller retries it.
+                    OrderStatus::Notpay => return Err(err.into()),
+                }
+            }
         };
         let evidence = Evidence::new(source, reference);
         match self.transition(order, OrderStatus::Closed, &evidence, why).await? {
@@ -218,6 +246,19 @@ impl OrderSync {
             }
             _ => Ok(CloseOutcome::Closed),
         }
+    }
+
+    /// The close found the order paid: the payment is recorded through the applier (the same
+    /// path as a poll), so amount and payer are checked as always.
+    async fn paid_instead(
+        &self,
+        order: &Order,
+        report: &PaymentReport,
+        source: EventSource,
+    ) -> Result<CloseOutcome, SyncError> {
+        let how = format!("query-after-close-{source}");
+        self.settle_from(order, Some(report), &how).await?;
+        Ok(CloseOutcome::AlreadyPaid)
     }
 
     async fn transition(
