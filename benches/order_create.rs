@@ -65,7 +65,15 @@ async fn run() {
     );
 
     let sim = SimServer::spawn(
-        SimConfig { keys: sim_keys, clock: Clock::system(), time_scale: 1000.0, seed: 7, chaos: Default::default() },
+        SimConfig {
+            keys: sim_keys,
+            clock: Clock::system(),
+            time_scale: 1000.0,
+            seed: 7,
+            chaos: Default::default(),
+            allow_http_notify: true,
+            bound_to_open_platform: false,
+        },
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
@@ -145,6 +153,7 @@ fn settings(keys_dir: &Path, sim_url: &str, db_url: &str, queue_url: &str, prefi
     settings.wechat.dev_keys_dir = keys_dir.to_owned();
     settings.wechat.pay_base_url = sim_url.to_owned();
     settings.wechat.login_base_url = sim_url.to_owned();
+    settings.wechat.allow_insecure_http = true;
     // The default budget (100 calls/s, WeChat's per-merchant limit) would be the only thing
     // measured: the simulator has no limit.
     settings.wechat.rate_limit_per_sec = 0;

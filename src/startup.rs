@@ -53,13 +53,16 @@ pub struct Application {
 /// The bearer token of the admin routes.
 type AdminToken = Arc<Secret<String>>;
 
-/// The data key, the WeChat credentials and the admin token, read and checked together: every
-/// missing or unreadable secret is reported in the same run.
+/// The data key, the WeChat credentials and the admin token, read and checked together with
+/// where WeChat traffic goes (https): every problem is reported in the same run.
 fn load_secrets(settings: &Settings) -> Result<(Vault, Arc<Credentials>, Option<AdminToken>), ConfigError> {
     let mut problems = Problems::default();
     let vault = problems.check(Vault::from_settings(settings));
     let creds = problems.check(Credentials::load(settings));
     let admin_token = problems.check(admin_token(settings));
+    // Again here, not only at load: the notify_url may have just been derived from the bound
+    // address, and the demo and tests point the base URLs at the simulator after loading.
+    problems.check(crate::config::transport::check(&settings.wechat));
     let all = match (vault, creds, admin_token) {
         (Some(vault), Some(creds), Some(admin_token)) => Some((vault, Arc::new(creds), admin_token)),
         _ => None,
@@ -97,7 +100,8 @@ impl Application {
         let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: bind, source })?;
         if settings.wechat.notify_url.is_empty() {
             // Only reachable with dev keys (validation requires it otherwise): the simulator
-            // on this machine calls us back directly.
+            // on this machine calls us back directly, over http, so this URL passes the
+            // transport check only with wechat.allow_insecure_http.
             settings.wechat.notify_url = format!("http://{addr}/api/pay/notify");
         }
         let (vault, creds, admin_token) = load_secrets(&settings)?;

@@ -40,6 +40,8 @@ pub async fn spawn(settings: &Settings, clock: Clock, port: u16) -> Result<SimSe
         time_scale: settings.sim.time_scale,
         seed: settings.sim.seed,
         chaos: settings.sim.chaos.clone(),
+        allow_http_notify: settings.sim.allow_http_notify,
+        bound_to_open_platform: settings.sim.bound_to_open_platform,
     };
     let addr: SocketAddr =
         format!("{}:{port}", settings.sim.host).parse().map_err(|e| CliError::new(format!("sim.host: {e}")))?;

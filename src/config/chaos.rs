@@ -53,7 +53,16 @@ pub struct Chaos {
     pub seed: Option<u64>,
     /// What is wrong with the trade bills served from now on.
     pub bill: BillChaos,
+    /// Share of `jscode2session` calls (0..=1) answered with one of `login_fault_codes`.
+    pub login_fault_rate: f64,
+    /// WeChat login errors to inject, picked uniformly: `-1` (busy), `45011` (minute quota),
+    /// `40226` (high-risk user). The code is not consumed, as when WeChat is busy.
+    pub login_fault_codes: Vec<i64>,
 }
+
+/// The login errors `login_fault_codes` may name: the ones a healthy configuration still
+/// meets (a bad appid or secret is configured, not injected).
+pub const LOGIN_FAULT_CODES: [i64; 3] = [-1, 45011, 40226];
 
 /// Trade-bill faults: each knob plants one class of discrepancy between the bill and the
 /// orders WeChat really holds, so the reconciler can be shown to find (and only find) it.
@@ -94,9 +103,12 @@ pub enum BillCorruption {
 
 impl Chaos {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in
-            [("fault_rate", self.fault_rate), ("drop_rate", self.drop_rate), ("duplicate_rate", self.duplicate_rate)]
-        {
+        for (name, rate) in [
+            ("fault_rate", self.fault_rate),
+            ("drop_rate", self.drop_rate),
+            ("duplicate_rate", self.duplicate_rate),
+            ("login_fault_rate", self.login_fault_rate),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }
@@ -107,6 +119,12 @@ impl Chaos {
         }
         if self.fault_rate > 0.0 && self.fault_modes.is_empty() {
             return Err("fault_rate > 0 needs at least one fault_modes entry".into());
+        }
+        if let Some(code) = self.login_fault_codes.iter().find(|c| !LOGIN_FAULT_CODES.contains(c)) {
+            return Err(format!("login_fault_codes: {code} is not one of {LOGIN_FAULT_CODES:?}"));
+        }
+        if self.login_fault_rate > 0.0 && self.login_fault_codes.is_empty() {
+            return Err("login_fault_rate > 0 needs at least one login_fault_codes entry".into());
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod chaos;
 mod lenient;
 pub mod secret;
 mod settings;
+pub mod transport;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -150,6 +151,7 @@ impl Settings {
         settings.validate_common(&mut problems);
         if purpose != Purpose::Ops {
             settings.validate_identity(&mut problems);
+            problems.check(transport::check(&settings.wechat));
         }
         problems.finish()?;
         Ok(settings)
@@ -160,6 +162,7 @@ impl Settings {
         let mut problems = Problems::default();
         self.validate_common(&mut problems);
         self.validate_identity(&mut problems);
+        problems.check(transport::check(&self.wechat));
         problems.finish()
     }
 

@@ -165,6 +165,7 @@ pub struct WechatSettings {
     pub pay_base_url: String,
     pub login_base_url: String,
     pub notify_url: String,
+    pub allow_insecure_http: bool,
     pub request_timeout_ms: u64,
     pub rate_limit_per_sec: u32,
     pub use_dev_keys: bool,
@@ -205,6 +206,8 @@ pub struct SimSettings {
     pub port: u16,
     pub time_scale: f64,
     pub seed: u64,
+    pub allow_http_notify: bool,
+    pub bound_to_open_platform: bool,
     #[serde(default)]
     pub chaos: super::chaos::Chaos,
 }

@@ -142,6 +142,7 @@ fn transaction_id_of(notification: &PlainNotification) -> Option<serde_json::Val
 async fn settle(sim: &SimContext, out_trade_no: &str) -> Result<(PlainNotification, String), (StatusCode, String)> {
     let now = sim.clock.now();
     let mut state = sim.state.lock().await;
+    let prepay_fresh = super::pay::check_prepay_fresh(&state, out_trade_no, now);
     state.next_transaction += 1;
     let serial = state.next_transaction;
     let Some(order) = state.orders.get_mut(out_trade_no) else {
@@ -153,6 +154,8 @@ async fn settle(sim: &SimContext, out_trade_no: &str) -> Result<(PlainNotificati
     if order.time_expire.is_some_and(|t| t <= now) {
         return Err((StatusCode::CONFLICT, "order expired".into()));
     }
+    // The payment sheet opens only with a live prepay_id (2 hours).
+    prepay_fresh.map_err(|e| (StatusCode::CONFLICT, e))?;
     let prefix: u16 = sim.random::<u16>() % 1000;
     order.trade_state = "SUCCESS".into();
     order.transaction_id = Some(format!("4200001{prefix:03}{}{serial:010}", now.format("%Y%m%d")));

@@ -15,6 +15,7 @@ mod login;
 pub mod notifier;
 mod pay;
 pub mod refunds;
+mod schema;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -46,6 +47,11 @@ pub struct SimConfig {
     pub seed: u64,
     /// Faults injected from the start (changeable at run time through `PUT /sim/chaos`).
     pub chaos: chaos::Chaos,
+    /// Accept http:// notify_urls (real WeChat refuses them): tests, the demo and benches run
+    /// our API on plain http.
+    pub allow_http_notify: bool,
+    /// The app is bound to an Open Platform account: jscode2session answers carry a unionid.
+    pub bound_to_open_platform: bool,
 }
 
 /// Shared simulator state; cheap to clone.
@@ -57,6 +63,8 @@ pub struct Inner {
     pub keys: SimKeys,
     pub clock: Clock,
     pub time_scale: f64,
+    pub allow_http_notify: bool,
+    pub bound_to_open_platform: bool,
     pub state: Mutex<SimState>,
     pub chaos: tokio::sync::RwLock<chaos::Chaos>,
     pub rng: std::sync::Mutex<StdRng>,
@@ -83,6 +91,8 @@ impl SimContext {
             keys: config.keys,
             clock: config.clock,
             time_scale: config.time_scale,
+            allow_http_notify: config.allow_http_notify,
+            bound_to_open_platform: config.bound_to_open_platform,
             state: Mutex::new(SimState::default()),
             chaos: tokio::sync::RwLock::new(config.chaos),
             rng: std::sync::Mutex::new(StdRng::seed_from_u64(config.seed)),

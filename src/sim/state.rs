@@ -1,6 +1,6 @@
 //! The simulated WeChat's memory: login codes, orders, notification deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -56,4 +56,10 @@ pub struct SimState {
     pub calls: Vec<CallRecord>,
     /// Bill files behind their download tokens (dropped once expired).
     pub bill_downloads: HashMap<String, super::bills::IssuedBill>,
+    /// The openids jscode2session answered under this appid: the only payers JSAPI accepts
+    /// (any other is `OPENID_MISMATCH`, see `sim::pay`).
+    pub openids: HashSet<String>,
+    /// When the latest prepay_id of each order (by out_trade_no) was issued: it opens the
+    /// payment sheet for 2 hours. Orders seeded through `/sim/orders` have none (never stale).
+    pub prepay_issued_at: HashMap<String, DateTime<Utc>>,
 }

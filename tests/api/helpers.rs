@@ -160,8 +160,16 @@ impl TestEnv {
         let keys = DevKeys::load(&keys_dir).expect("fixture keys");
         let sim_keys = SimKeys::from_dev_keys(&keys).expect("sim keys");
         let clock = Clock::system();
-        let config =
-            SimConfig { keys: sim_keys.clone(), clock: clock.clone(), time_scale, seed: 7, chaos: Default::default() };
+        let config = SimConfig {
+            keys: sim_keys.clone(),
+            clock: clock.clone(),
+            time_scale,
+            seed: 7,
+            chaos: Default::default(),
+            // Our test apps listen on plain http.
+            allow_http_notify: true,
+            bound_to_open_platform: false,
+        };
         let sim = SimServer::spawn(config, "127.0.0.1:0".parse().expect("addr")).await.expect("sim");
         let pg = match backend {
             Backend::Cluster => Some(PgDatabase::create().await),
@@ -183,6 +191,8 @@ impl TestEnv {
             ("WECHAT__DEV_KEYS_DIR", self.path("dev-keys").display().to_string()),
             ("WECHAT__PAY_BASE_URL", self.sim.base_url()),
             ("WECHAT__LOGIN_BASE_URL", self.sim.base_url()),
+            // The simulator and our notify_url are plain http on this machine.
+            ("WECHAT__ALLOW_INSECURE_HTTP", "true".to_owned()),
             ("SERVER__PORT", "0".to_owned()),
             ("QUEUE__POLL_INTERVAL_MS", "50".to_owned()),
             ("QUEUE__HEARTBEAT_SECS", "1".to_owned()),

@@ -39,6 +39,8 @@ fn env() -> Env {
         time_scale: 1000.0,
         seed: 7,
         chaos: Chaos::default(),
+        allow_http_notify: false,
+        bound_to_open_platform: false,
     };
     let signer = MerchantSigner {
         mchid: keys.mchid.clone(),
