@@ -14,6 +14,8 @@ pub mod keys;
 mod login;
 pub mod notifier;
 mod pay;
+#[cfg(test)]
+mod pay_tests;
 pub mod refunds;
 mod schema;
 pub mod state;

@@ -14,6 +14,7 @@ mod notify;
 mod observability;
 mod polling;
 mod prometheus;
+mod real_wechat;
 mod reconcile;
 mod refunds;
 mod schema;

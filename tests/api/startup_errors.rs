@@ -89,3 +89,36 @@ async fn an_unreachable_database_or_redis_is_named_with_the_cause_and_no_passwor
     assert!(stderr.contains(&format!("Redis at 127.0.0.1:{redis_port}")), "host not named:\n{stderr}");
     assert!(!stderr.contains("hunter2secret"), "password printed:\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_towards_wechat_is_refused_in_the_same_list_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        ("WECHAT__USE_DEV_KEYS", "true".to_owned()),
+        ("WECHAT__DEV_KEYS_DIR", dir.path().join("dev-keys").display().to_string()),
+        ("WECHAT__PAY_BASE_URL", "http://127.0.0.1:9/".to_owned()),
+        ("WECHAT__LOGIN_BASE_URL", "http://127.0.0.1:9/".to_owned()),
+        // http, and a query string WeChat refuses whatever the scheme.
+        ("WECHAT__NOTIFY_URL", "http://shop.example/api/pay/notify?shop=1".to_owned()),
+        ("NOTIFY__MAX_BATCH", "0".to_owned()),
+        ("SERVER__PORT", "0".to_owned()),
+        ("DATABASE__URL", format!("sqlite://{}", dir.path().join("data.sqlite").display())),
+    ];
+    let out = run(dir.path(), &["serve"], &base).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("5 configuration problems:"), "{stderr}");
+    for setting in ["wechat.pay_base_url", "wechat.login_base_url", "wechat.notify_url", "notify.max_batch"] {
+        assert!(stderr.contains(setting), "{setting} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("wechat.allow_insecure_http"), "the way out is named:\n{stderr}");
+
+    // Allowed for a local run: only the query string and the other mistake remain.
+    let mut allowed = base.to_vec();
+    allowed.push(("WECHAT__ALLOW_INSECURE_HTTP", "true".to_owned()));
+    let out = run(dir.path(), &["serve"], &allowed).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("2 configuration problems:"), "{stderr}");
+    assert!(stderr.contains("query string") && !stderr.contains("wechat.pay_base_url"), "{stderr}");
+}
