@@ -284,8 +284,9 @@ impl RefundService {
     }
 }
 
-/// WeChat answered the application with a business refusal (4xx, e.g. not enough balance): no
-/// refund exists, so ours can be closed. Anything else leaves the outcome unknown.
+/// WeChat answered the application with a final refusal (4xx, e.g. not enough balance, or a
+/// final code sent with HTTP 500 such as `INVALID_TRANSACTIONID`): no refund exists, so ours
+/// can be closed. Anything else leaves the outcome unknown.
 fn refused_by_wechat(err: &WechatError) -> bool {
-    matches!(err, WechatError::Api { status, .. } if (400..500).contains(status) && !err.retryable())
+    err.is_final_refusal()
 }

@@ -65,6 +65,13 @@ impl WechatError {
         }
     }
 
+    /// WeChat answered, and its answer is final: a 4xx refusal, or one of the final codes it
+    /// sends with HTTP 500 (`OPENID_MISMATCH`, `INVALID_TRANSACTIONID`). Nothing was created
+    /// at WeChat, and asking again gets the same answer.
+    pub fn is_final_refusal(&self) -> bool {
+        matches!(self, WechatError::Api { .. }) && !self.retryable()
+    }
+
     /// WeChat asked us to slow down: back off harder than for other failures.
     pub fn rate_limited(&self) -> bool {
         matches!(self, WechatError::Api { status, code, .. }
@@ -172,6 +179,10 @@ mod tests {
         assert!(api(500, "BANK_ERROR").retryable());
         assert!(api(502, "HTTP_502").retryable(), "a gateway's 502 without a code stays retryable");
         assert_eq!(api(500, "SYSTEM_ERROR").outcome(), "server_error");
+        assert!(api(500, "INVALID_TRANSACTIONID").is_final_refusal());
+        assert!(api(403, "NOT_ENOUGH").is_final_refusal());
+        assert!(!api(500, "SYSTEM_ERROR").is_final_refusal());
+        assert!(!WechatError::Decode { endpoint: "x", message: String::new() }.is_final_refusal());
     }
 
     #[test]
