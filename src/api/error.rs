@@ -119,6 +119,14 @@ impl From<OrderError> for ApiError {
                 note_cause(&format_args!("order {out_trade_no}: {source}"));
                 ApiError::PaymentUnavailable { out_trade_no }
             }
+            OrderError::Refused(source) if source.is_openid_mismatch() => {
+                note_cause(&source);
+                ApiError::Upstream(
+                    "WeChat Pay refused the order (OPENID_MISMATCH): this account's WeChat identity does not belong \
+                     to this mini-program; log in again from the mini-program"
+                        .into(),
+                )
+            }
             OrderError::Refused(source) => {
                 note_cause(&source);
                 ApiError::Upstream(format!("WeChat Pay refused the order ({})", source.code().unwrap_or("error")))

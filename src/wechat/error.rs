@@ -72,6 +72,12 @@ impl WechatError {
         matches!(self, WechatError::Api { .. }) && !self.retryable()
     }
 
+    /// The payer's openid is not a user of our appid (a user kept from before an appid change,
+    /// or logged in through another mini-program).
+    pub fn is_openid_mismatch(&self) -> bool {
+        self.code().is_some_and(|code| same_code(code, "OPENID_MISMATCH"))
+    }
+
     /// WeChat asked us to slow down: back off harder than for other failures.
     pub fn rate_limited(&self) -> bool {
         matches!(self, WechatError::Api { status, code, .. }

@@ -80,6 +80,7 @@ async fn openid_mismatch_is_final_and_system_error_is_retried(backend: Backend) 
     let (status, body) = refusal(stranger.create_order("coffee", 1).await.unwrap_err());
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("OPENID_MISMATCH") && body.contains("UPSTREAM_ERROR"), "{body}");
+    assert!(body.contains("log in again"), "the client is told what helps: {body}");
     assert_eq!(sim_endpoints(&env, None).await, ["jsapi"], "asked once, not retried");
     let calls = |outcome: &str| app.metrics.wechat_calls.with_label_values(&["jsapi_prepay", outcome]).get();
     assert_eq!((calls("client_error"), calls("server_error")), (1, 0));
