@@ -6,7 +6,7 @@
 //!   check is scheduled on the backoff schedule;
 //! - the owner's status request (`refresh`): the same query, single-flight per order with a
 //!   short cache so a mini-program polling its own order cannot hammer WeChat;
-//! - the owner's cancel (`close`).
+//! - the owner's cancel (`close`): closed at WeChat, confirmed by a query, then here.
 //!
 //! Failures of the WeChat call are returned to the caller, who owns retrying (the job's policy,
 //! or the client trying again).
@@ -175,10 +175,11 @@ impl OrderSync {
     }
 
     /// Past `time_expire` and still unpaid: close at WeChat first (so the payer can no longer
-    /// pay), then here. If the payer paid in between, WeChat refuses the close and the payment
-    /// is applied instead.
+    /// pay), then here. If the close fails, WeChat is asked what became of the order, and a
+    /// payment made in between is applied instead.
     async fn close_expired(&self, order: &Order) -> Result<CheckOutcome, SyncError> {
         match self.close_at_wechat(order, EventSource::Poll, "expired").await? {
+            CloseOutcome::NotOpen(OrderStatus::Payerror) => Ok(CheckOutcome::PayError),
             CloseOutcome::Closed | CloseOutcome::NotOpen(_) => Ok(CheckOutcome::Closed),
             CloseOutcome::AlreadyPaid => Ok(CheckOutcome::Paid(ApplyOutcome::Applied)),
         }
