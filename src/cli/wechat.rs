@@ -22,7 +22,7 @@ pub enum WechatCommand {
     /// Download WeChat Pay's platform certificates (GET /v3/certificates), check them and save
     /// them in the database, where every replica loads them at start and follows rotations.
     ///
-    /// With no WeChat key known yet (none configured, none saved) the first answer is trusted
+    /// With no certificate known yet (none configured, none saved) the first answer is trusted
     /// as the official SDKs trust it: the certificates are sealed with the APIv3 key, which only
     /// WeChat and the merchant hold. Later downloads must be signed by a key already held.
     FetchCertificates(FetchArgs),
