@@ -201,3 +201,101 @@ impl KeyRing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::Duration as Span;
+
+    use super::*;
+    use crate::sim::certificates::issue;
+    use crate::wechat::testkeys;
+    use crate::wechat::verify::SIGNTEST_PREFIX;
+
+    fn cert(not_before: DateTime<Utc>, days: i64) -> (PlatformCertificate, crate::wechat::sign::RsaSigner) {
+        let issued = issue(not_before, not_before + Span::days(days)).expect("issue");
+        (PlatformCertificate::from_pem(&issued.pem).expect("parse"), issued.signer)
+    }
+
+    fn signed<'a>(serial: &'a str, ts: &'a str, signature: &'a str) -> SignedHeaders<'a> {
+        SignedHeaders {
+            timestamp: Some(ts),
+            nonce: Some("n"),
+            signature: Some(signature),
+            serial: Some(serial),
+            signature_type: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_valid_certificate_is_named_unless_a_public_key_is_held_and_expired_ones_do_not_verify() {
+        let now = Utc::now();
+        let (old, old_signer) = cert(now - Span::days(400), 365); // expired a month ago
+        let (current, _) = cert(now - Span::days(10), 365);
+        let (next, _) = cert(now + Span::days(3), 365); // listed, not in effect yet
+        let ring = KeyRing::default();
+        assert!(!ring.certificate_mode());
+        assert!(ring.install([old.clone(), current.clone(), next.clone()]));
+        assert!(!ring.install([current.clone()]), "nothing new");
+        assert!(ring.certificate_mode());
+        assert_eq!(ring.preferred_serial(now).as_deref(), Some(current.serial.as_str()));
+        assert_eq!(ring.snapshot().newest_certificate_expiry(now), Some(current.not_after));
+        assert_eq!(ring.preferred_serial(now + Span::days(4)).as_deref(), Some(next.serial.as_str()));
+
+        let ts = now.timestamp().to_string();
+        let message = crate::wechat::sign::response_message(&ts, "n", b"{}");
+        let signature = old_signer.sign(&message).expect("sign");
+        assert_eq!(
+            ring.verify(&signed(&old.serial, &ts, &signature), b"{}", now.timestamp(), 300),
+            Err(VerifyError::KeyNotValid(old.serial.clone()))
+        );
+        let probe = format!("{SIGNTEST_PREFIX}AAAA");
+        assert_eq!(
+            ring.verify(&signed(&current.serial, &ts, &probe), b"{}", now.timestamp(), 300),
+            Err(VerifyError::SignatureProbe)
+        );
+
+        let mut configured = PlatformKeys::default();
+        configured.insert("PUB_KEY_ID_0000000000000024101100397200000006", testkeys::k1_signer().public_key());
+        let both = KeyRing::new(configured);
+        both.install([current.clone()]);
+        assert_eq!(
+            both.preferred_serial(now).as_deref(),
+            Some("PUB_KEY_ID_0000000000000024101100397200000006"),
+            "a public key does not expire: it is named first"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_serial_downloads_once_for_every_caller_and_at_most_once_a_minute() {
+        let now = Utc::now();
+        let (current, _) = cert(now - Span::days(1), 365);
+        let (rotated, _) = cert(now, 365);
+        let ring = KeyRing::default();
+        let downloads = AtomicUsize::new(0);
+        let fetch = || async {
+            downloads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, String>(vec![current.clone(), rotated.clone()])
+        };
+        let minute = Duration::from_secs(60);
+        assert!(!ring.refresh_on_demand(&rotated.serial, minute, now, fetch).await, "public-key mode: no download");
+        assert_eq!(downloads.load(Ordering::SeqCst), 0);
+
+        ring.install([current.clone()]);
+        let mut fetched = ring.subscribe();
+        let callers = (0..5).map(|_| ring.refresh_on_demand(&rotated.serial, minute, now, fetch));
+        assert!(futures::future::join_all(callers).await.into_iter().all(|known| known));
+        assert_eq!(downloads.load(Ordering::SeqCst), 1, "five callers, one download");
+        assert!(fetched.has_changed().expect("sender alive"), "the download is announced for saving");
+        assert_eq!(fetched.borrow_and_update().as_ref().map(|f| f.certificates.len()), Some(2));
+
+        assert!(!ring.refresh_on_demand("ABCDEF0123", minute, now, fetch).await);
+        assert!(!ring.refresh_on_demand("ABCDEF0123", minute, now, fetch).await);
+        assert_eq!(downloads.load(Ordering::SeqCst), 1, "a made-up serial costs nothing within the minute");
+        assert!(!ring.refresh_on_demand("PUB_KEY_ID_0001", Duration::ZERO, now, fetch).await);
+        assert!(!ring.refresh_on_demand("00000", Duration::ZERO, now, fetch).await);
+        assert_eq!(downloads.load(Ordering::SeqCst), 2, "the minute elapsed (zero here): one more download");
+    }
+}
