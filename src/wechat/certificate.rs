@@ -130,6 +130,38 @@ mod tests {
         assert_eq!(serial_hex(&[0x00]), "00");
     }
 
+    fn v6_entry(serial_no: &str) -> CertificateEntry {
+        CertificateEntry {
+            serial_no: serial_no.into(),
+            effective_time: "2023-09-19T23:15:58+08:00".into(),
+            expire_time: "2028-09-17T23:15:58+08:00".into(),
+            encrypt_certificate: crate::wechat::wire::certificates::SealedCertificate {
+                algorithm: "AEAD_AES_256_GCM".into(),
+                nonce: "14b16c03dc1b".into(),
+                associated_data: "certificate".into(),
+                ciphertext: crate::wechat::testkeys::V6_CERTIFICATE_CIPHERTEXT.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_official_certificate_download_vector_opens_with_serial_and_validity_from_the_certificate() {
+        use sha2::Digest;
+        let key = ApiV3Key::new(crate::wechat::testkeys::V5_KEY.as_bytes()).expect("key");
+        let cert = open_entry(&key, &v6_entry("5dea10ef55877e3cf6c33255c2e7defff7e427ec")).expect("opens");
+        assert_eq!(cert.serial, "5DEA10EF55877E3CF6C33255C2E7DEFFF7E427EC");
+        assert_eq!(cert.not_before.to_rfc3339(), "2023-09-19T15:15:58+00:00");
+        assert_eq!(cert.not_after.to_rfc3339(), "2028-09-17T15:15:58+00:00");
+        assert_eq!(cert.pem.len(), 1475, "the PEM kept as decrypted");
+        let digest = hex::encode(sha2::Sha256::digest(&cert.pem));
+        assert_eq!(digest, "8693813ac0735cb54b6e67f25086a5924c103712255b8857049b8e502d564eb4");
+
+        let listed_wrong = open_entry(&key, &v6_entry("440024045C4A427599D09BB4E3DE0279F2E813FD"));
+        assert!(matches!(listed_wrong, Err(CertificateError::SerialMismatch { .. })), "{listed_wrong:?}");
+        let other_key = ApiV3Key::new(b"00000000000000000000000000000000").expect("key");
+        assert!(matches!(open_entry(&other_key, &v6_entry("5DEA")), Err(CertificateError::Decrypt { .. })));
+    }
+
     #[test]
     fn garbage_is_refused_with_a_reason() {
         let err = PlatformCertificate::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")

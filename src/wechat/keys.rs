@@ -194,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_certificate_keeps_its_validity_and_must_carry_its_own_serial() {
+        let now = chrono::Utc::now();
+        let issued = crate::sim::certificates::issue(now, now + chrono::Duration::days(30)).expect("issue");
+        let entry = |serial: &str| PlatformKeySetting {
+            serial: serial.into(),
+            public_key: Some(issued.pem.clone()),
+            public_key_file: None,
+        };
+        let Err(err) = platform_key(0, &entry("ABCDEF")) else { panic!("a wrong serial is accepted") };
+        assert!(err.to_string().starts_with("wechat.platform_keys[0].serial: "), "{err}");
+        assert!(err.to_string().contains(&issued.serial), "{err}");
+        match platform_key(0, &entry(&issued.serial.to_lowercase())) {
+            Ok(ConfiguredKey::Certificate(cert)) => {
+                assert_eq!(cert.not_after.timestamp(), issued.not_after.timestamp())
+            }
+            _ => panic!("a certificate is kept as a certificate"),
+        }
+    }
+
+    #[test]
     fn k1_parses_in_both_halves() {
         let private = parse_private_key("k", testkeys::K1_PRIVATE_PEM).expect("private");
         let public = parse_public_key("k", testkeys::K1_PUBLIC_PEM).expect("public");
