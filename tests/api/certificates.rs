@@ -90,6 +90,24 @@ async fn pay_and_wait(env: &TestEnv, app: &TestApp, numbers: &[String], expected
     .await;
 }
 
+/// A notification carrying `resource`, signed as WeChat signs notifications right now (the
+/// simulator's default key: after a rotation, the new certificate).
+fn signed_by_wechat_now(env: &TestEnv, id: &str, resource: String) -> (Vec<(&'static str, String)>, String) {
+    let (serial, signer) = env.sim.ctx.signing_key(None);
+    let plain = PlainNotification::transaction_success(id.into(), resource, env.clock.now());
+    let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
+    let (ts, nonce) = (env.clock.now().timestamp().to_string(), "c5ac7061fccab6bf3e254dcf98995b8c");
+    let message = wxpay_recon::wechat::sign::response_message(&ts, nonce, body.as_bytes());
+    let headers = vec![
+        ("Wechatpay-Timestamp", ts),
+        ("Wechatpay-Nonce", nonce.to_owned()),
+        ("Wechatpay-Signature", signer.sign(&message).unwrap()),
+        ("Wechatpay-Serial", serial),
+        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
+    ];
+    (headers, body)
+}
+
 async fn a_rotation_mid_run_loses_nothing(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let mode = sim_call(&env, reqwest::Method::PUT, "/sim/key-mode", json!({"mode": "certificates"})).await;
@@ -138,6 +156,7 @@ async fn a_rotation_mid_run_loses_nothing(backend: Backend) {
     create_orders(&client, 1).await;
     assert_eq!(last_prepay_serial(&env).await, second);
     let paid = app.state.db.order_by_no(&trade_no(&before[0])).await.unwrap().unwrap();
+    let paid_id = paid.transaction_id.clone().unwrap();
     drop(app);
 
     // A restart with WeChat unreachable still verifies the new certificate (saved set).
@@ -147,21 +166,9 @@ async fn a_rotation_mid_run_loses_nothing(backend: Backend) {
             s.wechat.pay_base_url = format!("http://127.0.0.1:{}", free_port());
         })
         .await;
-    let (serial, signer) = env.sim.ctx.signing_key(None);
-    assert_eq!(serial, second);
-    let (openid, transaction_id) = (paid.payer_openid.clone(), paid.transaction_id.clone().unwrap());
-    let resource = env.transaction_json(&before[0], paid.amount.0, &openid, transaction_id.as_str());
-    let plain = PlainNotification::transaction_success("restart-check".into(), resource, env.clock.now());
-    let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
-    let (ts, nonce) = (env.clock.now().timestamp().to_string(), "c5ac7061fccab6bf3e254dcf98995b8c");
-    let message = wxpay_recon::wechat::sign::response_message(&ts, nonce, body.as_bytes());
-    let headers = vec![
-        ("Wechatpay-Timestamp", ts),
-        ("Wechatpay-Nonce", nonce.to_owned()),
-        ("Wechatpay-Signature", signer.sign(&message).unwrap()),
-        ("Wechatpay-Serial", serial),
-        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
-    ];
+    assert_eq!(env.sim.ctx.signing_key(None).0, second);
+    let resource = env.transaction_json(&before[0], paid.amount.0, &paid.payer_openid, paid_id.as_str());
+    let (headers, body) = signed_by_wechat_now(&env, "restart-check", resource);
     let (status, answer) = restarted.post_notify(&headers, body).await;
     assert_eq!(status, 204, "acknowledged: {answer}");
 }
@@ -179,4 +186,56 @@ async fn signature_probes_are_refused_and_nothing_is_lost(backend: Backend) {
     assert!(notifications.iter().all(|n| n["delivered"] == true), "every notification delivered in the end");
 }
 
-crate::both_profiles!(a_rotation_mid_run_loses_nothing, signature_probes_are_refused_and_nothing_is_lost);
+/// Two replicas; WeChat lists a certificate that takes effect in two hours. Once the refresh
+/// interval has passed, one replica (the lease holder) downloads the list, both load it from the
+/// database, and when the new certificate starts signing, both verify it without downloading.
+async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    sim_call(&env, reqwest::Method::PUT, "/sim/key-mode", json!({"mode": "certificates"})).await;
+    let (ok, stdout, stderr) = run_cli(&env, &["wechat", "fetch-certificates"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let replica = |s: &mut Settings| {
+        apply_to(s, &env);
+        s.platform_certificates.refresh_interval_secs = 3600;
+        s.platform_certificates.reload_interval_secs = 1;
+    };
+    let (a, b) = (env.spawn_app_with(ALL_ROLES, replica).await, env.spawn_app_with(ALL_ROLES, replica).await);
+    for app in [&a, &b] {
+        eventually("the keeper has ticked", Duration::from_secs(10), || async {
+            app.metrics.certificates_in_use.get() == 1 && app.metrics.certificate_last_refresh.get() > 0
+        })
+        .await;
+    }
+    assert_eq!(certificate_calls(&env).await, 1, "only the command's download: nothing was due");
+
+    let rotated =
+        sim_call(&env, reqwest::Method::POST, "/sim/certificates/rotate", json!({"effective_in_secs": 7200})).await;
+    let next = rotated["serial"].as_str().unwrap().to_owned();
+    let last_before = a.metrics.certificate_last_refresh.get();
+    env.clock.advance(Duration::from_secs(3601));
+    for app in [&a, &b] {
+        eventually("every replica sees the scheduled download", Duration::from_secs(15), || async {
+            app.metrics.certificate_last_refresh.get() > last_before
+        })
+        .await;
+    }
+    assert_eq!(certificate_calls(&env).await, 2, "one download for both replicas (the lease)");
+    let saved = a.state.db.platform_certificates().await.unwrap();
+    assert!(saved.iter().any(|c| c.serial == next), "{saved:?}");
+
+    // Two hours on, the new certificate signs; both replicas already hold it.
+    env.clock.advance(Duration::from_secs(7200));
+    assert_eq!(env.sim.ctx.signing_key(None).0, next);
+    for (i, app) in [&a, &b].into_iter().enumerate() {
+        let resource = env.transaction_json("NOSUCHORDER0000000000000001", 100, "o-x", "4200000000202612020000000009");
+        let (headers, body) = signed_by_wechat_now(&env, &format!("scheduled-{i}"), resource);
+        assert_eq!(app.post_notify(&headers, body).await.0, 204, "replica {i} verifies the new certificate");
+    }
+    assert_eq!(certificate_calls(&env).await, 2, "no download was needed for it");
+}
+
+crate::both_profiles!(
+    a_rotation_mid_run_loses_nothing,
+    signature_probes_are_refused_and_nothing_is_lost,
+    one_replica_refreshes_on_schedule_and_every_replica_follows
+);
