@@ -49,6 +49,10 @@ pub struct Chaos {
     pub reorder: bool,
     /// How refunds end: `SUCCESS` (default), `CLOSED` or `ABNORMAL` (announced as `REFUND.<status>`).
     pub refund_outcome: Option<String>,
+    /// Share of signed answers and notification deliveries (0..=1) carrying one of WeChat's
+    /// deliberate wrong signatures, `WECHATPAY/SIGNTEST/…` (protocol §2.5): a merchant that
+    /// verifies refuses them; the call is retried, the notification delivered again.
+    pub signature_probe_rate: f64,
     /// Reseeds the simulator's generator when set through the control endpoint.
     pub seed: Option<u64>,
     /// What is wrong with the trade bills served from now on.
@@ -107,6 +111,7 @@ impl Chaos {
             ("fault_rate", self.fault_rate),
             ("drop_rate", self.drop_rate),
             ("duplicate_rate", self.duplicate_rate),
+            ("signature_probe_rate", self.signature_probe_rate),
             ("login_fault_rate", self.login_fault_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {

@@ -28,6 +28,8 @@ pub struct CallRecord {
     pub status: u16,
     /// The injected fault, if any.
     pub fault: Option<FaultMode>,
+    /// The request's `Wechatpay-Serial`: the key the merchant asked WeChat to sign with.
+    pub wechatpay_serial: Option<String>,
 }
 
 /// The endpoint name of a `/v3` path and the order it is about.
@@ -48,6 +50,9 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
     if path == "/v3/billdownload/file" {
         return ("billdownload", None);
     }
+    if path == "/v3/certificates" {
+        return ("certificates", None);
+    }
     if let Some(rest) = path.strip_prefix(BY_NO) {
         return match rest.strip_suffix("/close") {
             Some(no) => ("close", Some(no.to_owned())),
@@ -62,6 +67,7 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
 /// whether this call fails, and records it.
 pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
     let (endpoint, out_trade_no) = classify(req.method().as_str(), req.uri().path());
+    let wechatpay_serial = req.headers().get("wechatpay-serial").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let fault = pick_fault(&sim, endpoint).await;
     let response = match fault {
         None => next.run(req).await,
@@ -71,8 +77,14 @@ pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> 
     if fault == Some(FaultMode::BadSignature) {
         response.extensions_mut().insert(CorruptSignature);
     }
-    let record =
-        CallRecord { at_ms: sim.clock.now_ms(), endpoint, out_trade_no, status: response.status().as_u16(), fault };
+    let record = CallRecord {
+        at_ms: sim.clock.now_ms(),
+        endpoint,
+        out_trade_no,
+        status: response.status().as_u16(),
+        fault,
+        wechatpay_serial,
+    };
     sim.state.lock().await.calls.push(record);
     response
 }

@@ -29,6 +29,9 @@ pub fn router() -> Router<SimContext> {
         .route("/sim/stats", get(stats))
         .route("/sim/chaos", get(get_chaos).put(put_chaos))
         .route("/sim/calls", get(calls))
+        .route("/sim/key-mode", axum::routing::put(super::certificates::set_mode))
+        .route("/sim/certificates", get(super::certificates::show))
+        .route("/sim/certificates/rotate", post(super::certificates::rotate))
 }
 
 async fn get_chaos(State(sim): State<SimContext>) -> Json<Chaos> {
