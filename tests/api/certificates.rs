@@ -98,6 +98,16 @@ async fn pay_and_wait(env: &TestEnv, app: &TestApp, numbers: &[String], expected
 /// simulator's default key: after a rotation, the new certificate).
 fn signed_by_wechat_now(env: &TestEnv, id: &str, resource: String) -> (Vec<(&'static str, String)>, String) {
     let (serial, signer) = env.sim.ctx.signing_key(None);
+    signed_by(env, (serial, &signer), id, resource)
+}
+
+/// A notification carrying `resource`, signed with `key` (its serial and private key).
+fn signed_by(
+    env: &TestEnv,
+    (serial, signer): (String, &wxpay_recon::wechat::sign::RsaSigner),
+    id: &str,
+    resource: String,
+) -> (Vec<(&'static str, String)>, String) {
     let plain = PlainNotification::transaction_success(id.into(), resource, env.clock.now());
     let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
     let (ts, nonce) = (env.clock.now().timestamp().to_string(), "c5ac7061fccab6bf3e254dcf98995b8c");
@@ -257,17 +267,7 @@ async fn public_key_and_certificates_work_side_by_side(backend: Backend) {
     let (serial, signer) = env.sim.ctx.signing_key(Some(&certificate));
     assert_eq!(serial, certificate);
     let resource = env.transaction_json("NOSUCHORDER0000000000000002", 100, "o-x", "4200000000202612020000000010");
-    let plain = PlainNotification::transaction_success("under-certificate".into(), resource, env.clock.now());
-    let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
-    let ts = env.clock.now().timestamp().to_string();
-    let message = wxpay_recon::wechat::sign::response_message(&ts, "n0", body.as_bytes());
-    let headers = vec![
-        ("Wechatpay-Timestamp", ts),
-        ("Wechatpay-Nonce", "n0".to_owned()),
-        ("Wechatpay-Signature", signer.sign(&message).unwrap()),
-        ("Wechatpay-Serial", serial),
-        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
-    ];
+    let (headers, body) = signed_by(&env, (serial, &signer), "under-certificate", resource);
     assert_eq!(app.post_notify(&headers, body).await.0, 204, "a notification under the certificate verifies");
     assert_eq!(app.metrics.notify_rejected.with_label_values(&["unknown_serial"]).get(), 0);
 }
