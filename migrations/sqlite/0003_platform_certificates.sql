@@ -3,7 +3,7 @@
 -- replica learns what one replica downloaded. The PEM is public material (a certificate); the
 -- validity columns repeat what the PEM says, for the expiry metric and for operators.
 CREATE TABLE platform_certificates (
-    serial         TEXT    PRIMARY KEY,
+    serial         TEXT    NOT NULL PRIMARY KEY,
     pem            TEXT    NOT NULL,
     not_before_ms  INTEGER  NOT NULL,
     not_after_ms   INTEGER  NOT NULL,

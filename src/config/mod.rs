@@ -66,6 +66,10 @@ impl ConfigError {
 pub struct Problems(Vec<ConfigError>);
 
 impl Problems {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The value when `result` is fine; otherwise records its problems and gives `None`.
     pub fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
         match result {

@@ -309,6 +309,7 @@ impl PayClient {
         Ok(written)
     }
 
+    /// Signs and sends one call, measured, and checks the answer's signature.
     async fn send(
         &self,
         endpoint: &'static str,
@@ -316,19 +317,12 @@ impl PayClient {
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Answer, WechatError> {
-        self.measured(endpoint, self.send_inner(endpoint, method, path_and_query, body)).await
-    }
-
-    async fn send_inner(
-        &self,
-        endpoint: &'static str,
-        method: Method,
-        path_and_query: &str,
-        body: Option<String>,
-    ) -> Result<Answer, WechatError> {
-        let answer = self.exchange(endpoint, method, path_and_query, body).await?;
-        self.verify_answer(endpoint, &answer).await?;
-        Ok(answer)
+        self.measured(endpoint, async {
+            let answer = self.exchange(endpoint, method, path_and_query, body).await?;
+            self.verify_answer(endpoint, &answer).await?;
+            Ok(answer)
+        })
+        .await
     }
 
     /// Checks the answer's signature. A certificate serial we do not know may be WeChat's new

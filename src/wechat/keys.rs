@@ -171,6 +171,15 @@ impl Credentials {
                 None => {}
             }
         }
+        if configured.is_empty() && !problems.is_empty() {
+            // Saved certificates are looked for in the database, which is opened only once the
+            // configuration is good: name the gap now rather than in the next run.
+            problems.push(ConfigError::invalid(
+                "wechat.platform_keys",
+                "none configured (certificates saved by `wxpay-recon wechat fetch-certificates` are looked for once \
+                 the problems above are fixed)",
+            ));
+        }
         let mut creds = problems.finish_with(creds)?;
         // No key at all is checked once the database is open: certificates downloaded by
         // `wxpay-recon wechat fetch-certificates` are kept there.

@@ -60,9 +60,13 @@ fn apply_to(settings: &mut Settings, env: &TestEnv) {
 }
 
 async fn run_cli(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    run_cli_as(env, args, &certificate_merchant(env)).await
+}
+
+async fn run_cli_as(env: &TestEnv, args: &[&str], overrides: &[(&str, String)]) -> (bool, String, String) {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
     command.args(args).envs(env.env_vars());
-    for (key, value) in certificate_merchant(env) {
+    for (key, value) in overrides {
         command.env(format!("WXPAY_RECON__{key}"), value);
     }
     let output = command.output().await.unwrap();
@@ -94,6 +98,16 @@ async fn pay_and_wait(env: &TestEnv, app: &TestApp, numbers: &[String], expected
 /// simulator's default key: after a rotation, the new certificate).
 fn signed_by_wechat_now(env: &TestEnv, id: &str, resource: String) -> (Vec<(&'static str, String)>, String) {
     let (serial, signer) = env.sim.ctx.signing_key(None);
+    signed_by(env, (serial, &signer), id, resource)
+}
+
+/// A notification carrying `resource`, signed with `key` (its serial and private key).
+fn signed_by(
+    env: &TestEnv,
+    (serial, signer): (String, &wxpay_recon::wechat::sign::RsaSigner),
+    id: &str,
+    resource: String,
+) -> (Vec<(&'static str, String)>, String) {
     let plain = PlainNotification::transaction_success(id.into(), resource, env.clock.now());
     let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
     let (ts, nonce) = (env.clock.now().timestamp().to_string(), "c5ac7061fccab6bf3e254dcf98995b8c");
@@ -186,8 +200,8 @@ async fn signature_probes_are_refused_and_nothing_is_lost(backend: Backend) {
     assert!(notifications.iter().all(|n| n["delivered"] == true), "every notification delivered in the end");
 }
 
-/// Two replicas; WeChat lists a certificate that takes effect in two hours. Once the refresh
-/// interval has passed, one replica (the lease holder) downloads the list, both load it from the
+/// Two replicas; WeChat lists a certificate that takes effect in four hours. Once the refresh
+/// interval (three hours) has passed, one replica (the lease holder) downloads the list, both load it from the
 /// database, and when the new certificate starts signing, both verify it without downloading.
 async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Backend) {
     let env = TestEnv::new(backend).await;
@@ -196,7 +210,7 @@ async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Ba
     assert!(ok, "{stdout}\n{stderr}");
     let replica = |s: &mut Settings| {
         apply_to(s, &env);
-        s.platform_certificates.refresh_interval_secs = 3600;
+        s.platform_certificates.refresh_interval_secs = 10_800;
         s.platform_certificates.reload_interval_secs = 1;
     };
     let (a, b) = (env.spawn_app_with(ALL_ROLES, replica).await, env.spawn_app_with(ALL_ROLES, replica).await);
@@ -209,10 +223,10 @@ async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Ba
     assert_eq!(certificate_calls(&env).await, 1, "only the command's download: nothing was due");
 
     let rotated =
-        sim_call(&env, reqwest::Method::POST, "/sim/certificates/rotate", json!({"effective_in_secs": 7200})).await;
+        sim_call(&env, reqwest::Method::POST, "/sim/certificates/rotate", json!({"effective_in_secs": 14_400})).await;
     let next = rotated["serial"].as_str().unwrap().to_owned();
     let last_before = a.metrics.certificate_last_refresh.get();
-    env.clock.advance(Duration::from_secs(3601));
+    env.clock.advance(Duration::from_secs(10_801));
     for app in [&a, &b] {
         eventually("every replica sees the scheduled download", Duration::from_secs(15), || async {
             app.metrics.certificate_last_refresh.get() > last_before
@@ -223,7 +237,8 @@ async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Ba
     let saved = a.state.db.platform_certificates().await.unwrap();
     assert!(saved.iter().any(|c| c.serial == next), "{saved:?}");
 
-    // Two hours on, the new certificate signs; both replicas already hold it.
+    // Two hours on (the next download not yet due), the new certificate signs; both replicas
+    // already hold it.
     env.clock.advance(Duration::from_secs(7200));
     assert_eq!(env.sim.ctx.signing_key(None).0, next);
     for (i, app) in [&a, &b].into_iter().enumerate() {
@@ -234,7 +249,31 @@ async fn one_replica_refreshes_on_schedule_and_every_replica_follows(backend: Ba
     assert_eq!(certificate_calls(&env).await, 2, "no download was needed for it");
 }
 
+/// During a migration both kinds verify: the public key is named in our requests (it does not
+/// expire), and a notification under either key is accepted.
+async fn public_key_and_certificates_work_side_by_side(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mode = sim_call(&env, reqwest::Method::PUT, "/sim/key-mode", json!({"mode": "both"})).await;
+    let certificate = mode["certificates"][0]["serial"].as_str().unwrap().to_owned();
+    // The dev keys configure the public key; the certificates are downloaded beside it.
+    let (ok, stdout, stderr) = run_cli_as(&env, &["wechat", "fetch-certificates"], &[]).await;
+    assert!(ok && stdout.contains(&certificate), "{stdout}\n{stderr}");
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let numbers = create_orders(&client, 3).await;
+    assert_eq!(last_prepay_serial(&env).await, env.keys.platform_serial, "the public key is named first");
+    pay_and_wait(&env, &app, &numbers, 3).await;
+
+    let (serial, signer) = env.sim.ctx.signing_key(Some(&certificate));
+    assert_eq!(serial, certificate);
+    let resource = env.transaction_json("NOSUCHORDER0000000000000002", 100, "o-x", "4200000000202612020000000010");
+    let (headers, body) = signed_by(&env, (serial, &signer), "under-certificate", resource);
+    assert_eq!(app.post_notify(&headers, body).await.0, 204, "a notification under the certificate verifies");
+    assert_eq!(app.metrics.notify_rejected.with_label_values(&["unknown_serial"]).get(), 0);
+}
+
 crate::both_profiles!(
+    public_key_and_certificates_work_side_by_side,
     a_rotation_mid_run_loses_nothing,
     signature_probes_are_refused_and_nothing_is_lost,
     one_replica_refreshes_on_schedule_and_every_replica_follows
