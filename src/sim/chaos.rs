@@ -28,6 +28,9 @@ pub struct CallRecord {
     pub status: u16,
     /// The injected fault, if any.
     pub fault: Option<FaultMode>,
+    /// Bill calls: the download token the tradebill answer issued, or the download used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The endpoint name of a `/v3` path and the order it is about.
@@ -71,8 +74,15 @@ pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> 
     if fault == Some(FaultMode::BadSignature) {
         response.extensions_mut().insert(CorruptSignature);
     }
-    let record =
-        CallRecord { at_ms: sim.clock.now_ms(), endpoint, out_trade_no, status: response.status().as_u16(), fault };
+    let token = response.extensions().get::<super::bills::BillToken>().map(|t| t.0.clone());
+    let record = CallRecord {
+        at_ms: sim.clock.now_ms(),
+        endpoint,
+        out_trade_no,
+        status: response.status().as_u16(),
+        fault,
+        token,
+    };
     sim.state.lock().await.calls.push(record);
     response
 }

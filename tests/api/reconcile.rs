@@ -259,7 +259,7 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
         .spawn_app_with(ALL_ROLES, |s| {
             no_polling(s);
             s.reconcile.enabled = true;
-            s.reconcile.run_at = "08:00".into(); // before WeChat has the bill (09:00)
+            s.reconcile.run_at = "08:00".into(); // before WeChat has the bill (10:00)
             s.reconcile.retry_interval_secs = 600;
             s.reconcile.tick_interval_ms = 100;
             s.reconcile.catch_up_days = 3;
@@ -286,8 +286,8 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
         })
         .await;
     }
-    // Past the retry interval and 09:00 (09:10): the bill is there.
-    env.clock.advance(Duration::from_secs(40 * 60));
+    // Past the retry interval and 10:00 (10:10): the bill is there.
+    env.clock.advance(Duration::from_secs(100 * 60));
     eventually("a clean run", Duration::from_secs(30), || async {
         app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status.as_str() == "clean")
     })

@@ -43,6 +43,8 @@ async fn partial_and_full_refunds_move_money_once(backend: Backend) {
     let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6000})).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["message"].as_str().unwrap().contains("5800"), "{body}");
+    // WeChat takes one refund of an order per minute.
+    env.clock.advance(Duration::from_secs(61));
     let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 5800})).await;
     assert_eq!(status, 201);
     eventually("the full refund succeeds", Duration::from_secs(20), || async {
@@ -139,6 +141,8 @@ async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
     assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0), "a closed refund moves no money");
 
     set_chaos(&env, json!({ "refund_outcome": "ABNORMAL" })).await;
+    // WeChat takes one refund of an order per minute.
+    env.clock.advance(Duration::from_secs(61));
     assert_eq!(
         admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await.0,
         201,
