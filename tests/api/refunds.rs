@@ -242,15 +242,14 @@ async fn an_abnormal_refund_resolved_later_is_found_by_the_slow_poll(backend: Ba
     assert_eq!(app.metrics.refunds_abnormal.get(), 1);
 
     // The operator resolves it at WeChat; no notification follows.
-    let resolved: serde_json::Value =
-        reqwest::Client::new()
-            .post(format!("{}/sim/refunds/ABN-RESOLVE-1/resolve", env.sim.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let resolved: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/sim/refunds/ABN-RESOLVE-1/resolve", env.sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(resolved["status"], "SUCCESS", "{resolved}");
     // A whole sweep later nothing has moved: the refund is not due yet.
     wait_for_poll_sweep(&app).await;
