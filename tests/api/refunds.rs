@@ -297,6 +297,35 @@ async fn wechat_s_refund_rules_reach_the_operator(backend: Backend) {
     let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 100})).await;
     assert!(status >= 400, "NOT_ENOUGH is WeChat's refusal, not an accepted refund: {status} {body}");
     assert!(body.to_string().contains("NOT_ENOUGH"), "{body}");
+    set_chaos(&env, json!({})).await;
+
+    // A reason is limited to 80 bytes, not characters: 27 Chinese characters are 81 bytes.
+    let long = "退".repeat(27);
+    let (status, body) =
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1, "reason": long})).await;
+    assert_eq!(status, 400, "refused here, before WeChat refuses it: {body}");
+    env.clock.advance(Duration::from_secs(61));
+    let fits = "退".repeat(26);
+    assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1, "reason": fits})).await.0, 201);
+
+    // At most 50 refunds per order: two reached WeChat so far (100 fen and the 26-character
+    // one), so 48 more are accepted and the next is refused.
+    let mut answers = Vec::new();
+    for _ in 0..49 {
+        env.clock.advance(Duration::from_secs(61));
+        answers.push(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await);
+    }
+    let (last_status, last_body) = answers.pop().unwrap();
+    assert!(answers.iter().all(|(s, _)| *s == 201), "{answers:?}");
+    assert!(last_status >= 400 && last_body.to_string().contains("RULE_LIMIT"), "{last_status} {last_body}");
+
+    // A year and a day after the payment, WeChat refuses any refund.
+    let other = paid_coffee(&client).await;
+    env.clock.advance(Duration::from_secs(366 * 24 * 3600));
+    let (status, body) =
+        admin_post(&app.base, &format!("/api/orders/{other}/refund"), Some(ADMIN_TOKEN), json!({"amount_fen": 1}))
+            .await;
+    assert!(status >= 400 && body.to_string().contains("INVALID_REQUEST"), "{status} {body}");
 }
 
 crate::both_profiles!(
