@@ -66,7 +66,29 @@ impl Deps {
         clock: Clock,
         metrics: Metrics,
     ) -> Result<Self, StartupError> {
+        let deps = Self::without_key_check(settings, creds, clock, metrics).await?;
+        if deps.creds.platform_keys.is_empty() {
+            return Err(ConfigError::invalid(
+                "wechat.platform_keys",
+                "no WeChat platform key to verify responses and notifications: configure one (a PUB_KEY_ID_... public key \
+                 or a platform certificate), or download the certificates once with `wxpay-recon wechat fetch-certificates`",
+            )
+            .into());
+        }
+        Ok(deps)
+    }
+
+    /// Like [`Self::build_with`], but content with no platform key at all: the command that
+    /// downloads the first certificates starts from there.
+    pub async fn without_key_check(
+        settings: &Settings,
+        creds: Arc<Credentials>,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Self, StartupError> {
         let db = database(&settings.database).await?;
+        // The certificates downloaded earlier: a restart verifies WeChat without asking it first.
+        crate::services::certificates::load_saved(&db, &creds.platform_keys).await?;
         let queue = JobQueue::connect(&settings.queue).await?;
         let limiter =
             RateLimiter::new(settings.wechat.rate_limit_per_sec, metrics.clone()).map(|l| match queue.redis() {

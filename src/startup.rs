@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Problems, Secret, Settings};
 use crate::deps::Deps;
 pub use crate::deps::StartupError;
+use crate::services::certificates::CertificateKeeper;
 use crate::services::inbox_signal::InboxSignal;
 use crate::services::inbox_writer::InboxWriter;
 use crate::services::ingest::NotifyIngest;
@@ -46,6 +47,8 @@ pub struct Application {
     pub state: AppState,
     pub jobs: SharedContext,
     pub roles: Roles,
+    /// The WeChat Pay client (its key ring is what the certificate keeper follows).
+    pub pay: crate::wechat::PayClient,
     listener: TcpListener,
     addr: SocketAddr,
 }
@@ -107,6 +110,7 @@ impl Application {
         let applier = deps.applier();
         let reconciler = deps.reconciler(&settings);
         let Deps { db, queue, creds, pay, .. } = deps;
+        let keeper_pay = pay.clone();
         let login = LoginService::new(
             db.clone(),
             login_client,
@@ -128,6 +132,7 @@ impl Application {
         let inbox_signal = InboxSignal::default();
         let ingest = NotifyIngest::new(
             Arc::clone(&creds),
+            pay.clone(),
             clock.clone(),
             settings.notify.timestamp_tolerance_secs,
             writer,
@@ -186,7 +191,7 @@ impl Application {
             clock,
             admin_token,
         });
-        Ok(Self { settings: Arc::new(settings), state, jobs, roles, listener, addr })
+        Ok(Self { settings: Arc::new(settings), state, jobs, roles, pay: keeper_pay, listener, addr })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -218,6 +223,22 @@ impl Application {
             Duration::from_millis(self.settings.server.request_timeout_ms),
             HttpObserver::new(self.state.metrics.clone(), client_ip_header),
         );
+        let keeper = tokio::spawn(
+            CertificateKeeper {
+                db: self.state.db.clone(),
+                pay: self.pay.clone(),
+                clock: self.jobs.clock.clone(),
+                metrics: self.state.metrics.clone(),
+                settings: self.settings.platform_certificates.clone(),
+                holder: format!(
+                    "{}-{}-certificates",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+                    std::process::id()
+                ),
+                lease_ttl: Duration::from_millis(self.settings.worker.lease_ttl_ms),
+            }
+            .run(stop.clone()),
+        );
         let worker = if self.roles.worker {
             let ctx = Arc::clone(&self.jobs);
             let queue = self.state.queue.clone();
@@ -245,10 +266,11 @@ impl Application {
         let served = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
             .await;
+        stop.cancel();
         if let Some(worker) = worker {
-            stop.cancel();
             let _ = worker.await;
         }
+        let _ = keeper.await;
         self.state.db.close().await;
         served
     }

@@ -7,6 +7,7 @@ mod ops;
 mod reconcile;
 mod serve;
 mod sim;
+mod wechat;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     /// Trade bill files: check one offline.
     #[command(subcommand)]
     Bill(reconcile::BillCommand),
+    /// WeChat Pay: download the platform certificates.
+    #[command(subcommand)]
+    Wechat(wechat::WechatCommand),
 }
 
 /// A failure to report on one line; usage and configuration errors exit with 2, others with 1.
@@ -93,5 +97,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Order(cmd) => ops::order(Settings::load_for(file, Purpose::Ops)?, cmd).await,
         Command::Reconcile(args) => reconcile::run(Settings::load_for(file, Purpose::Serve)?, args).await,
         Command::Bill(cmd) => reconcile::bill(cmd),
+        Command::Wechat(cmd) => wechat::run(Settings::load_for(file, Purpose::Ops)?, cmd).await,
     }
 }

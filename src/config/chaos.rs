@@ -51,6 +51,10 @@ pub struct Chaos {
     pub refund_outcome: Option<String>,
     /// Refund applications are refused `403 NOT_ENOUGH` (the merchant's balance cannot cover them).
     pub refund_not_enough: bool,
+    /// Share of signed answers and notification deliveries (0..=1) carrying one of WeChat's
+    /// deliberate wrong signatures, `WECHATPAY/SIGNTEST/…` (protocol §2.5): a merchant that
+    /// verifies refuses them; the call is retried, the notification delivered again.
+    pub signature_probe_rate: f64,
     /// Reseeds the simulator's generator when set through the control endpoint.
     pub seed: Option<u64>,
     /// What is wrong with the trade bills served from now on.
@@ -104,9 +108,12 @@ pub enum BillCorruption {
 
 impl Chaos {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in
-            [("fault_rate", self.fault_rate), ("drop_rate", self.drop_rate), ("duplicate_rate", self.duplicate_rate)]
-        {
+        for (name, rate) in [
+            ("fault_rate", self.fault_rate),
+            ("drop_rate", self.drop_rate),
+            ("duplicate_rate", self.duplicate_rate),
+            ("signature_probe_rate", self.signature_probe_rate),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }

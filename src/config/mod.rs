@@ -230,6 +230,20 @@ impl Settings {
                 "must be between 60 s and 90 days (WeChat clamps outside that range)",
             ));
         }
+        // wechatpay-go refreshes every 24 h and warns never to exceed 2 days (the switch window
+        // could be missed); half a day leaves room for a failed refresh or two.
+        if !(60..=43_200).contains(&self.platform_certificates.refresh_interval_secs) {
+            problems.push(ConfigError::invalid(
+                "platform_certificates.refresh_interval_secs",
+                "must be between 60 s and 12 h",
+            ));
+        }
+        if !(1..=3600).contains(&self.platform_certificates.reload_interval_secs) {
+            problems.push(ConfigError::invalid(
+                "platform_certificates.reload_interval_secs",
+                "must be between 1 s and 1 h",
+            ));
+        }
         if !(self.sim.time_scale.is_finite() && self.sim.time_scale > 0.0) {
             problems.push(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub auth: AuthSettings,
     pub wechat: WechatSettings,
+    pub platform_certificates: PlatformCertificateSettings,
     pub log: LogSettings,
     pub sim: SimSettings,
     pub catalog: Vec<CatalogItem>,
@@ -174,6 +175,24 @@ pub struct WechatSettings {
     pub dev_keys_dir: PathBuf,
     #[serde(default)]
     pub platform_keys: Vec<PlatformKeySetting>,
+}
+
+/// Following WeChat's platform certificates as they rotate (only when certificates are in use).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformCertificateSettings {
+    pub refresh_interval_secs: u64,
+    pub reload_interval_secs: u64,
+}
+
+impl PlatformCertificateSettings {
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_secs(self.refresh_interval_secs)
+    }
+
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_secs(self.reload_interval_secs)
+    }
 }
 
 /// One WeChat verification key: a platform certificate serial or a `PUB_KEY_ID_...` public key.

@@ -5,7 +5,7 @@
 //! Every rejection is counted, logged (no secrets) and recorded for later explanation.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -14,7 +14,7 @@ use crate::storage::Db;
 use crate::storage::inbox::{NewInboxRow, Rejection};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::verify::{SignedHeaders, VerifyError};
-use crate::wechat::{Credentials, notification};
+use crate::wechat::{Credentials, PayClient, notification};
 
 use super::inbox_signal::InboxSignal;
 use super::inbox_writer::{InboxWriter, WriteError};
@@ -47,9 +47,15 @@ pub enum IngestError {
     Unavailable(String),
 }
 
+/// Longest a notification waits for a certificate download when it names a serial we do not
+/// know (WeChat waits 5 s for our answer; a FAIL makes it deliver again 15 s later).
+const CERTIFICATE_REFRESH_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct NotifyIngest {
     creds: Arc<Credentials>,
+    /// Downloads WeChat's certificate list when a notification is signed with a new one.
+    pay: PayClient,
     clock: Clock,
     tolerance_secs: i64,
     writer: InboxWriter,
@@ -59,8 +65,10 @@ pub struct NotifyIngest {
 }
 
 impl NotifyIngest {
+    #[expect(clippy::too_many_arguments, reason = "each is a distinct collaborator wired once at start-up")]
     pub fn new(
         creds: Arc<Credentials>,
+        pay: PayClient,
         clock: Clock,
         tolerance_secs: i64,
         writer: InboxWriter,
@@ -75,7 +83,7 @@ impl NotifyIngest {
         for kind in ["new", "duplicate"] {
             let _ = metrics.notify_accepted.with_label_values(&[kind]);
         }
-        Self { creds, clock, tolerance_secs, writer, signal, db, metrics }
+        Self { creds, pay, clock, tolerance_secs, writer, signal, db, metrics }
     }
 
     pub async fn ingest(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
@@ -101,10 +109,7 @@ impl NotifyIngest {
 
     async fn ingest_inner(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<Stored, IngestError> {
         let reject = |reason: &'static str, detail: String| IngestError::Rejected { reason, detail };
-        self.creds
-            .platform_keys
-            .verify(headers, body, self.clock.now().timestamp(), self.tolerance_secs)
-            .map_err(|e| reject(e.reason(), e.to_string()))?;
+        self.verify(headers, body).await.map_err(|e| reject(e.reason(), e.to_string()))?;
         let raw_body = std::str::from_utf8(body).map_err(|_| reject("malformed_body", "body is not UTF-8".into()))?;
         let opened = notification::open(&self.creds.apiv3_key, raw_body).map_err(|e| reject(e.reason, e.detail))?;
         let row = NewInboxRow {
@@ -131,6 +136,24 @@ impl NotifyIngest {
         }
         tracing::debug!(notify.id = %opened.id, notify.event_type = %opened.event_type, first = stored.first_delivery, "notification stored");
         Ok(if stored.first_delivery { Stored::New } else { Stored::Duplicate })
+    }
+
+    /// Checks the signature; a certificate serial we do not know may be WeChat's new
+    /// certificate, so the list is downloaded (at most once a minute, waited on briefly) and the
+    /// signature checked again.
+    async fn verify(&self, headers: &SignedHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
+        let keys = &self.creds.platform_keys;
+        let verify = || keys.verify(headers, body, self.clock.now().timestamp(), self.tolerance_secs);
+        match verify() {
+            Err(VerifyError::UnknownSerial(serial)) => {
+                // Its own task: a download outliving our wait still installs what it found.
+                let (pay, wanted) = (self.pay.clone(), serial.clone());
+                let refresh = tokio::spawn(async move { pay.refresh_on_demand(&wanted).await });
+                let refreshed = matches!(tokio::time::timeout(CERTIFICATE_REFRESH_WAIT, refresh).await, Ok(Ok(true)));
+                if refreshed { verify() } else { Err(VerifyError::UnknownSerial(serial)) }
+            }
+            other => other,
+        }
     }
 
     async fn record_rejection(&self, reason: &str, detail: &str, headers: &SignedHeaders<'_>, body: &[u8]) {

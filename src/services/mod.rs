@@ -2,6 +2,7 @@
 //! apply. They call `storage`, `wechat` and `queue`; they know nothing of axum or apalis.
 
 pub mod apply;
+pub mod certificates;
 pub mod inbox_signal;
 pub mod inbox_writer;
 pub mod ingest;

@@ -76,7 +76,11 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
 }
 
 /// Signs every response (errors included, as harmless extra) with the platform key.
+/// The key is the one the request's `Wechatpay-Serial` names when the simulator holds it (see
+/// `certificates`); chaos may turn the signature into a `WECHATPAY/SIGNTEST/` probe.
 pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
+    let requested = req.headers().get("wechatpay-serial").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let probe = sim.signature_probe().await;
     let response = next.run(req).await;
     let (mut parts, body) = response.into_parts();
     let corrupt = parts.extensions.get::<super::chaos::CorruptSignature>().is_some();
@@ -86,17 +90,21 @@ pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Ne
     let timestamp = sim.clock.now().timestamp().to_string();
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let message = crate::wechat::sign::response_message(&timestamp, &nonce, &bytes);
+    let (serial, signer) = sim.signing_key(requested.as_deref());
     // Inline, as WeChat's answer is part of every request's path (see `RsaSigner::sign_blocking`).
-    let mut signature = sim.keys.platform.sign(&message).unwrap_or_default();
+    let mut signature = signer.sign(&message).unwrap_or_default();
     if corrupt {
         // Same length and alphabet, different bytes: only verification can tell.
         signature = signature.chars().rev().collect();
+    }
+    if let Some(probe) = probe {
+        signature = probe;
     }
     let headers = &mut parts.headers;
     for (name, value) in [
         ("wechatpay-timestamp", timestamp),
         ("wechatpay-nonce", nonce),
-        ("wechatpay-serial", sim.keys.platform_serial.clone()),
+        ("wechatpay-serial", serial),
         ("wechatpay-signature", signature),
         ("wechatpay-signature-type", SCHEME.to_owned()),
         ("request-id", format!("{:032X}-0", rand::random::<u128>())),
@@ -111,6 +119,15 @@ pub async fn sign_response(State(sim): State<SimContext>, req: Request, next: Ne
 /// `{"code":..., "message":...}` with the status WeChat documents for that code.
 pub fn wechat_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(json!({"code": code, "message": message}))).into_response()
+}
+
+impl SimContext {
+    /// A `WECHATPAY/SIGNTEST/…` value for `signature_probe_rate` of the calls, else `None`.
+    pub async fn signature_probe(&self) -> Option<String> {
+        let rate = self.chaos.read().await.signature_probe_rate;
+        (rate > 0.0 && self.random::<f64>() < rate)
+            .then(|| format!("{}{}", crate::wechat::verify::SIGNTEST_PREFIX, B64.encode(self.random::<[u8; 32]>())))
+    }
 }
 
 /// The signature WeChat would put on a body sent at `timestamp` with `nonce`.

@@ -31,6 +31,8 @@ pub struct CallRecord {
     /// Bill calls: the download token the tradebill answer issued, or the download used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The request's `Wechatpay-Serial`: the key the merchant asked WeChat to sign with.
+    pub wechatpay_serial: Option<String>,
 }
 
 /// The endpoint name of a `/v3` path and the order it is about.
@@ -51,6 +53,9 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
     if path == "/v3/billdownload/file" {
         return ("billdownload", None);
     }
+    if path == "/v3/certificates" {
+        return ("certificates", None);
+    }
     if let Some(rest) = path.strip_prefix(BY_NO) {
         return match rest.strip_suffix("/close") {
             Some(no) => ("close", Some(no.to_owned())),
@@ -65,6 +70,7 @@ fn classify(method: &str, path: &str) -> (&'static str, Option<String>) {
 /// whether this call fails, and records it.
 pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
     let (endpoint, out_trade_no) = classify(req.method().as_str(), req.uri().path());
+    let wechatpay_serial = req.headers().get("wechatpay-serial").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let fault = pick_fault(&sim, endpoint).await;
     let response = match fault {
         None => next.run(req).await,
@@ -82,6 +88,7 @@ pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> 
         status: response.status().as_u16(),
         fault,
         token,
+        wechatpay_serial,
     };
     sim.state.lock().await.calls.push(record);
     response

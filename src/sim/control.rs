@@ -31,6 +31,9 @@ pub fn router() -> Router<SimContext> {
         .route("/sim/chaos", get(get_chaos).put(put_chaos))
         .route("/sim/calls", get(calls))
         .route("/sim/refunds/{out_refund_no}/resolve", post(super::refunds::resolve))
+        .route("/sim/key-mode", axum::routing::put(super::certificates::set_mode))
+        .route("/sim/certificates", get(super::certificates::show))
+        .route("/sim/certificates/rotate", post(super::certificates::rotate))
 }
 
 async fn get_chaos(State(sim): State<SimContext>) -> Json<Chaos> {

@@ -8,6 +8,7 @@
 
 mod auth;
 mod bills;
+pub mod certificates;
 pub mod chaos;
 mod control;
 pub mod keys;
@@ -63,6 +64,9 @@ pub struct Inner {
     pub http: reqwest::Client,
     pub sign_errors: AtomicU64,
     pub delivery_slots: tokio::sync::Semaphore,
+    /// Key mode and platform certificates (changed at run time through `/sim/key-mode` and
+    /// `/sim/certificates/rotate`).
+    pub certificates: std::sync::RwLock<certificates::CertificateState>,
     pub stop: CancellationToken,
 }
 
@@ -89,6 +93,7 @@ impl SimContext {
             http,
             sign_errors: AtomicU64::new(0),
             delivery_slots: tokio::sync::Semaphore::new(notifier::MAX_IN_FLIGHT),
+            certificates: std::sync::RwLock::default(),
             stop: CancellationToken::new(),
         }))
     }
@@ -121,6 +126,7 @@ pub fn router(ctx: SimContext) -> Router {
         .route("/v3/refund/domestic/refunds", post(refunds::apply))
         .route("/v3/refund/domestic/refunds/{out_refund_no}", get(refunds::query))
         .route("/v3/bill/tradebill", get(bills::trade_bill))
+        .route("/v3/certificates", get(certificates::list))
         .layer(from_fn_with_state(ctx.clone(), chaos::inject))
         .layer(from_fn_with_state(ctx.clone(), auth::verify_request))
         .layer(from_fn_with_state(ctx.clone(), auth::sign_response));

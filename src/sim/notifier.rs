@@ -76,15 +76,15 @@ pub fn envelope_body(keys: &SimKeys, n: &PlainNotification, nonce: &str) -> Stri
 pub fn signed_headers(keys: &SimKeys, body: &str, timestamp: i64, nonce: &str) -> Headers {
     let ts = timestamp.to_string();
     let signature = platform_signature(&keys.platform, &ts, nonce, body.as_bytes());
-    header_list(keys, ts, nonce.to_owned(), signature)
+    header_list(keys.platform_serial.clone(), ts, nonce.to_owned(), signature)
 }
 
-fn header_list(keys: &SimKeys, timestamp: String, nonce: String, signature: String) -> Headers {
+fn header_list(serial: String, timestamp: String, nonce: String, signature: String) -> Headers {
     vec![
         ("Wechatpay-Timestamp", timestamp),
         ("Wechatpay-Nonce", nonce),
         ("Wechatpay-Signature", signature),
-        ("Wechatpay-Serial", keys.platform_serial.clone()),
+        ("Wechatpay-Serial", serial),
         ("Wechatpay-Signature-Type", SCHEME.to_owned()),
     ]
 }
@@ -197,8 +197,11 @@ impl HeaderCache {
         }
         let (ts, nonce) = (now.to_string(), alnum(sim, 32));
         let message = crate::wechat::sign::response_message(&ts, &nonce, body.as_bytes());
-        let signature = sim.keys.platform.sign_blocking(message).await.unwrap_or_default();
-        let headers = header_list(&sim.keys, ts, nonce, signature);
+        // A notification answers no request: the account's default key signs it (after a
+        // rotation takes effect, the new certificate).
+        let (serial, signer) = sim.signing_key(None);
+        let signature = signer.sign_blocking(message).await.unwrap_or_default();
+        let headers = header_list(serial, ts, nonce, signature);
         *cached = Some(SignedAt { second: now, headers: headers.clone() });
         headers
     }
@@ -245,7 +248,13 @@ pub async fn post_once(sim: &SimContext, notify_url: &str, body: &str, headers: 
         .header("Accept", "*/*")
         .header("User-Agent", "Mozilla/4.0")
         .body(body.to_owned());
+    let probe = sim.signature_probe().await;
     for (name, value) in headers.headers(sim, body).await {
+        // A probe replaces the signature of this one delivery; WeChat delivers again later.
+        let value = match (name, &probe) {
+            ("Wechatpay-Signature", Some(probe)) => probe.clone(),
+            _ => value,
+        };
         request = request.header(name, value);
     }
     match request.send().await {

@@ -76,6 +76,9 @@ pub struct MetricHandles {
     pub db_pool_max_connections: IntGauge,
     pub db_pool_acquire: Histogram,
     pub db_pool_acquire_timeouts: IntCounter,
+    pub certificates_in_use: IntGauge,
+    pub certificate_expiry: IntGauge,
+    pub certificate_last_refresh: IntGauge,
     pub build_info: IntGaugeVec,
     /// Every metric family this registry exports, for tests that check none is missing.
     family_names: Vec<String>,
@@ -269,6 +272,18 @@ impl Metrics {
                 "db_pool_acquire_timeouts_total",
                 "Statements that gave up waiting for a database connection (database.acquire_timeout_ms).",
             ),
+            certificates_in_use: gauge(
+                "platform_certificates_in_use",
+                "1 when WeChat's signatures are checked with platform certificates (which rotate), 0 on public keys only.",
+            ),
+            certificate_expiry: gauge(
+                "platform_certificate_expiry_timestamp_seconds",
+                "When the newest valid platform certificate expires; 0 if none is valid (only meaningful when in use).",
+            ),
+            certificate_last_refresh: gauge(
+                "platform_certificates_last_refresh_timestamp_seconds",
+                "When a replica last downloaded WeChat's certificate list (as saved in the database); 0 if never.",
+            ),
             build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
             family_names: Vec::new(),
             registry,
@@ -364,6 +379,9 @@ impl MetricHandles {
             Box::new(self.db_pool_max_connections.clone()),
             Box::new(self.db_pool_acquire.clone()),
             Box::new(self.db_pool_acquire_timeouts.clone()),
+            Box::new(self.certificates_in_use.clone()),
+            Box::new(self.certificate_expiry.clone()),
+            Box::new(self.certificate_last_refresh.clone()),
             Box::new(self.build_info.clone()),
             Box::new(super::process::ProcessCollector::new()),
         ];

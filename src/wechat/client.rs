@@ -12,13 +12,15 @@ use serde::de::DeserializeOwned;
 use crate::clock::Clock;
 use crate::telemetry::metrics::Metrics;
 
+use super::certificate::{self, PlatformCertificate};
 use super::convert;
 use super::error::WechatError;
 use super::keys::Credentials;
 use super::ratelimit::RateLimiter;
 use super::sign;
-use super::verify::SignedHeaders;
+use super::verify::{SignedHeaders, VerifyError};
 use super::wire::bill::BillInfo;
+use super::wire::certificates::CertificatesResponse;
 use super::wire::error::ErrorBody;
 use super::wire::pay::{CloseRequest, JsapiPrepayRequest, Payer, PrepayAmount, PrepayResponse, Transaction};
 use super::wire::refund::{Refund as WireRefund, RefundRequest, RefundRequestAmount};
@@ -26,8 +28,31 @@ use crate::domain::time::{from_ms, to_wechat_rfc3339};
 use crate::domain::{Fen, Order, OutRefundNo, OutTradeNo, PaymentReport, Refund, RefundReport, TransactionId};
 
 /// Every `endpoint` label this client measures.
-const ENDPOINTS: [&str; 7] =
-    ["jsapi_prepay", "query_order", "close_order", "refund", "query_refund", "trade_bill", "bill_download"];
+const ENDPOINTS: [&str; 8] = [
+    "jsapi_prepay",
+    "query_order",
+    "close_order",
+    "refund",
+    "query_refund",
+    "trade_bill",
+    "bill_download",
+    "certificates",
+];
+
+/// An unknown certificate serial makes us download WeChat's list at most this often (per
+/// process), whoever asks.
+pub const ON_DEMAND_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How a downloaded certificate list is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateTrust {
+    /// The answer must be signed by a key we already hold (every refresh: pinned).
+    Known,
+    /// First download, nothing known yet: the answer may be signed by a certificate it lists
+    /// (trust on first use, as wechatpay-go's downloader and Python wechatpayv3 bootstrap). The
+    /// certificates themselves are still sealed with the APIv3 key.
+    FirstUse,
+}
 
 /// Creates the call series of `endpoint` at 0 for every outcome, so the first failure is an
 /// increase Prometheus can see (and an error ratio reads 0, not "no data").
@@ -72,9 +97,10 @@ fn refund_report(endpoint: &'static str, body: &[u8]) -> Result<RefundReport, We
     convert::refund_report(&refund).map_err(|e| WechatError::Unrecognised { endpoint, message: e.to_string() })
 }
 
-/// A verified 2xx answer: status and raw body.
-struct Verified {
+/// A 2xx answer: status, headers and raw body (verified, unless it came from [`PayClient::exchange`]).
+struct Answer {
     status: StatusCode,
+    headers: HeaderMap,
     body: bytes::Bytes,
 }
 
@@ -283,7 +309,7 @@ impl PayClient {
         method: Method,
         path_and_query: &str,
         body: Option<String>,
-    ) -> Result<Verified, WechatError> {
+    ) -> Result<Answer, WechatError> {
         self.measured(endpoint, self.send_inner(endpoint, method, path_and_query, body)).await
     }
 
@@ -293,7 +319,86 @@ impl PayClient {
         method: Method,
         path_and_query: &str,
         body: Option<String>,
-    ) -> Result<Verified, WechatError> {
+    ) -> Result<Answer, WechatError> {
+        let answer = self.exchange(endpoint, method, path_and_query, body).await?;
+        self.verify_answer(endpoint, &answer).await?;
+        Ok(answer)
+    }
+
+    /// Checks the answer's signature. A certificate serial we do not know may be WeChat's new
+    /// certificate: refresh the list (at most once a minute) and check again, so the first
+    /// answers signed after a rotation are not lost.
+    async fn verify_answer(&self, endpoint: &'static str, answer: &Answer) -> Result<(), WechatError> {
+        let signed = signed_headers(&answer.headers);
+        let keys = &self.creds.platform_keys;
+        let verify = || keys.verify(&signed, &answer.body, self.clock.now().timestamp(), RESPONSE_TOLERANCE_SECS);
+        match verify() {
+            Err(VerifyError::UnknownSerial(serial)) if self.refresh_on_demand(&serial).await => verify(),
+            other => other,
+        }
+        .map_err(|source| WechatError::Signature { endpoint, source })
+    }
+
+    /// Downloads WeChat's certificate list when `serial` is unknown (see
+    /// [`KeyRing::refresh_on_demand`](super::keyring::KeyRing::refresh_on_demand)); true if
+    /// the serial is known afterwards.
+    pub async fn refresh_on_demand(&self, serial: &str) -> bool {
+        self.creds
+            .platform_keys
+            .refresh_on_demand(serial, ON_DEMAND_REFRESH_INTERVAL, self.clock.now(), || {
+                self.fetch_certificates(CertificateTrust::Known)
+            })
+            .await
+    }
+
+    /// Downloads the certificate list and installs it in the live key set; returns the list.
+    pub async fn refresh_certificates(&self) -> Result<Vec<PlatformCertificate>, WechatError> {
+        let certificates = self.fetch_certificates(CertificateTrust::Known).await?;
+        self.creds.platform_keys.install_fetched(certificates.clone(), self.clock.now());
+        Ok(certificates)
+    }
+
+    /// `GET /v3/certificates`: WeChat's platform certificates, opened with the APIv3 key and
+    /// checked (serial and key read from each certificate). Installs nothing.
+    pub async fn fetch_certificates(&self, trust: CertificateTrust) -> Result<Vec<PlatformCertificate>, WechatError> {
+        const ENDPOINT: &str = "certificates";
+        self.measured(ENDPOINT, async {
+            let answer = self.exchange(ENDPOINT, Method::GET, "/v3/certificates", None).await?;
+            let list: CertificatesResponse = decode(ENDPOINT, &answer.body)?;
+            let certificates = list
+                .data
+                .iter()
+                .map(|entry| certificate::open_entry(&self.creds.apiv3_key, entry))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: e.to_string() })?;
+            if certificates.is_empty() {
+                return Err(WechatError::Decode { endpoint: ENDPOINT, message: "no certificate listed".into() });
+            }
+            let mut keys = (*self.creds.platform_keys.snapshot()).clone();
+            if trust == CertificateTrust::FirstUse {
+                certificates.iter().for_each(|cert| keys.insert_certificate(cert));
+            }
+            keys.verify(
+                &signed_headers(&answer.headers),
+                &answer.body,
+                self.clock.now().timestamp(),
+                RESPONSE_TOLERANCE_SECS,
+            )
+            .map_err(|source| WechatError::Signature { endpoint: ENDPOINT, source })?;
+            Ok(certificates)
+        })
+        .await
+    }
+
+    /// Signs and sends one call; a non-2xx answer is an error. Does not check the answer's
+    /// signature (callers do, with the keys they trust).
+    async fn exchange(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<String>,
+    ) -> Result<Answer, WechatError> {
         let url = reqwest::Url::parse(&format!("{}{path_and_query}", self.base_url))
             .map_err(|e| WechatError::Decode { endpoint, message: format!("bad url: {e}") })?;
         let canonical = match url.query() {
@@ -314,8 +419,10 @@ impl PayClient {
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, AGENT);
-        if let Some(serial) = self.creds.platform_keys.serials().first() {
-            request = request.header("Wechatpay-Serial", *serial);
+        // The key we want WeChat to sign its answer with (protocol §1.4): during a migration or a
+        // certificate rotation, one we hold.
+        if let Some(serial) = self.creds.platform_keys.preferred_serial(self.clock.now()) {
+            request = request.header("Wechatpay-Serial", serial);
         }
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
@@ -327,12 +434,7 @@ impl PayClient {
         if !status.is_success() {
             return Err(api_error(endpoint, status, &bytes));
         }
-        let signed = signed_headers(&headers);
-        self.creds
-            .platform_keys
-            .verify(&signed, &bytes, self.clock.now().timestamp(), RESPONSE_TOLERANCE_SECS)
-            .map_err(|source| WechatError::Signature { endpoint, source })?;
-        Ok(Verified { status, body: bytes })
+        Ok(Answer { status, headers, body: bytes })
     }
 }
 

@@ -123,7 +123,7 @@ impl DevKeys {
                 serial: self.merchant_serial.clone(),
                 signer: self.merchant_key.clone(),
             },
-            platform_keys,
+            platform_keys: platform_keys.into(),
             apiv3_key: ApiV3Key::new(self.apiv3_key.expose().as_bytes())
                 .map_err(|e| ConfigError::invalid("wechat.dev_keys_dir/apiv3_key", e.to_string()))?,
             app_secret: self.app_secret.clone(),

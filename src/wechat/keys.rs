@@ -13,7 +13,9 @@ use rsa::{PrivateKey, PublicKey};
 use crate::config::{ConfigError, PlatformKeySetting, Problems, Secret, Settings, secret};
 
 use super::aead::ApiV3Key;
+use super::certificate::PlatformCertificate;
 use super::devkeys::DevKeys;
+use super::keyring::KeyRing;
 use super::sign::{MerchantSigner, RsaSigner};
 use super::verify::{PlatformKeys, RsaVerifier};
 
@@ -66,19 +68,34 @@ fn public_key_of_certificate(setting: &str, pem: &str) -> Result<PublicKey, Conf
         .map_err(|_| ConfigError::invalid(setting, "certificate does not hold an RSA key"))
 }
 
+/// The verifier of a DER SubjectPublicKeyInfo (the key inside a certificate).
+pub(crate) fn rsa_verifier_of_spki(der: &[u8]) -> Result<RsaVerifier, String> {
+    let key = PublicKey::from_public_key_der(der).map_err(|_| "not an RSA key".to_owned())?;
+    RsaVerifier::from_components(&key.n_bytes(), &key.e_bytes()).map_err(|e| e.to_string())
+}
+
 /// Everything needed to talk to WeChat as this merchant.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub appid: String,
     pub mchid: String,
     pub merchant: MerchantSigner,
-    pub platform_keys: PlatformKeys,
+    /// The keys WeChat's signatures are checked with: configured ones, plus the platform
+    /// certificates downloaded from WeChat (and persisted) when certificates are in use.
+    pub platform_keys: KeyRing,
     pub apiv3_key: ApiV3Key,
     pub app_secret: Secret<String>,
 }
 
+/// A configured key: a certificate keeps its validity (and must carry the serial it is
+/// configured under); a public key has none.
+enum ConfiguredKey {
+    PublicKey(RsaVerifier),
+    Certificate(PlatformCertificate),
+}
+
 /// The `i`th configured platform key, read and parsed.
-fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<RsaVerifier, ConfigError> {
+fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<ConfiguredKey, ConfigError> {
     let setting = format!("wechat.platform_keys[{i}].public_key");
     let pem = match (&entry.public_key, &entry.public_key_file) {
         (Some(pem), None) => pem.clone(),
@@ -87,7 +104,17 @@ fn platform_key(i: usize, entry: &PlatformKeySetting) -> Result<RsaVerifier, Con
         })?,
         _ => return Err(ConfigError::invalid(&setting, "set exactly one of public_key or public_key_file")),
     };
-    parse_public_key(&setting, &pem)
+    if !pem.trim().starts_with("-----BEGIN CERTIFICATE-----") {
+        return parse_public_key(&setting, &pem).map(ConfiguredKey::PublicKey);
+    }
+    let cert = PlatformCertificate::from_pem(&pem).map_err(|e| ConfigError::invalid(&setting, e.to_string()))?;
+    if !cert.serial.eq_ignore_ascii_case(entry.serial.trim()) {
+        return Err(ConfigError::invalid(
+            &format!("wechat.platform_keys[{i}].serial"),
+            format!("is {}, but the certificate's serial is {}", entry.serial, cert.serial),
+        ));
+    }
+    Ok(ConfiguredKey::Certificate(cert))
 }
 
 impl Credentials {
@@ -126,30 +153,28 @@ impl Credentials {
                         serial: wechat.merchant_serial.clone(),
                         signer: key,
                     },
-                    platform_keys: PlatformKeys::default(),
+                    platform_keys: KeyRing::default(),
                     apiv3_key,
                     app_secret,
                 }),
                 _ => None,
             }
         };
-        let mut platform_keys = Vec::new();
+        let mut configured = match &creds {
+            Some(creds) => (*creds.platform_keys.snapshot()).clone(),
+            None => PlatformKeys::default(),
+        };
         for (i, entry) in wechat.platform_keys.iter().enumerate() {
-            if let Some(key) = problems.check(platform_key(i, entry)) {
-                platform_keys.push((entry.serial.clone(), key));
+            match problems.check(platform_key(i, entry)) {
+                Some(ConfiguredKey::PublicKey(key)) => configured.insert(entry.serial.clone(), key),
+                Some(ConfiguredKey::Certificate(cert)) => configured.insert_certificate(&cert),
+                None => {}
             }
         }
-        let no_keys = wechat.platform_keys.is_empty() && creds.as_ref().is_none_or(|c| c.platform_keys.is_empty());
-        if no_keys {
-            problems.push(ConfigError::invalid(
-                "wechat.platform_keys",
-                "at least one WeChat platform key is needed to verify responses and notifications",
-            ));
-        }
         let mut creds = problems.finish_with(creds)?;
-        for (serial, key) in platform_keys {
-            creds.platform_keys.insert(serial, key);
-        }
+        // No key at all is checked once the database is open: certificates downloaded by
+        // `wxpay-recon wechat fetch-certificates` are kept there.
+        creds.platform_keys = KeyRing::new(configured);
         Ok(creds)
     }
 }
@@ -166,6 +191,26 @@ mod tests {
         assert!(!err.to_string().contains('\n'));
         let err = parse_public_key("wechat.platform_keys[0].public_key", testkeys::K1_PRIVATE_PEM).expect_err("bad");
         assert!(err.to_string().starts_with("wechat.platform_keys[0].public_key: "));
+    }
+
+    #[test]
+    fn a_configured_certificate_keeps_its_validity_and_must_carry_its_own_serial() {
+        let now = chrono::Utc::now();
+        let issued = crate::sim::certificates::issue(now, now + chrono::Duration::days(30)).expect("issue");
+        let entry = |serial: &str| PlatformKeySetting {
+            serial: serial.into(),
+            public_key: Some(issued.pem.clone()),
+            public_key_file: None,
+        };
+        let Err(err) = platform_key(0, &entry("ABCDEF")) else { panic!("a wrong serial is accepted") };
+        assert!(err.to_string().starts_with("wechat.platform_keys[0].serial: "), "{err}");
+        assert!(err.to_string().contains(&issued.serial), "{err}");
+        match platform_key(0, &entry(&issued.serial.to_lowercase())) {
+            Ok(ConfiguredKey::Certificate(cert)) => {
+                assert_eq!(cert.not_after.timestamp(), issued.not_after.timestamp())
+            }
+            _ => panic!("a certificate is kept as a certificate"),
+        }
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! touches our database or decides retries.
 
 pub mod aead;
+pub mod certificate;
 pub mod client;
 pub mod convert;
 pub mod devkeys;
 pub mod error;
+pub mod keyring;
 pub mod keys;
 pub mod login;
 pub mod notification;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
 
+use super::certificate::PlatformCertificate;
 use super::sign::{SCHEME, response_message};
 
 /// Prefix of WeChat's deliberate wrong-signature probes.
@@ -36,6 +38,9 @@ pub enum VerifyError {
     UnsupportedType(String),
     #[error("no verification key for serial {0:?}")]
     UnknownSerial(String),
+    /// A known certificate outside its validity: WeChat rotated and we kept the old one.
+    #[error("the certificate {0:?} is expired or not yet valid")]
+    KeyNotValid(String),
     #[error("signature probe (WECHATPAY/SIGNTEST/): treated as a verification failure")]
     SignatureProbe,
     #[error("signature is not valid base64")]
@@ -54,6 +59,7 @@ impl VerifyError {
         "missing_header",
         "unsupported_signature_type",
         "unknown_serial",
+        "key_not_valid",
         "signature_probe",
         "bad_signature",
         "stale_timestamp",
@@ -64,6 +70,7 @@ impl VerifyError {
             VerifyError::MissingHeader(_) => "missing_header",
             VerifyError::UnsupportedType(_) => "unsupported_signature_type",
             VerifyError::UnknownSerial(_) => "unknown_serial",
+            VerifyError::KeyNotValid(_) => "key_not_valid",
             VerifyError::SignatureProbe => "signature_probe",
             VerifyError::SignatureEncoding | VerifyError::BadSignature => "bad_signature",
             VerifyError::BadTimestamp | VerifyError::StaleTimestamp { .. } => "stale_timestamp",
@@ -135,10 +142,31 @@ fn bit_length(bytes: &[u8]) -> usize {
     (bytes.len() * 8).saturating_sub(leading)
 }
 
-/// The WeChat public keys we trust, by serial.
-#[derive(Clone, Default)]
+/// One key WeChat may sign with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformKey {
+    pub verifier: RsaVerifier,
+    /// A platform certificate's validity (`not_before`, `not_after`); `None` for a WeChat Pay
+    /// public key (`PUB_KEY_ID_…`), which carries no validity of its own.
+    pub validity: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl PlatformKey {
+    /// Usable at `now_unix`, allowing the same clock skew as the timestamp check (a new
+    /// certificate's first signatures may reach us a moment "before" it takes effect).
+    fn usable_at(&self, now_unix: i64, tolerance_secs: i64) -> bool {
+        self.validity.is_none_or(|(not_before, not_after)| {
+            now_unix.saturating_add(tolerance_secs) >= not_before.timestamp()
+                && now_unix.saturating_sub(tolerance_secs) < not_after.timestamp()
+        })
+    }
+}
+
+/// The WeChat public keys we trust, by serial: an immutable snapshot (the live, refreshable
+/// set is [`super::keyring::KeyRing`]).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct PlatformKeys {
-    by_serial: HashMap<String, RsaVerifier>,
+    by_serial: HashMap<String, PlatformKey>,
 }
 
 impl fmt::Debug for PlatformKeys {
@@ -148,8 +176,18 @@ impl fmt::Debug for PlatformKeys {
 }
 
 impl PlatformKeys {
+    /// A key without validity of its own: a WeChat Pay public key, or a configured key whose
+    /// certificate we were not given.
     pub fn insert(&mut self, serial: impl Into<String>, key: RsaVerifier) {
-        self.by_serial.insert(normalise_serial(&serial.into()), key);
+        self.by_serial.insert(normalise_serial(&serial.into()), PlatformKey { verifier: key, validity: None });
+    }
+
+    /// A platform certificate, by the serial read from the certificate itself.
+    pub fn insert_certificate(&mut self, cert: &PlatformCertificate) {
+        self.by_serial.insert(
+            normalise_serial(&cert.serial),
+            PlatformKey { verifier: cert.key.clone(), validity: Some((cert.not_before, cert.not_after)) },
+        );
     }
 
     pub fn serials(&self) -> Vec<&str> {
@@ -160,6 +198,46 @@ impl PlatformKeys {
 
     pub fn is_empty(&self) -> bool {
         self.by_serial.is_empty()
+    }
+
+    pub fn contains(&self, serial: &str) -> bool {
+        self.by_serial.contains_key(&normalise_serial(serial))
+    }
+
+    /// Whether any key is a platform certificate (then WeChat's certificate list must be
+    /// followed as it rotates).
+    pub fn has_certificates(&self) -> bool {
+        self.by_serial.values().any(|k| k.validity.is_some())
+    }
+
+    /// The key we want WeChat to sign its answers with, named in our requests'
+    /// `Wechatpay-Serial`: a WeChat Pay public key first (it does not expire), else the newest
+    /// certificate valid at `now` (latest `not_before`), as wechatpay-go's `GetNewestSerial`.
+    pub fn preferred_serial(&self, now: DateTime<Utc>) -> Option<&str> {
+        let public = self
+            .by_serial
+            .iter()
+            .filter(|(serial, key)| key.validity.is_none() && serial.starts_with(PUBLIC_KEY_PREFIX))
+            .map(|(serial, _)| serial.as_str())
+            .min();
+        public.or_else(|| {
+            self.by_serial
+                .iter()
+                .filter_map(|(serial, key)| key.validity.map(|(nb, na)| (serial, nb, na)))
+                .filter(|(_, nb, na)| *nb <= now && now < *na)
+                .max_by_key(|(serial, nb, _)| (*nb, serial.as_str()))
+                .map(|(serial, _, _)| serial.as_str())
+        })
+    }
+
+    /// When the newest certificate valid at `now` expires (`None`: no certificate is valid).
+    pub fn newest_certificate_expiry(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.by_serial
+            .values()
+            .filter_map(|key| key.validity)
+            .filter(|(nb, na)| *nb <= now && now < *na)
+            .max_by_key(|(nb, _)| *nb)
+            .map(|(_, na)| na)
     }
 
     /// Checks headers, timestamp window and signature over `body` as received.
@@ -180,7 +258,7 @@ impl PlatformKeys {
             return Err(VerifyError::UnsupportedType(kind.to_owned()));
         }
         let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-        let skew = (now_unix - ts).abs();
+        let skew = now_unix.saturating_sub(ts).saturating_abs();
         if skew > tolerance_secs {
             return Err(VerifyError::StaleTimestamp { skew_secs: skew, tolerance_secs });
         }
@@ -191,8 +269,11 @@ impl PlatformKeys {
             .by_serial
             .get(&normalise_serial(serial))
             .ok_or_else(|| VerifyError::UnknownSerial(serial.to_owned()))?;
+        if !key.usable_at(now_unix, tolerance_secs) {
+            return Err(VerifyError::KeyNotValid(serial.to_owned()));
+        }
         let raw = B64.decode(signature).map_err(|_| VerifyError::SignatureEncoding)?;
-        if key.verify(&response_message(timestamp, nonce, body), &raw) {
+        if key.verifier.verify(&response_message(timestamp, nonce, body), &raw) {
             Ok(())
         } else {
             Err(VerifyError::BadSignature)
@@ -200,10 +281,19 @@ impl PlatformKeys {
     }
 }
 
+/// Prefix of a WeChat Pay public key id; any other serial is a certificate's hex serial.
+pub const PUBLIC_KEY_PREFIX: &str = "PUB_KEY_ID_";
+
+/// Whether `serial` looks like a platform certificate serial (hex), not a public key id: only
+/// those can become known by downloading WeChat's certificate list.
+pub fn is_certificate_serial(serial: &str) -> bool {
+    !serial.is_empty() && serial.len() <= 64 && serial.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Certificate serials are hex and compared case-insensitively (some tools print them in lower
 /// case); `PUB_KEY_ID_` ids are kept as they are.
 fn normalise_serial(serial: &str) -> String {
-    if serial.starts_with("PUB_KEY_ID_") { serial.to_owned() } else { serial.to_ascii_uppercase() }
+    if serial.starts_with(PUBLIC_KEY_PREFIX) { serial.to_owned() } else { serial.to_ascii_uppercase() }
 }
 
 #[cfg(test)]
@@ -217,6 +307,7 @@ mod tests {
             VerifyError::MissingHeader("Wechatpay-Serial"),
             VerifyError::UnsupportedType("X".into()),
             VerifyError::UnknownSerial("s".into()),
+            VerifyError::KeyNotValid("s".into()),
             VerifyError::SignatureProbe,
             VerifyError::SignatureEncoding,
             VerifyError::BadSignature,

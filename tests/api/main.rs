@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod certificates;
 mod chaos;
 mod cluster;
 mod crash;

@@ -2,6 +2,7 @@
 //! `wechat::convert` is the one place they become domain types.
 
 pub mod bill;
+pub mod certificates;
 pub mod error;
 pub mod login;
 pub mod notify;

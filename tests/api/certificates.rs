@@ -1,0 +1,182 @@
+//! Platform-certificate mode end to end: a merchant with no WeChat key configured bootstraps
+//! with `wechat fetch-certificates`, pays orders, WeChat rotates its certificate in the middle
+//! of the run, and nothing is lost: no order creation fails, every notification is verified on
+//! its first delivery, and a restart verifies the new certificate without asking WeChat.
+//! Signature probes (`WECHATPAY/SIGNTEST/`) are refused and lose nothing either.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wxpay_recon::clock::Clock;
+use wxpay_recon::config::Settings;
+use wxpay_recon::sim::notifier::{PlainNotification, envelope_body};
+use wxpay_recon::startup::{Application, StartupError};
+use wxpay_recon::telemetry::metrics::Metrics;
+
+use crate::helpers::*;
+
+async fn sim_call(env: &TestEnv, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}{path}", env.sim.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+/// The settings of a merchant on platform certificates only: the dev merchant key and secrets,
+/// no platform key configured (the dev keys' WeChat Pay public key is left out).
+fn certificate_merchant(env: &TestEnv) -> Vec<(&'static str, String)> {
+    let file = |name: &str| env.path("dev-keys").join(name).display().to_string();
+    vec![
+        ("WECHAT__USE_DEV_KEYS", "false".into()),
+        ("WECHAT__APPID", env.keys.appid.clone()),
+        ("WECHAT__MCHID", env.keys.mchid.clone()),
+        ("WECHAT__MERCHANT_SERIAL", env.keys.merchant_serial.clone()),
+        ("WECHAT__MERCHANT_KEY_FILE", file("merchant_key.pem")),
+        ("WECHAT__APIV3_KEY_FILE", file("apiv3_key")),
+        ("WECHAT__APP_SECRET_FILE", file("app_secret")),
+        ("AUTH__DATA_KEY_FILE", file("data_key")),
+        ("WECHAT__NOTIFY_URL", "https://merchant.invalid/api/pay/notify".into()),
+    ]
+}
+
+fn apply_to(settings: &mut Settings, env: &TestEnv) {
+    let file = |name: &str| Some(env.path("dev-keys").join(name));
+    let w = &mut settings.wechat;
+    w.use_dev_keys = false;
+    w.appid.clone_from(&env.keys.appid);
+    w.mchid.clone_from(&env.keys.mchid);
+    w.merchant_serial.clone_from(&env.keys.merchant_serial);
+    w.merchant_key_file = file("merchant_key.pem");
+    w.apiv3_key_file = file("apiv3_key");
+    w.app_secret_file = file("app_secret");
+    w.platform_keys.clear();
+    settings.auth.data_key_file = file("data_key");
+    // Empty: the app calls itself back at its own address (the simulator is on this machine).
+    w.notify_url.clear();
+}
+
+async fn run_cli(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
+    command.args(args).envs(env.env_vars());
+    for (key, value) in certificate_merchant(env) {
+        command.env(format!("WXPAY_RECON__{key}"), value);
+    }
+    let output = command.output().await.unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// The `Wechatpay-Serial` our last JSAPI prepay asked WeChat to sign with.
+async fn last_prepay_serial(env: &TestEnv) -> String {
+    let calls = sim_call(env, reqwest::Method::GET, "/sim/calls", json!({})).await;
+    let last = calls.as_array().unwrap().iter().rev().find(|c| c["endpoint"] == "jsapi").expect("a prepay call");
+    last["wechatpay_serial"].as_str().unwrap_or("").to_owned()
+}
+
+async fn certificate_calls(env: &TestEnv) -> usize {
+    let calls = sim_call(env, reqwest::Method::GET, "/sim/calls", json!({})).await;
+    calls.as_array().unwrap().iter().filter(|c| c["endpoint"] == "certificates" && c["status"] == 200).count()
+}
+
+async fn pay_and_wait(env: &TestEnv, app: &TestApp, numbers: &[String], expected_paid: i64) {
+    pay_all(env, numbers).await;
+    eventually("every paid order is SUCCESS", Duration::from_secs(30), || async {
+        count_status(app, "SUCCESS").await == expected_paid
+    })
+    .await;
+}
+
+async fn a_rotation_mid_run_loses_nothing(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mode = sim_call(&env, reqwest::Method::PUT, "/sim/key-mode", json!({"mode": "certificates"})).await;
+    let first = mode["default_serial"].as_str().unwrap().to_owned();
+    assert_eq!(first.len(), 40, "{mode}");
+
+    // Without a key the service refuses to start, and says how to get one.
+    let mut settings = env.settings();
+    apply_to(&mut settings, &env);
+    let refused = Application::build(settings, Clock::system(), ALL_ROLES, Metrics::new()).await;
+    match refused {
+        Err(StartupError::Config(err)) => assert!(err.to_string().contains("fetch-certificates"), "{err}"),
+        other => panic!("started without any WeChat key: {:?}", other.map(|_| ())),
+    }
+
+    // Bootstrap with the real command: trust on first use, saved in the database.
+    let (ok, stdout, stderr) = run_cli(&env, &["wechat", "fetch-certificates"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains(&first) && stdout.contains("trusted on first use"), "{stdout}");
+    // A second run is checked against what was saved.
+    let (ok, stdout, stderr) = run_cli(&env, &["wechat", "fetch-certificates"]).await;
+    assert!(ok && stdout.contains("signed by a key already held"), "{stdout}\n{stderr}");
+
+    let app = env.spawn_app_with(ALL_ROLES, |s| apply_to(s, &env)).await;
+    let (client, _) = env.client(&app).await;
+    let before = create_orders(&client, 10).await;
+    assert_eq!(last_prepay_serial(&env).await, first, "we name the certificate we hold");
+    pay_and_wait(&env, &app, &before, 10).await;
+    let fetched_before_rotation = certificate_calls(&env).await;
+
+    // WeChat rotates: the new certificate signs every notification from now on.
+    let rotated = sim_call(&env, reqwest::Method::POST, "/sim/certificates/rotate", json!({})).await;
+    let second = rotated["serial"].as_str().unwrap().to_owned();
+    let after = create_orders(&client, 10).await;
+    pay_and_wait(&env, &app, &after, 20).await;
+
+    let rejected = |reason: &str| app.metrics.notify_rejected.with_label_values(&[reason]).get();
+    assert_eq!(rejected("unknown_serial"), 0, "every notification verified on its first delivery");
+    assert_eq!(
+        certificate_calls(&env).await - fetched_before_rotation,
+        1,
+        "ten notifications signed with an unknown certificate made one download"
+    );
+    assert!(app.state.db.platform_certificates().await.unwrap().iter().any(|c| c.serial == second));
+    // Our next request names the newest certificate.
+    create_orders(&client, 1).await;
+    assert_eq!(last_prepay_serial(&env).await, second);
+    let paid = app.state.db.order_by_no(&trade_no(&before[0])).await.unwrap().unwrap();
+    drop(app);
+
+    // A restart with WeChat unreachable still verifies the new certificate (saved set).
+    let restarted = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            apply_to(s, &env);
+            s.wechat.pay_base_url = format!("http://127.0.0.1:{}", free_port());
+        })
+        .await;
+    let (serial, signer) = env.sim.ctx.signing_key(None);
+    assert_eq!(serial, second);
+    let (openid, transaction_id) = (paid.payer_openid.clone(), paid.transaction_id.clone().unwrap());
+    let resource = env.transaction_json(&before[0], paid.amount.0, &openid, transaction_id.as_str());
+    let plain = PlainNotification::transaction_success("restart-check".into(), resource, env.clock.now());
+    let body = envelope_body(&env.sim_keys, &plain, "Fmwp04ry88f3");
+    let (ts, nonce) = (env.clock.now().timestamp().to_string(), "c5ac7061fccab6bf3e254dcf98995b8c");
+    let message = wxpay_recon::wechat::sign::response_message(&ts, nonce, body.as_bytes());
+    let headers = vec![
+        ("Wechatpay-Timestamp", ts),
+        ("Wechatpay-Nonce", nonce.to_owned()),
+        ("Wechatpay-Signature", signer.sign(&message).unwrap()),
+        ("Wechatpay-Serial", serial),
+        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
+    ];
+    let (status, answer) = restarted.post_notify(&headers, body).await;
+    assert_eq!(status, 204, "acknowledged: {answer}");
+}
+
+async fn signature_probes_are_refused_and_nothing_is_lost(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let numbers = create_orders(&client, 12).await;
+    set_chaos(&env, json!({ "signature_probe_rate": 0.5, "seed": 11 })).await;
+    pay_and_wait(&env, &app, &numbers, 12).await;
+    let probes = app.metrics.notify_rejected.with_label_values(&["signature_probe"]).get();
+    assert!(probes > 0, "half the deliveries carried a probe, none was refused");
+    let notifications = sim_notifications(&env).await;
+    assert!(notifications.iter().all(|n| n["delivered"] == true), "every notification delivered in the end");
+}
+
+crate::both_profiles!(a_rotation_mid_run_loses_nothing, signature_probes_are_refused_and_nothing_is_lost);
