@@ -56,4 +56,6 @@ pub struct SimState {
     pub calls: Vec<CallRecord>,
     /// Bill files behind their download tokens (dropped once expired).
     pub bill_downloads: HashMap<String, super::bills::IssuedBill>,
+    /// Days whose first bill download chaos `fail_first_download` already failed.
+    pub bill_download_failed_days: std::collections::HashSet<chrono::NaiveDate>,
 }
