@@ -48,6 +48,8 @@ pub struct Deps {
     pub metrics: Metrics,
     pub creds: Arc<Credentials>,
     pub pay: PayClient,
+    /// How often ABNORMAL refunds are asked about again (`poll.abnormal_refund_interval_secs`).
+    pub abnormal_recheck: Duration,
 }
 
 impl Deps {
@@ -101,7 +103,8 @@ impl Deps {
             metrics.clone(),
         )?
         .with_rate_limiter(limiter);
-        Ok(Self { db, queue, clock, metrics, creds, pay })
+        let abnormal_recheck = Duration::from_secs(settings.poll.abnormal_refund_interval_secs);
+        Ok(Self { db, queue, clock, metrics, creds, pay, abnormal_recheck })
     }
 
     /// Who we are at WeChat: reports for anyone else are refused.
@@ -121,6 +124,7 @@ impl Deps {
 
     pub fn applier(&self) -> Applier {
         Applier::new(self.db.clone(), self.merchant(), self.clock.clone(), self.metrics.clone())
+            .with_abnormal_recheck(self.abnormal_recheck)
     }
 
     pub fn reconciler(&self, settings: &Settings) -> Reconciler {

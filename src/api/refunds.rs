@@ -14,9 +14,10 @@ use super::error::ApiError;
 use super::extract::{Admin, ApiJson};
 use super::state::AppState;
 
-/// Our limit on `reason`, in characters (a sanity cap): WeChat is sent its first 80 UTF-8
-/// bytes (`wechat::client`), the record keeps it whole.
-const REASON_MAX_CHARS: usize = 80;
+/// WeChat's limit on `reason`: 80 bytes of UTF-8 (protocol §5.5), not 80 characters (a Chinese
+/// character takes 3). A longer reason would pass here and be refused by WeChat as PARAM_ERROR,
+/// closing the refund.
+const REASON_MAX_BYTES: usize = 80;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -71,8 +72,10 @@ async fn refund(
     Path(out_trade_no): Path<String>,
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<(StatusCode, Json<RefundView>), ApiError> {
-    if body.reason.as_deref().is_some_and(|r| r.chars().count() > REASON_MAX_CHARS) {
-        return Err(ApiError::BadRequest(format!("reason: at most {REASON_MAX_CHARS} characters")));
+    if body.reason.as_deref().is_some_and(|r| r.len() > REASON_MAX_BYTES) {
+        return Err(ApiError::BadRequest(format!(
+            "reason: at most {REASON_MAX_BYTES} bytes of UTF-8 (WeChat's limit; a Chinese character takes 3)"
+        )));
     }
     let request = RefundRequest {
         out_trade_no: &out_trade_no,

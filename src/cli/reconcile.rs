@@ -91,6 +91,10 @@ pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
                     run.healed,
                     run.unexplained
                 );
+                // Closed without a bill: say why, so it does not read as a clean day.
+                if run.status == crate::domain::BillRunStatus::AssumedEmpty {
+                    println!("    warning: {}", run.error.as_deref().unwrap_or("assumed empty"));
+                }
                 for d in db.discrepancies_of(&run.bill_date).await.map_err(|e| CliError::new(e.to_string()))? {
                     println!(
                         "    {:<20} {:<11} {:<28} line {:<8} {}",

@@ -49,6 +49,8 @@ pub struct Chaos {
     pub reorder: bool,
     /// How refunds end: `SUCCESS` (default), `CLOSED` or `ABNORMAL` (announced as `REFUND.<status>`).
     pub refund_outcome: Option<String>,
+    /// Refund applications are refused `403 NOT_ENOUGH` (the merchant's balance cannot cover them).
+    pub refund_not_enough: bool,
     /// Share of signed answers and notification deliveries (0..=1) carrying one of WeChat's
     /// deliberate wrong signatures, `WECHATPAY/SIGNTEST/…` (protocol §2.5): a merchant that
     /// verifies refuses them; the call is retried, the notification delivered again.
@@ -89,6 +91,14 @@ pub struct BillChaos {
     pub summary_delta_fen: i64,
     /// Damage to the file or its advertised hash.
     pub corrupt: Option<BillCorruption>,
+    /// A day without trades answers `STATEMENT_CREATING` (all day, every time) instead of
+    /// `NO_STATEMENT_EXIST`, as WeChat sometimes does.
+    pub empty_day_creating: bool,
+    /// The first download of each day's bill fails with a 502 (whichever token it uses); the
+    /// client must apply for the bill again and download with the new URL.
+    pub fail_first_download: bool,
+    /// How long a download URL works (s), within WeChat's documented 30..=300; 300 when unset.
+    pub token_ttl_secs: Option<u64>,
 }
 
 /// Ways a bill download can be damaged.
@@ -121,6 +131,9 @@ impl Chaos {
         let final_outcome = |o: &str| o.parse::<RefundStatus>().is_ok_and(|s| !s.is_open());
         if self.refund_outcome.as_deref().is_some_and(|o| !final_outcome(o)) {
             return Err("refund_outcome must be SUCCESS, CLOSED or ABNORMAL".into());
+        }
+        if self.bill.token_ttl_secs.is_some_and(|t| !(30..=300).contains(&t)) {
+            return Err("bill.token_ttl_secs must be within 30..=300 (WeChat's documented validity)".into());
         }
         if self.fault_rate > 0.0 && self.fault_modes.is_empty() {
             return Err("fault_rate > 0 needs at least one fault_modes entry".into());

@@ -118,6 +118,9 @@ pub struct PollSettings {
     pub schedule_secs: Vec<u64>,
     pub claim_secs: u64,
     pub client_sync_cache_ms: u64,
+    /// How often a refund WeChat reported ABNORMAL is asked about again (s): an operator
+    /// resolves it in the merchant console and WeChat may then report SUCCESS only to a query.
+    pub abnormal_refund_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

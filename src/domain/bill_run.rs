@@ -12,6 +12,11 @@ text_enum! {
         Discrepancies => "discrepancies",
         /// WeChat has no bill for the day (no trades); compared with an empty bill.
         NoBill => "no_bill",
+        /// WeChat still said STATEMENT_CREATING past noon of the next day, and our books have
+        /// no payment and no refund that day: closed as empty without WeChat's word for it (a
+        /// trade-less day's bill is sometimes "being created" forever). Logged and counted as
+        /// a warning; a later run that gets a bill replaces it.
+        AssumedEmpty => "assumed_empty",
         /// WeChat has not generated the bill yet; tried again later.
         NotReady => "not_ready",
         /// The run failed (download, hash, parse); tried again later.
@@ -21,8 +26,8 @@ text_enum! {
 
 impl BillRunStatus {
     /// The statuses of a day whose comparison is done (a re-run replaces it, a failure does not).
-    pub const FINISHED: [BillRunStatus; 3] =
-        [BillRunStatus::Clean, BillRunStatus::Discrepancies, BillRunStatus::NoBill];
+    pub const FINISHED: [BillRunStatus; 4] =
+        [BillRunStatus::Clean, BillRunStatus::Discrepancies, BillRunStatus::NoBill, BillRunStatus::AssumedEmpty];
 
     pub fn is_finished(self) -> bool {
         Self::FINISHED.contains(&self)

@@ -30,6 +30,11 @@ impl RefundStatus {
     /// Statuses the poller still asks WeChat about (WeChat has not said how it ends).
     pub const OPEN: [RefundStatus; 2] = [RefundStatus::Requested, RefundStatus::Processing];
 
+    /// Statuses on the poll: the open ones on the backoff schedule, and ABNORMAL on the slow
+    /// one (`poll.abnormal_refund_interval_secs`): an operator resolves it in the merchant
+    /// console and WeChat then reports SUCCESS to a query, with no notification we can count on.
+    pub const POLLED: [RefundStatus; 3] = [RefundStatus::Requested, RefundStatus::Processing, RefundStatus::Abnormal];
+
     pub fn is_open(self) -> bool {
         Self::OPEN.contains(&self)
     }
@@ -75,6 +80,12 @@ pub struct Refund {
     /// WeChat's refund number, once it acknowledged the application.
     pub refund_id: Option<String>,
     pub requested_at_ms: i64,
+    /// When WeChat accepted the application (its `create_time`), once an answer said so: the
+    /// refund's bill day is this instant's Shanghai day, not `requested_at_ms`'s.
+    pub wechat_created_at_ms: Option<i64>,
+    /// What WeChat pays back (`amount.settlement_refund`), once an answer said so; reconciliation
+    /// compares the bill's settled refund column with it (with `amount` until known).
+    pub settled: Option<Fen>,
     pub success_at_ms: Option<i64>,
     pub next_check_at_ms: Option<i64>,
     pub check_attempts: i64,

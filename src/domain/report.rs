@@ -41,6 +41,12 @@ pub struct RefundReport {
     /// The refunded amount (`amount.refund`).
     pub amount: Fen,
     pub success_time: Option<DateTime<Utc>>,
+    /// When WeChat accepted the application (`create_time`): the refund row is in the bill of
+    /// this instant's Shanghai day. Answers and queries carry it; notifications do not.
+    pub created_at: Option<DateTime<Utc>>,
+    /// What WeChat pays back (`amount.settlement_refund`, the bill's 退款金额): less than
+    /// `amount` when coupons paid part of the order. Absent from notifications.
+    pub settled: Option<Fen>,
 }
 
 /// Where a piece of evidence came from: recorded on events and anomalies.

@@ -108,6 +108,9 @@ impl Operations {
         if let Ok((_, oldest)) = self.db.pending_orders().await {
             m.orders_oldest_pending_age.set(age_secs(oldest));
         }
+        if let Ok(abnormal) = self.db.abnormal_refund_count().await {
+            m.refunds_abnormal.set(abnormal);
+        }
         let since = wechat_date(self.clock.now())
             .checked_sub_days(Days::new(u64::from(self.reconcile_window_days)))
             .map(|d| d.format("%Y-%m-%d").to_string())

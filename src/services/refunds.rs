@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::config::PollSettings;
 use crate::domain::refund::{RefundRefusal, check_refund};
 use crate::domain::{EventSource, Evidence, Fen, OutRefundNo, OutTradeNo, Refund, RefundReport, RefundStatus};
-use crate::storage::refunds::{NewRefund, RefundPending};
+use crate::storage::refunds::{NewRefund, RefundFacts, RefundPending};
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::client::RefundApplication;
@@ -189,7 +189,9 @@ impl RefundService {
     /// WeChat refused the application: no refund exists there, so ours is closed.
     async fn close_refused(&self, refund: &Refund) -> Result<(), StorageError> {
         let mut tx = self.db.begin().await?;
-        self.db.finish_refund(&mut tx, &refund.out_refund_no, RefundStatus::Closed, None, self.clock.now_ms()).await?;
+        self.db
+            .finish_refund(&mut tx, &refund.out_refund_no, RefundStatus::Closed, None, None, self.clock.now_ms())
+            .await?;
         tx.commit().await.map_err(StorageError::from)?;
         self.metrics.refunds.with_label_values(&["refused"]).inc();
         Ok(())
@@ -207,7 +209,7 @@ impl RefundService {
         let Some(refund) = self.db.refund_by_no(out_refund_no).await? else {
             return Err(RefundError::Storage(StorageError::NotFound));
         };
-        if !refund.status.is_open() {
+        if !RefundStatus::POLLED.contains(&refund.status) {
             return Ok(());
         }
         let report = match self.pay.query_refund(out_refund_no).await {
@@ -243,6 +245,16 @@ impl RefundService {
         source: EventSource,
         how: &str,
     ) -> Result<(), RefundError> {
+        if refund.status == RefundStatus::Abnormal && report.status != RefundStatus::Success {
+            // Still waiting for an operator at WeChat (or an answer that cannot apply to an
+            // ABNORMAL refund): keep what the answer told, ask again on the slow poll.
+            let evidence = Evidence::new(source, format!("{how}:{}", report.refund_id));
+            self.applier.apply_refund(report, &evidence).await?;
+            let now_ms = self.clock.now_ms();
+            let next = now_ms.saturating_add(self.abnormal_recheck_ms());
+            self.db.reschedule_abnormal_refund(&refund.out_refund_no, next, now_ms).await?;
+            return Ok(());
+        }
         if !report.status.is_open() {
             let evidence = Evidence::new(source, format!("{how}:{}", report.refund_id));
             match self.applier.apply_refund(report, &evidence).await? {
@@ -258,14 +270,19 @@ impl RefundService {
             }
             return Ok(());
         }
-        Ok(self.schedule_next_check(refund, Some(&report.refund_id), source).await?)
+        Ok(self.schedule_next_check(refund, Some(report), source).await?)
+    }
+
+    /// How long an ABNORMAL refund waits between checks.
+    fn abnormal_recheck_ms(&self) -> i64 {
+        i64::try_from(self.poll.abnormal_refund_interval_secs).unwrap_or(1800).saturating_mul(1000)
     }
 
     /// Still processing at WeChat: PROCESSING, checked again on the schedule.
     async fn schedule_next_check(
         &self,
         refund: &Refund,
-        refund_id: Option<&str>,
+        report: Option<&RefundReport>,
         source: EventSource,
     ) -> Result<(), StorageError> {
         let now_ms = self.clock.now_ms();
@@ -274,9 +291,13 @@ impl RefundService {
         self.db
             .update_refund_pending(&RefundPending {
                 out_refund_no: &refund.out_refund_no,
-                refund_id,
+                refund_id: report.map(|r| r.refund_id.as_str()),
                 next_check_at_ms: now_ms.saturating_add(wait),
                 counted: source == EventSource::Poll,
+                facts: RefundFacts {
+                    wechat_created_at_ms: report.and_then(|r| r.created_at).map(|t| t.timestamp_millis()),
+                    settled: report.and_then(|r| r.settled),
+                },
                 now_ms,
             })
             .await?;

@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,7 +22,8 @@ use super::auth::wechat_error;
 use super::chaos::BillCorruption;
 use day::DayRefusal;
 
-/// How long a download URL works (current WeChat docs; older ones said 30 s).
+/// How long a download URL works (current WeChat docs; older ones said 30 s); chaos
+/// `bill.token_ttl_secs` shortens it.
 const TOKEN_TTL: TimeDelta = TimeDelta::minutes(5);
 
 /// A bill file waiting behind a download token.
@@ -33,7 +34,15 @@ pub struct IssuedBill {
     /// Serve only the first half (chaos `truncate`).
     pub truncate: bool,
     pub issued_at: DateTime<Utc>,
+    /// The token stops working at this instant (simulator clock).
+    pub expires_at: DateTime<Utc>,
+    /// The bill's day (chaos `fail_first_download` fails the first download of each day).
+    pub day: NaiveDate,
 }
+
+/// The download token a response carries, for the call log (`GET /sim/calls`).
+#[derive(Debug, Clone)]
+pub struct BillToken(pub String);
 
 /// Query of `GET /v3/bill/tradebill`; all optional so a missing one gets WeChat's error, not
 /// axum's.
@@ -77,6 +86,9 @@ pub async fn trade_bill(
     };
     // Decided on the real rows: omitting every row through chaos still serves an (empty) bill.
     if rows.is_empty() {
+        if chaos.empty_day_creating {
+            return refusal_response(DayRefusal::Creating);
+        }
         return wechat_error(StatusCode::BAD_REQUEST, "NO_STATEMENT_EXIST", "请求的账单文件不存在");
     }
     let rows = file::apply_row_chaos(rows, &chaos);
@@ -86,21 +98,27 @@ pub async fn trade_bill(
     let hash_value = file::advertised_hash(&bill, chaos.corrupt);
     let token = hex::encode(sim.random::<[u8; 16]>());
     let now = sim.clock.now();
+    let ttl = chaos.token_ttl_secs.map_or(TOKEN_TTL, |s| TimeDelta::seconds(i64::try_from(s).unwrap_or(300)));
     let issued = IssuedBill {
         bill: Bytes::from(bill),
         truncate: chaos.corrupt == Some(BillCorruption::Truncate),
         issued_at: now,
+        expires_at: now + ttl,
+        day,
     };
     {
         let mut state = sim.state.lock().await;
-        state.bill_downloads.retain(|_, b| now - b.issued_at <= TOKEN_TTL);
+        state.bill_downloads.retain(|_, b| now < b.expires_at);
         state.bill_downloads.insert(token.clone(), issued);
     }
     let mut download_url = format!("{}/v3/billdownload/file?token={token}", base_url(&headers, &uri));
     if gzip {
         download_url.push_str("&tartype=gzip");
     }
-    Json(json!({"hash_type": "SHA1", "hash_value": hash_value, "download_url": download_url})).into_response()
+    let mut response =
+        Json(json!({"hash_type": "SHA1", "hash_value": hash_value, "download_url": download_url})).into_response();
+    response.extensions_mut().insert(BillToken(token));
+    response
 }
 
 fn refusal_response(refusal: DayRefusal) -> Response {
@@ -140,18 +158,26 @@ pub async fn download(State(sim): State<SimContext>, Query(q): Query<DownloadQue
         Some(_) => return wechat_error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "tartype无效: 仅支持gzip"),
     };
     let now = sim.clock.now();
-    let issued = {
+    let fail_first = sim.chaos.read().await.bill.fail_first_download;
+    let (issued, fail) = {
         let mut state = sim.state.lock().await;
-        state.bill_downloads.retain(|_, b| now - b.issued_at <= TOKEN_TTL);
-        q.token.as_ref().and_then(|token| state.bill_downloads.get(token).cloned())
+        state.bill_downloads.retain(|_, b| now < b.expires_at);
+        let issued = q.token.as_ref().and_then(|token| state.bill_downloads.get(token).cloned());
+        // The first download of a day fails once, whichever token it uses.
+        let fail = fail_first && issued.as_ref().is_some_and(|b| state.bill_download_failed_days.insert(b.day));
+        (issued, fail)
     };
-    let Some(issued) = issued else {
-        return wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "下载链接已过期或token无效, 请重新申请账单");
+    let token = BillToken(q.token.clone().unwrap_or_default());
+    let mut response = match issued {
+        None => wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "下载链接已过期或token无效, 请重新申请账单"),
+        Some(_) if fail => (StatusCode::BAD_GATEWAY, "502 Bad Gateway").into_response(),
+        Some(issued) => match file::download_body(&issued.bill, gzip, issued.truncate) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+            Err(_) => wechat_error(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_ERROR", "系统错误"),
+        },
     };
-    match file::download_body(&issued.bill, gzip, issued.truncate) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
-        Err(_) => wechat_error(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_ERROR", "系统错误"),
-    }
+    response.extensions_mut().insert(token);
+    response
 }
 
 #[cfg(test)]

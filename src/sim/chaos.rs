@@ -28,6 +28,9 @@ pub struct CallRecord {
     pub status: u16,
     /// The injected fault, if any.
     pub fault: Option<FaultMode>,
+    /// Bill calls: the download token the tradebill answer issued, or the download used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The request's `Wechatpay-Serial`: the key the merchant asked WeChat to sign with.
     pub wechatpay_serial: Option<String>,
 }
@@ -77,12 +80,14 @@ pub async fn inject(State(sim): State<SimContext>, req: Request, next: Next) -> 
     if fault == Some(FaultMode::BadSignature) {
         response.extensions_mut().insert(CorruptSignature);
     }
+    let token = response.extensions().get::<super::bills::BillToken>().map(|t| t.0.clone());
     let record = CallRecord {
         at_ms: sim.clock.now_ms(),
         endpoint,
         out_trade_no,
         status: response.status().as_u16(),
         fault,
+        token,
         wechatpay_serial,
     };
     sim.state.lock().await.calls.push(record);

@@ -1,5 +1,6 @@
 //! `/sim/*`: what a real user and WeChat's back office would do, as HTTP calls: get a login
-//! code (`wx.login`), pay an order (the user taps "pay"), and look at what was sent.
+//! code (`wx.login`), pay an order (the user taps "pay"), resolve an ABNORMAL refund (the
+//! merchant's operator in the console), and look at what was sent.
 
 use std::sync::atomic::Ordering;
 
@@ -29,6 +30,7 @@ pub fn router() -> Router<SimContext> {
         .route("/sim/stats", get(stats))
         .route("/sim/chaos", get(get_chaos).put(put_chaos))
         .route("/sim/calls", get(calls))
+        .route("/sim/refunds/{out_refund_no}/resolve", post(super::refunds::resolve))
         .route("/sim/key-mode", axum::routing::put(super::certificates::set_mode))
         .route("/sim/certificates", get(super::certificates::show))
         .route("/sim/certificates/rotate", post(super::certificates::rotate))

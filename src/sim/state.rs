@@ -62,4 +62,6 @@ pub struct SimState {
     /// When the latest prepay_id of each order (by out_trade_no) was issued: it opens the
     /// payment sheet for 2 hours. Orders seeded through `/sim/orders` have none (never stale).
     pub prepay_issued_at: HashMap<String, DateTime<Utc>>,
+    /// Days whose first bill download chaos `fail_first_download` already failed.
+    pub bill_download_failed_days: std::collections::HashSet<chrono::NaiveDate>,
 }

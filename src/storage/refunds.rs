@@ -19,6 +19,8 @@ struct RefundRow {
     status: String,
     refund_id: Option<String>,
     requested_at_ms: i64,
+    wechat_created_at_ms: Option<i64>,
+    settled_fen: Option<i64>,
     success_at_ms: Option<i64>,
     next_check_at_ms: Option<i64>,
     check_attempts: i64,
@@ -26,7 +28,10 @@ struct RefundRow {
 }
 
 const COLUMNS: &str = "id, out_refund_no, order_id, out_trade_no, amount_fen, reason, status, refund_id, \
-    requested_at_ms, success_at_ms, next_check_at_ms, check_attempts, updated_at_ms";
+    requested_at_ms, wechat_created_at_ms, settled_fen, success_at_ms, next_check_at_ms, check_attempts, updated_at_ms";
+
+/// A refund's bill day instant: WeChat's acceptance when an answer told it, else our request.
+const BILL_INSTANT: &str = "COALESCE(wechat_created_at_ms, requested_at_ms)";
 
 impl TryFrom<RefundRow> for Refund {
     type Error = StorageError;
@@ -41,6 +46,8 @@ impl TryFrom<RefundRow> for Refund {
             status: r.status.parse().map_err(corrupt)?,
             refund_id: r.refund_id,
             requested_at_ms: r.requested_at_ms,
+            wechat_created_at_ms: r.wechat_created_at_ms,
+            settled: r.settled_fen.map(Fen),
             success_at_ms: r.success_at_ms,
             next_check_at_ms: r.next_check_at_ms,
             check_attempts: r.check_attempts,
@@ -73,7 +80,18 @@ pub struct RefundPending<'a> {
     pub next_check_at_ms: i64,
     /// The poller asked (a check is counted); an answer to the application is not.
     pub counted: bool,
+    /// What the answer told about the refund besides its status.
+    pub facts: RefundFacts,
     pub now_ms: i64,
+}
+
+/// Facts about a refund only WeChat's answers carry; each is kept once known.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefundFacts {
+    /// WeChat's `create_time` (ms): the refund's bill day.
+    pub wechat_created_at_ms: Option<i64>,
+    /// `amount.settlement_refund`: what WeChat pays back.
+    pub settled: Option<Fen>,
 }
 
 impl Db {
@@ -129,17 +147,69 @@ impl Db {
         refunds(sqlx::query_as(AssertSqlSafe(sql)).bind(order_id).fetch_all(self.reader()).await?)
     }
 
-    /// Refunds applied for in `[from_ms, to_ms)`: the REFUND rows of that WeChat day's bill.
-    pub async fn refunds_requested_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Refund>, StorageError> {
-        let sql = format!("SELECT {COLUMNS} FROM refunds WHERE requested_at_ms >= $1 AND requested_at_ms < $2");
+    /// Refunds WeChat accepted in `[from_ms, to_ms)`: the REFUND rows of that WeChat day's bill.
+    /// WeChat prints a refund on the day it accepted it (its `create_time`); a refund whose
+    /// acceptance time we never learnt counts on the day we applied for it.
+    pub async fn refunds_of_bill_window(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Refund>, StorageError> {
+        let sql = format!("SELECT {COLUMNS} FROM refunds WHERE {BILL_INSTANT} >= $1 AND {BILL_INSTANT} < $2");
         refunds(sqlx::query_as(AssertSqlSafe(sql)).bind(from_ms).bind(to_ms).fetch_all(self.reader()).await?)
+    }
+
+    /// Keeps what WeChat's answer told about the refund (values already known stay), in `tx`.
+    pub async fn record_refund_facts(
+        &self,
+        tx: &mut Tx,
+        out_refund_no: &OutRefundNo,
+        facts: RefundFacts,
+    ) -> Result<(), StorageError> {
+        if facts.wechat_created_at_ms.is_none() && facts.settled.is_none() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE refunds SET wechat_created_at_ms = COALESCE(wechat_created_at_ms, $2),
+                 settled_fen = COALESCE($3, settled_fen)
+             WHERE out_refund_no = $1",
+        )
+        .bind(out_refund_no.as_str())
+        .bind(facts.wechat_created_at_ms)
+        .bind(facts.settled.map(|f| f.0))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The next slow check of an ABNORMAL refund (an operator may resolve it at WeChat).
+    pub async fn reschedule_abnormal_refund(
+        &self,
+        out_refund_no: &OutRefundNo,
+        next_check_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE refunds SET next_check_at_ms = $2, check_attempts = check_attempts + 1, updated_at_ms = $3
+             WHERE out_refund_no = $1 AND status = 'ABNORMAL'",
+        )
+        .bind(out_refund_no.as_str())
+        .bind(next_check_at_ms)
+        .bind(now_ms)
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// How many refunds are ABNORMAL now (the `wxpay_refunds_abnormal` gauge).
+    pub async fn abnormal_refund_count(&self) -> Result<i64, StorageError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM refunds WHERE status = 'ABNORMAL'").fetch_one(self.reader()).await?;
+        Ok(n)
     }
 
     /// WeChat is still processing the refund: PROCESSING, with the next check.
     pub async fn update_refund_pending(&self, pending: &RefundPending<'_>) -> Result<(), StorageError> {
         let sql = format!(
             "UPDATE refunds SET status = $2, refund_id = COALESCE($3, refund_id), next_check_at_ms = $4,
-                 check_attempts = check_attempts + $6, updated_at_ms = $5
+                 check_attempts = check_attempts + $6, updated_at_ms = $5,
+                 wechat_created_at_ms = COALESCE(wechat_created_at_ms, $7), settled_fen = COALESCE($8, settled_fen)
              WHERE out_refund_no = $1 AND status IN ({})",
             in_list(&RefundStatus::OPEN)
         );
@@ -150,6 +220,8 @@ impl Db {
             .bind(pending.next_check_at_ms)
             .bind(pending.now_ms)
             .bind(i64::from(pending.counted))
+            .bind(pending.facts.wechat_created_at_ms)
+            .bind(pending.facts.settled.map(|f| f.0))
             .execute(self.writer())
             .await?;
         Ok(())
@@ -157,17 +229,19 @@ impl Db {
 
     /// Moves a refund to `status` from any status allowed to move there (the domain's table),
     /// in `tx`; false when it was not in one. SUCCESS also records WeChat's number and time.
+    /// `next_check_at_ms` keeps it on the poll (ABNORMAL's slow check); `None` takes it off.
     pub async fn finish_refund(
         &self,
         tx: &mut Tx,
         out_refund_no: &OutRefundNo,
         status: RefundStatus,
         success: Option<(&str, i64)>,
+        next_check_at_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<bool, StorageError> {
         let sql = format!(
             "UPDATE refunds SET status = $2, refund_id = COALESCE($3, refund_id), success_at_ms = $4,
-                 next_check_at_ms = NULL, updated_at_ms = $5
+                 next_check_at_ms = $6, updated_at_ms = $5
              WHERE out_refund_no = $1 AND status IN ({})",
             in_list(&status.allowed_from())
         );
@@ -177,6 +251,7 @@ impl Db {
             .bind(success.map(|s| s.0))
             .bind(success.map(|s| s.1))
             .bind(now_ms)
+            .bind(next_check_at_ms)
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() == 1)
@@ -192,7 +267,8 @@ impl Db {
         Ok(())
     }
 
-    /// Claims refunds due for a check (see `claim_due_orders`).
+    /// Claims refunds due for a check (see `claim_due_orders`): open ones and ABNORMAL ones
+    /// (`RefundStatus::POLLED`, the statuses of the partial index `refunds_due`).
     pub async fn claim_due_refunds(
         &self,
         now_ms: i64,
@@ -206,7 +282,7 @@ impl Db {
                             AND next_check_at_ms <= $1
                           ORDER BY next_check_at_ms LIMIT $3{})
              RETURNING out_refund_no",
-            in_list(&RefundStatus::OPEN),
+            in_list(&RefundStatus::POLLED),
             self.dialect().skip_locked()
         );
         self.run_claim(sql, now_ms, claim_until_ms, limit).await

@@ -185,8 +185,9 @@ impl PayClient {
             transaction_id: application.transaction_id.map(ToString::to_string),
             out_trade_no: refund.out_trade_no.to_string(),
             out_refund_no: refund.out_refund_no.to_string(),
-            // Our record keeps the operator's whole reason; WeChat takes 80 UTF-8 bytes of it
-            // (1-3-byte characters only), so that much is what it is sent.
+            // WeChat takes 80 UTF-8 bytes of 1-3-byte characters. Our API refuses longer reasons;
+            // a refund recorded before that rule (or by another path) is cut here rather than
+            // refused by WeChat and closed.
             reason: refund.reason.as_deref().map(|r| wechat_text::fit(r, REFUND_REASON_MAX_BYTES)),
             notify_url: Some(application.notify_url.to_owned()),
             amount: RefundRequestAmount {
@@ -216,8 +217,10 @@ impl PayClient {
     }
 
     /// Streams the file at `download_url` into `out`, refusing more than `max_bytes`. The URL
-    /// must be on the configured WeChat host (it comes from a response, but we never send our
-    /// signature elsewhere). The body is not signed; the caller checks the hash.
+    /// comes from a response, and the request carries our signature, so it must be on the
+    /// configured base origin or on one of WeChat Pay's own hosts ([`check_download_origin`]).
+    /// The body is not signed; the caller checks the hash. A URL is short-lived (30 s to 5 min):
+    /// a caller that retries applies for a fresh one (`trade_bill`) rather than reusing it.
     pub async fn download_bill(
         &self,
         download_url: &str,
@@ -259,12 +262,7 @@ impl PayClient {
             .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: format!("bad download_url: {e}") })?;
         let base = reqwest::Url::parse(&self.base_url)
             .map_err(|e| WechatError::Decode { endpoint: ENDPOINT, message: format!("bad base url: {e}") })?;
-        if url.origin() != base.origin() {
-            return Err(WechatError::Decode {
-                endpoint: ENDPOINT,
-                message: format!("download_url is not on {}", base.origin().ascii_serialization()),
-            });
-        }
+        check_download_origin(&url, &base).map_err(|message| WechatError::Decode { endpoint: ENDPOINT, message })?;
         let canonical = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
@@ -438,6 +436,36 @@ impl PayClient {
     }
 }
 
+/// WeChat Pay's API hosts, which may serve a bill download whatever base URL is configured:
+/// WeChat hands out `download_url`s on its backup host (api2) when the primary one is degraded.
+/// The `wechatpay.cn` pair is what the official Java SDK also knows: its `Constant` lists
+/// `api.mch.weixin.qq.com` and `api.wechatpay.cn` as primary domains and `api2.wechatpay.cn` as
+/// the secondary one its `OkHttpMultiDomainInterceptor` fails over to (protocol §0).
+pub const WECHAT_PAY_HOSTS: [&str; 4] =
+    ["api.mch.weixin.qq.com", "api2.mch.weixin.qq.com", "api.wechatpay.cn", "api2.wechatpay.cn"];
+
+/// Whether our signed GET may go to `url`: the configured base origin (scheme, host and port
+/// alike: the simulator, or a test double), or one of [`WECHAT_PAY_HOSTS`] over https on the
+/// default port. Anything else is refused with a message naming what was accepted, because the
+/// Authorization header must never reach a host a response merely named.
+pub fn check_download_origin(url: &reqwest::Url, base: &reqwest::Url) -> Result<(), String> {
+    if url.origin() == base.origin() {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or("");
+    let official = WECHAT_PAY_HOSTS.iter().any(|h| host.eq_ignore_ascii_case(h));
+    if official && url.scheme() == "https" && url.port().is_none() {
+        return Ok(());
+    }
+    let why = if official { "WeChat Pay's hosts are reached over https on port 443 only" } else { "unknown host" };
+    Err(format!(
+        "download_url on {} refused ({why}): our signature goes only to {} or https://{{{}}}",
+        url.origin().ascii_serialization(),
+        base.origin().ascii_serialization(),
+        WECHAT_PAY_HOSTS.join(","),
+    ))
+}
+
 /// Reads the `Wechatpay-*` headers of a response or notification.
 pub fn signed_headers(headers: &HeaderMap) -> SignedHeaders<'_> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -477,4 +505,47 @@ fn api_error(endpoint: &'static str, status: StatusCode, body: &[u8]) -> WechatE
 
 fn decode<T: DeserializeOwned>(endpoint: &'static str, body: &[u8]) -> Result<T, WechatError> {
     serde_json::from_slice(body).map_err(|e| WechatError::Decode { endpoint, message: e.to_string() })
+}
+
+#[cfg(test)]
+mod download_origin_tests {
+    use super::check_download_origin;
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).expect("url")
+    }
+
+    #[test]
+    fn the_configured_origin_and_wechat_s_hosts_are_accepted() {
+        let sim = url("http://127.0.0.1:7070");
+        assert!(check_download_origin(&url("http://127.0.0.1:7070/v3/billdownload/file?token=a"), &sim).is_ok());
+        for host in ["api.mch.weixin.qq.com", "api2.mch.weixin.qq.com", "api.wechatpay.cn", "api2.wechatpay.cn"] {
+            let on = url(&format!("https://{host}/v3/billdownload/file?token=a&tartype=gzip"));
+            assert!(check_download_origin(&on, &sim).is_ok(), "{host}");
+            let production = url("https://api.mch.weixin.qq.com");
+            assert!(check_download_origin(&on, &production).is_ok(), "{host} from production");
+        }
+        let upper = url("https://API2.MCH.WEIXIN.QQ.COM/v3/billdownload/file?token=a");
+        assert!(check_download_origin(&upper, &sim).is_ok(), "host names are case-insensitive");
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_a_clear_reason() {
+        let production = url("https://api.mch.weixin.qq.com");
+        let http = check_download_origin(&url("http://api2.mch.weixin.qq.com/v3/billdownload/file"), &production)
+            .expect_err("plain http to WeChat");
+        assert!(http.contains("https on port 443 only"), "{http}");
+        let port = check_download_origin(&url("https://api2.mch.weixin.qq.com:8443/x"), &production)
+            .expect_err("another port");
+        assert!(port.contains("refused"), "{port}");
+        for other in [
+            "https://evil.example/v3/billdownload/file?token=a",
+            "https://api.mch.weixin.qq.com.evil.example/v3/billdownload/file",
+            "https://mch.weixin.qq.com/v3/billdownload/file",
+            "http://127.0.0.1:7071/v3/billdownload/file",
+        ] {
+            let err = check_download_origin(&url(other), &url("http://127.0.0.1:7070")).expect_err(other);
+            assert!(err.contains("unknown host") && err.contains("http://127.0.0.1:7070"), "{err}");
+        }
+    }
 }

@@ -81,6 +81,8 @@ pub fn refund_report(refund: &Refund) -> Result<RefundReport, ConvertError> {
         status: refund_status(&refund.status)?,
         amount: Fen(refund.amount.refund),
         success_time: refund.success_time.as_deref().and_then(parse_rfc3339),
+        created_at: parse_rfc3339(&refund.create_time),
+        settled: refund.amount.settlement_refund.map(Fen),
     })
 }
 
@@ -94,6 +96,9 @@ pub fn refund_notice_report(notice: &RefundNotice) -> Result<RefundReport, Conve
         status: refund_status(&notice.refund_status)?,
         amount: Fen(notice.amount.refund),
         success_time: notice.success_time.as_deref().and_then(parse_rfc3339),
+        // A refund notification carries neither (protocol §3.5).
+        created_at: None,
+        settled: None,
     })
 }
 
@@ -128,8 +133,9 @@ pub fn notification(event_type: &str, resource_json: &str) -> Result<Notified, C
 pub enum BillEntry {
     /// A payment (`SUCCESS` row).
     Payment(PaymentReport),
-    /// A refund (`REFUND` row), with its settled amount.
-    Refund { out_trade_no: OutTradeNo, out_refund_no: String, amount: Fen },
+    /// A refund (`REFUND` row): `settled` is what WeChat paid back (退款金额, column 17),
+    /// `requested` what was applied for (申请退款金额, column 26); coupons make them differ.
+    Refund { out_trade_no: OutTradeNo, out_refund_no: String, settled: Fen, requested: Fen },
     /// A payment WeChat reports revoked (`REVOKED` row).
     Revoked { out_trade_no: OutTradeNo },
 }
@@ -152,7 +158,8 @@ pub fn bill_entry(row: &BillRow) -> Result<BillEntry, ConvertError> {
         "REFUND" => Ok(BillEntry::Refund {
             out_trade_no,
             out_refund_no: row.out_refund_no.clone(),
-            amount: Fen(row.refund_fen),
+            settled: Fen(row.refund_fen),
+            requested: Fen(row.refund_request_fen),
         }),
         "REVOKED" => Ok(BillEntry::Revoked { out_trade_no }),
         other => Err(UnknownValue::new("bill trade_state", other).into()),

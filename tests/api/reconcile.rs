@@ -259,7 +259,7 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
         .spawn_app_with(ALL_ROLES, |s| {
             no_polling(s);
             s.reconcile.enabled = true;
-            s.reconcile.run_at = "08:00".into(); // before WeChat has the bill (09:00)
+            s.reconcile.run_at = "08:00".into(); // before WeChat has the bill (10:00)
             s.reconcile.retry_interval_secs = 600;
             s.reconcile.tick_interval_ms = 100;
             s.reconcile.catch_up_days = 3;
@@ -286,8 +286,8 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
         })
         .await;
     }
-    // Past the retry interval and 09:00 (09:10): the bill is there.
-    env.clock.advance(Duration::from_secs(40 * 60));
+    // Past the retry interval and 10:00 (10:10): the bill is there.
+    env.clock.advance(Duration::from_secs(100 * 60));
     eventually("a clean run", Duration::from_secs(30), || async {
         app.state.db.bill_run(&bill_date).await.unwrap().is_some_and(|r| r.status.as_str() == "clean")
     })
@@ -468,7 +468,138 @@ async fn run_bill_parse(env: &TestEnv, path: &std::path::Path) -> (bool, String)
     (output.status.success(), text)
 }
 
+/// (endpoint, status, token) of the simulator's bill calls, in arrival order.
+async fn bill_calls(env: &TestEnv) -> Vec<(String, u64, String)> {
+    let calls: Vec<Value> =
+        reqwest::get(format!("{}/sim/calls", env.sim.base_url())).await.unwrap().json().await.unwrap();
+    calls
+        .iter()
+        .filter(|c| c["endpoint"] == "tradebill" || c["endpoint"] == "billdownload")
+        .map(|c| {
+            let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+            (text("endpoint"), c["status"].as_u64().unwrap_or(0), text("token"))
+        })
+        .collect()
+}
+
+/// A download URL lives minutes: when the download fails, the bill is applied for again and the
+/// new URL is used (the simulator's log shows the second tradebill call and its token used).
+async fn a_failed_bill_download_is_retried_with_a_fresh_url(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let (client, _) = env.client(&app).await;
+    let day = away_from_midnight(&env);
+    let numbers = create_orders(&client, 2).await;
+    pay_all(&env, &numbers).await;
+    wait_for_payments(&env, &app, 2).await;
+    advance_to_next_morning(&env, day, 10, 0);
+    set_chaos(&env, json!({ "bill": { "fail_first_download": true } })).await;
+
+    let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!((run.status.as_str(), run.bill_rows, run.orders_compared), ("clean", 2, 2), "{run:?}");
+    let calls = bill_calls(&env).await;
+    let shape: Vec<(&str, u64)> = calls.iter().map(|(e, s, _)| (e.as_str(), *s)).collect();
+    assert_eq!(shape, vec![("tradebill", 200), ("billdownload", 502), ("tradebill", 200), ("billdownload", 200)]);
+    let (first, second) = (&calls[0].2, &calls[2].2);
+    assert!(!first.is_empty() && first != second, "a fresh token: {calls:?}");
+    assert_eq!(&calls[1].2, first, "the failed download used the first token");
+    assert_eq!(&calls[3].2, second, "the retry used the second token");
+    assert!(work_dir_is_empty(&env));
+}
+
+/// WeChat prints a refund on the day it accepted it. Here our request leaves at 23:58 Shanghai
+/// and fails (a SYSTEM_ERROR), and the poller applies again after midnight: WeChat's day for the
+/// refund is the next one, and both days reconcile clean only if the refund is counted there.
+async fn a_refund_accepted_after_midnight_is_in_wechat_s_day(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.orders.poll_grace_secs = 60;
+            s.poll.sweep_interval_ms = 100;
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    // 23:58:00 Shanghai, today or tomorrow.
+    let today = wechat_date(env.clock.now());
+    let mut target =
+        Shanghai.from_local_datetime(&today.and_hms_opt(23, 58, 0).unwrap()).unwrap().with_timezone(&chrono::Utc);
+    if target <= env.clock.now() {
+        target += chrono::Duration::days(1);
+    }
+    env.clock.advance((target - env.clock.now()).to_std().unwrap());
+    let day = wechat_date(env.clock.now());
+    let no = paid_coffee(&client).await;
+
+    set_chaos(&env, json!({ "fault_rate": 1.0, "fault_modes": ["system_error"], "fault_endpoints": ["refund"] })).await;
+    let (status, body) = admin_post(
+        &app.base,
+        &format!("/api/orders/{no}/refund"),
+        Some(ADMIN_TOKEN),
+        json!({"amount_fen": 1200, "out_refund_no": "LATE-REFUND-1"}),
+    )
+    .await;
+    assert_eq!(status, 202, "WeChat failed: the poller follows up: {body}");
+    set_chaos(&env, json!({})).await;
+    env.clock.advance(Duration::from_secs(3 * 60)); // 00:01 the next day: the refund is due
+    let next_day = day.checked_add_days(Days::new(1)).unwrap();
+    assert_eq!(wechat_date(env.clock.now()), next_day);
+    eventually("the poller applies again and the refund succeeds", Duration::from_secs(30), || async {
+        let order = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap();
+        order.refunded.0 == 1200
+    })
+    .await;
+    let refund = app
+        .state
+        .db
+        .refund_by_no(&wxpay_recon::domain::OutRefundNo::parse("LATE-REFUND-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let from_ms = wxpay_recon::domain::time::from_ms;
+    assert_eq!(wechat_date(from_ms(refund.requested_at_ms)), day, "we asked before midnight");
+    let accepted = refund.wechat_created_at_ms.expect("WeChat's create_time is kept");
+    assert_eq!(wechat_date(from_ms(accepted)), next_day, "WeChat accepted after midnight");
+    assert_eq!(refund.settled.map(|f| f.0), Some(1200));
+
+    advance_to_next_morning(&env, next_day, 10, 0);
+    let first = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!((first.status.as_str(), first.bill_rows), ("clean", 1), "the payment only: {first:?}");
+    let second = app.state.reconciler.run(next_day, Arc::new(Quiet)).await.unwrap();
+    let found = app.state.db.discrepancies_of(&next_day.to_string()).await.unwrap();
+    assert_eq!((second.status.as_str(), second.bill_rows), ("clean", 1), "the refund row: {second:?} {found:?}");
+}
+
+/// A trade-less day WeChat keeps "creating": retried while it may still come, then, past noon
+/// of the next day and with nothing in our books, recorded as assumed empty (not clean, not
+/// no_bill), with the reason, a warning outcome in the metrics and the report.
+async fn a_trade_less_day_stuck_creating_is_assumed_empty_after_noon(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let day = away_from_midnight(&env);
+    set_chaos(&env, json!({ "bill": { "empty_day_creating": true } })).await;
+
+    advance_to_next_morning(&env, day, 11, 0);
+    let early = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!(early.status.as_str(), "not_ready", "before noon the bill may still come: {early:?}");
+    assert!(early.next_attempt_at_ms.is_some());
+
+    env.clock.advance(Duration::from_secs(60 * 60)); // 12:00
+    let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!(run.status.as_str(), "assumed_empty", "{run:?}");
+    assert!(run.status.is_finished() && run.next_attempt_at_ms.is_none(), "{run:?}");
+    assert!(run.error.as_deref().is_some_and(|e| e.contains("STATEMENT_CREATING")), "{run:?}");
+    assert_eq!(app.metrics.reconcile_runs.with_label_values(&["assumed_empty"]).get(), 1);
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(env.path("reports").join(format!("{day}.json"))).unwrap()).unwrap();
+    assert_eq!(json["run"]["status"], "assumed_empty");
+    let tradebills = bill_calls(&env).await.iter().filter(|(e, s, _)| e == "tradebill" && *s == 400).count();
+    assert_eq!(tradebills, 2, "WeChat was asked each time");
+}
+
 crate::both_profiles!(
+    a_failed_bill_download_is_retried_with_a_fresh_url,
+    a_refund_accepted_after_midnight_is_in_wechat_s_day,
+    a_trade_less_day_stuck_creating_is_assumed_empty_after_noon,
     a_day_reconciles_and_every_injected_class_is_found_once,
     a_bill_that_fails_verification_applies_nothing,
     payments_around_shanghai_midnight_land_on_their_own_day,

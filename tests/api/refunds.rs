@@ -43,6 +43,8 @@ async fn partial_and_full_refunds_move_money_once(backend: Backend) {
     let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6000})).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["message"].as_str().unwrap().contains("5800"), "{body}");
+    // WeChat takes one refund of an order per minute.
+    env.clock.advance(Duration::from_secs(61));
     let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 5800})).await;
     assert_eq!(status, 201);
     eventually("the full refund succeeds", Duration::from_secs(20), || async {
@@ -139,6 +141,8 @@ async fn closed_and_abnormal_refunds_move_no_money(backend: Backend) {
     assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0), "a closed refund moves no money");
 
     set_chaos(&env, json!({ "refund_outcome": "ABNORMAL" })).await;
+    // WeChat takes one refund of an order per minute.
+    env.clock.advance(Duration::from_secs(61));
     assert_eq!(
         admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6800})).await.0,
         201,
@@ -204,7 +208,129 @@ async fn concurrent_refunds_with_one_number_never_fail(backend: Backend) {
     assert_eq!(app.state.db.refunds_of_order(order.id).await.unwrap().len(), 3);
 }
 
+/// An ABNORMAL refund is not the end: the operator resolves it in the merchant console (the
+/// simulator's resolve endpoint), WeChat sends no notification for that, and only the slow poll
+/// of ABNORMAL refunds finds the SUCCESS and moves the order's refunded amount. The gauge counts
+/// the refund while it is ABNORMAL.
+async fn an_abnormal_refund_resolved_later_is_found_by_the_slow_poll(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.poll.sweep_interval_ms = 100;
+            s.poll.abnormal_refund_interval_secs = 1800;
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let no = paid_coffee(&client).await;
+    set_chaos(&env, json!({ "refund_outcome": "ABNORMAL" })).await;
+    let (status, body) = admin_post(
+        &app.base,
+        &format!("/api/orders/{no}/refund"),
+        Some(ADMIN_TOKEN),
+        json!({"amount_fen": 2000, "out_refund_no": "ABN-RESOLVE-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let refund_no = wxpay_recon::domain::OutRefundNo::parse("ABN-RESOLVE-1").unwrap();
+    let refund_status = || async { app.state.db.refund_by_no(&refund_no).await.unwrap().unwrap().status.to_string() };
+    eventually("REFUND.ABNORMAL applied", Duration::from_secs(20), || async { refund_status().await == "ABNORMAL" })
+        .await;
+    let abnormal = app.state.db.refund_by_no(&refund_no).await.unwrap().unwrap();
+    let next = abnormal.next_check_at_ms.expect("an ABNORMAL refund stays on the poll");
+    assert!(next - env.clock.now_ms() > 25 * 60 * 1000, "slowly: about 30 min from now, not {next}");
+    app.state.operations.refresh_gauges().await;
+    assert_eq!(app.metrics.refunds_abnormal.get(), 1);
+
+    // The operator resolves it at WeChat; no notification follows.
+    let resolved: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/sim/refunds/ABN-RESOLVE-1/resolve", env.sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resolved["status"], "SUCCESS", "{resolved}");
+    // A whole sweep later nothing has moved: the refund is not due yet.
+    wait_for_poll_sweep(&app).await;
+    assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0));
+    assert_eq!(refund_status().await, "ABNORMAL");
+
+    env.clock.advance(Duration::from_secs(31 * 60));
+    eventually("the slow poll finds the SUCCESS", Duration::from_secs(30), || async {
+        refunded(&app, &no).await == ("REFUND".into(), 2000)
+    })
+    .await;
+    assert_eq!(refund_status().await, "SUCCESS");
+    let order = app.state.db.order_by_no(&trade_no(&no)).await.unwrap().unwrap();
+    let events = app.state.db.order_events(order.id).await.unwrap();
+    assert_eq!(events.last().map(|e| (e.source.as_str(), e.to_status.as_str())), Some(("poll", "REFUND")));
+    let notified = sim_notifications(&env).await;
+    assert!(
+        !notified.iter().any(|n| n["event_type"] == "REFUND.SUCCESS"),
+        "the resolution was seen by polling alone: {notified:?}"
+    );
+    app.state.operations.refresh_gauges().await;
+    assert_eq!(app.metrics.refunds_abnormal.get(), 0);
+}
+
+/// WeChat's refund rules as the simulator enforces them, seen through our API: one refund per
+/// order per minute (FREQUENCY_LIMITED: retried by the poller, so the request is accepted as
+/// 202), and a merchant balance too low (NOT_ENOUGH: refused).
+async fn wechat_s_refund_rules_reach_the_operator(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app(ALL_ROLES).await;
+    let (client, _) = env.client(&app).await;
+    let no = paid_coffee(&client).await;
+    let path = format!("/api/orders/{no}/refund");
+    assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 100})).await.0, 201);
+    let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 100})).await;
+    assert_eq!(status, 202, "a second refund within the minute waits for the poller: {body}");
+    let calls: Vec<serde_json::Value> =
+        reqwest::get(format!("{}/sim/calls", env.sim.base_url())).await.unwrap().json().await.unwrap();
+    let refund_statuses: Vec<u64> =
+        calls.iter().filter(|c| c["endpoint"] == "refund").filter_map(|c| c["status"].as_u64()).collect();
+    assert_eq!(refund_statuses, vec![200, 429]);
+
+    set_chaos(&env, json!({ "refund_not_enough": true })).await;
+    env.clock.advance(Duration::from_secs(61));
+    let (status, body) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 100})).await;
+    assert!(status >= 400, "NOT_ENOUGH is WeChat's refusal, not an accepted refund: {status} {body}");
+    assert!(body.to_string().contains("NOT_ENOUGH"), "{body}");
+    set_chaos(&env, json!({})).await;
+
+    // A reason is limited to 80 bytes, not characters: 27 Chinese characters are 81 bytes.
+    let long = "退".repeat(27);
+    let (status, body) =
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1, "reason": long})).await;
+    assert_eq!(status, 400, "refused here, before WeChat refuses it: {body}");
+    env.clock.advance(Duration::from_secs(61));
+    let fits = "退".repeat(26);
+    assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1, "reason": fits})).await.0, 201);
+
+    // At most 50 refunds per order: two reached WeChat so far (100 fen and the 26-character
+    // one), so 48 more are accepted and the next is refused.
+    let mut answers = Vec::new();
+    for _ in 0..49 {
+        env.clock.advance(Duration::from_secs(61));
+        answers.push(admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await);
+    }
+    let (last_status, last_body) = answers.pop().unwrap();
+    assert!(answers.iter().all(|(s, _)| *s == 201), "{answers:?}");
+    assert!(last_status >= 400 && last_body.to_string().contains("RULE_LIMIT"), "{last_status} {last_body}");
+
+    // A year and a day after the payment, WeChat refuses any refund.
+    let other = paid_coffee(&client).await;
+    env.clock.advance(Duration::from_secs(366 * 24 * 3600));
+    let (status, body) =
+        admin_post(&app.base, &format!("/api/orders/{other}/refund"), Some(ADMIN_TOKEN), json!({"amount_fen": 1}))
+            .await;
+    assert!(status >= 400 && body.to_string().contains("INVALID_REQUEST"), "{status} {body}");
+}
+
 crate::both_profiles!(
+    an_abnormal_refund_resolved_later_is_found_by_the_slow_poll,
+    wechat_s_refund_rules_reach_the_operator,
     concurrent_refunds_with_one_number_never_fail,
     closed_and_abnormal_refunds_move_no_money,
     partial_and_full_refunds_move_money_once,

@@ -24,6 +24,7 @@ use crate::domain::{
 };
 use crate::storage::inbox::InboxRow;
 use crate::storage::orders::{TransitionOutcome, TransitionRequest};
+use crate::storage::refunds::RefundFacts;
 use crate::storage::{Db, StorageError, Tx};
 use crate::telemetry::metrics::Metrics;
 use crate::wechat::convert::{self, ConvertError, Notified};
@@ -110,14 +111,27 @@ pub struct Applier {
     merchant: Merchant,
     clock: Clock,
     metrics: Metrics,
+    /// Delay before an ABNORMAL refund is asked about again (`poll.abnormal_refund_interval_secs`).
+    abnormal_recheck_ms: i64,
 }
+
+/// The ABNORMAL re-check delay until [`Applier::with_abnormal_recheck`] sets one: 30 minutes.
+const DEFAULT_ABNORMAL_RECHECK_MS: i64 = 30 * 60 * 1000;
 
 impl Applier {
     pub fn new(db: Db, merchant: Merchant, clock: Clock, metrics: Metrics) -> Self {
         for outcome in ApplyOutcome::LABELS {
             let _ = metrics.inbox_applied.with_label_values(&[outcome]);
         }
-        Self { db, merchant, clock, metrics }
+        Self { db, merchant, clock, metrics, abnormal_recheck_ms: DEFAULT_ABNORMAL_RECHECK_MS }
+    }
+
+    /// ABNORMAL refunds are asked about again `every` after WeChat reports them (an operator
+    /// resolves them in the merchant console; WeChat then answers SUCCESS to a query).
+    #[must_use]
+    pub fn with_abnormal_recheck(mut self, every: std::time::Duration) -> Self {
+        self.abnormal_recheck_ms = i64::try_from(every.as_millis()).unwrap_or(DEFAULT_ABNORMAL_RECHECK_MS);
+        self
     }
 
     /// Applies the inbox entry `inbox_id` and marks it processed, in one transaction: the
@@ -282,11 +296,20 @@ impl Applier {
             let detail = format!("no refund {} here", report.out_refund_no);
             return self.refuse(tx, evidence, refuse(AnomalyKind::UnknownRefund, detail)).await;
         };
+        let facts = RefundFacts {
+            wechat_created_at_ms: report.created_at.map(|t| t.timestamp_millis()),
+            settled: report.settled,
+        };
+        self.db.record_refund_facts(tx, &report.out_refund_no, facts).await?;
         let about = Some(format!("refund {} is {}", report.out_refund_no, report.status));
         match report.status {
             RefundStatus::Requested | RefundStatus::Processing => Ok((ApplyOutcome::Ignored, about)),
             RefundStatus::Closed | RefundStatus::Abnormal => {
-                let changed = self.db.finish_refund(tx, &report.out_refund_no, report.status, None, now_ms).await?;
+                // ABNORMAL stays on the slow poll: nothing else would ever see it end.
+                let next =
+                    (report.status == RefundStatus::Abnormal).then(|| now_ms.saturating_add(self.abnormal_recheck_ms));
+                let changed =
+                    self.db.finish_refund(tx, &report.out_refund_no, report.status, None, next, now_ms).await?;
                 Ok((if changed { ApplyOutcome::Applied } else { ApplyOutcome::Duplicate }, about))
             }
             RefundStatus::Success if refund.status == RefundStatus::Success => Ok((ApplyOutcome::Duplicate, None)),
@@ -315,7 +338,11 @@ impl Applier {
                 }
                 let success_ms = report.success_time.map_or(now_ms, |t| t.timestamp_millis());
                 let success = Some((report.refund_id.as_str(), success_ms));
-                if !self.db.finish_refund(tx, &refund.out_refund_no, RefundStatus::Success, success, now_ms).await? {
+                if !self
+                    .db
+                    .finish_refund(tx, &refund.out_refund_no, RefundStatus::Success, success, None, now_ms)
+                    .await?
+                {
                     // Cannot happen under the row lock unless the guard and the check disagree.
                     let detail = format!("refund {} did not move to SUCCESS", refund.out_refund_no);
                     return self.refuse(tx, evidence, refuse(AnomalyKind::RefundMismatch, detail)).await;

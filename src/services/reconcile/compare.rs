@@ -19,12 +19,26 @@ pub struct Unmatched {
     pub report: PaymentReport,
 }
 
-/// One of our refunds applied for on the bill's day.
+/// One of our refunds of the bill's day (the day WeChat accepted it, when we know it).
 #[derive(Debug)]
 struct OurRefund {
     out_trade_no: OutTradeNo,
-    amount: Fen,
+    /// What WeChat pays back as its answer told us, else what we asked for (equal without
+    /// coupons). Compared with the bill's settled column.
+    settled: Fen,
+    /// What we applied for; reported beside, since the bill prints it too.
+    requested: Fen,
     seen: bool,
+}
+
+/// Our side of a refund for [`Comparator::add_our_refund`].
+#[derive(Debug, Clone)]
+pub struct RefundOfDay {
+    pub out_refund_no: String,
+    pub out_trade_no: OutTradeNo,
+    /// `amount.settlement_refund` from WeChat's answer, when one said it.
+    pub settled: Option<Fen>,
+    pub requested: Fen,
 }
 
 #[derive(Debug)]
@@ -70,9 +84,15 @@ impl Comparator {
         self.ours.push(order);
     }
 
-    /// One of our refunds applied for on the bill's day (CLOSED ones are not in bills).
-    pub fn add_our_refund(&mut self, out_refund_no: String, out_trade_no: OutTradeNo, amount: Fen) {
-        self.our_refunds.insert(out_refund_no, OurRefund { out_trade_no, amount, seen: false });
+    /// One of our refunds of the bill's day (CLOSED ones are not in bills).
+    pub fn add_our_refund(&mut self, refund: RefundOfDay) {
+        let ours = OurRefund {
+            out_trade_no: refund.out_trade_no,
+            settled: refund.settled.unwrap_or(refund.requested),
+            requested: refund.requested,
+            seen: false,
+        };
+        self.our_refunds.insert(refund.out_refund_no, ours);
     }
 
     pub fn ours_count(&self) -> usize {
@@ -85,8 +105,8 @@ impl Comparator {
         self.rows += 1;
         match convert::bill_entry(row)? {
             BillEntry::Payment(report) => self.payment_row(line, row, report),
-            BillEntry::Refund { out_trade_no, out_refund_no, amount } => {
-                self.refund_row(line, row, &out_trade_no, &out_refund_no, amount);
+            BillEntry::Refund { out_trade_no, out_refund_no, settled, requested } => {
+                self.refund_row(line, row, &out_trade_no, &out_refund_no, settled, requested);
             }
             BillEntry::Revoked { out_trade_no } => self.revoked_row(line, row, &out_trade_no),
         }
@@ -140,7 +160,17 @@ impl Comparator {
         }
     }
 
-    fn refund_row(&mut self, line: u64, row: &BillRow, out_trade_no: &OutTradeNo, out_refund_no: &str, amount: Fen) {
+    /// A refund row is compared on what WeChat paid back (退款金额, the settled column), the
+    /// money that actually left the merchant; the requested column is shown beside it.
+    fn refund_row(
+        &mut self,
+        line: u64,
+        row: &BillRow,
+        out_trade_no: &OutTradeNo,
+        out_refund_no: &str,
+        settled: Fen,
+        requested: Fen,
+    ) {
         let no = out_trade_no.as_str();
         if !self.other_keys.insert(format!("refund:{out_refund_no}")) {
             let d = Discrepancy::unexplained(Class::DuplicateRow, Some(no), "refund row appears twice");
@@ -152,16 +182,19 @@ impl Comparator {
             let detail = format!("refund {out_refund_no} is not one we applied for that day");
             let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(no), detail);
             d.ours = Some(refunded.to_string());
-            d.theirs = Some(amount.0.to_string());
+            d.theirs = Some(settled.0.to_string());
             self.found.push(Self::at(d, line, row));
             return;
         };
         ours.seen = true;
-        if ours.amount != amount || ours.out_trade_no != *out_trade_no {
-            let detail = format!("refund {out_refund_no} differs");
+        if ours.settled != settled || ours.out_trade_no != *out_trade_no {
+            let detail = format!(
+                "refund {out_refund_no} differs (settled amounts compared; requested: ours {}, WeChat {})",
+                ours.requested.0, requested.0
+            );
             let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(no), detail);
-            d.ours = Some(format!("{} {}", ours.out_trade_no, ours.amount.0));
-            d.theirs = Some(format!("{no} {}", amount.0));
+            d.ours = Some(format!("{} {}", ours.out_trade_no, ours.settled.0));
+            d.theirs = Some(format!("{no} {}", settled.0));
             self.found.push(Self::at(d, line, row));
         }
     }
@@ -211,7 +244,7 @@ impl Comparator {
         for (out_refund_no, refund) in absent {
             let detail = format!("refund {out_refund_no} applied for here, absent from WeChat's bill");
             let mut d = Discrepancy::unexplained(Class::RefundMismatch, Some(refund.out_trade_no.as_str()), detail);
-            d.ours = Some(refund.amount.0.to_string());
+            d.ours = Some(refund.settled.0.to_string());
             self.found.push(d);
         }
         Comparison { rows: self.rows, orders_compared, discrepancies: self.found, unmatched: self.unmatched }
@@ -259,7 +292,17 @@ mod tests {
             order_total_fen: 0,
             out_refund_no: out_refund_no.into(),
             refund_fen: amount,
+            refund_request_fen: amount,
             ..payment(no, 0, TXID)
+        }
+    }
+
+    fn our_refund(out_refund_no: &str, no: &str, settled: Option<i64>, requested: i64) -> RefundOfDay {
+        RefundOfDay {
+            out_refund_no: out_refund_no.into(),
+            out_trade_no: OutTradeNo::parse(no).expect("no"),
+            settled: settled.map(Fen),
+            requested: Fen(requested),
         }
     }
 
@@ -271,7 +314,7 @@ mod tests {
             c.add_ours(o.clone());
         }
         for (refund_no, no, amount) in refunds {
-            c.add_our_refund((*refund_no).into(), OutTradeNo::parse(no).expect("no"), Fen(*amount));
+            c.add_our_refund(our_refund(refund_no, no, None, *amount));
         }
         for (i, row) in rows.iter().enumerate() {
             c.row(i as u64 + 2, row).expect("row");
@@ -357,6 +400,28 @@ mod tests {
         assert_eq!(classes(&not_ours), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
         let absent = compare(&ours, &[("R1", "ORDER0001", 40)], &[], 0);
         assert_eq!(classes(&absent), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
+    }
+
+    /// With a coupon, WeChat pays back less than was asked (settled 30 of a requested 40): the
+    /// comparison is on the settled column, against the settled amount WeChat's answer gave.
+    #[test]
+    fn refunds_are_compared_on_what_wechat_paid_back() {
+        let couponed = BillRow { refund_fen: 30, refund_request_fen: 40, ..refund("ORDER0001", "R1", 30) };
+        let run = |ours: RefundOfDay| {
+            let mut c = Comparator::new(HashSet::new());
+            c.add_our_refund(ours);
+            c.row(2, &couponed).expect("row");
+            c.finish()
+        };
+        assert_eq!(classes(&run(our_refund("R1", "ORDER0001", Some(30), 40))), vec![]);
+        // Compared on the requested column this would be clean; on the settled one it is not.
+        let unknown_settled = run(our_refund("R1", "ORDER0001", None, 30));
+        assert_eq!(classes(&unknown_settled), vec![], "no coupon known: requested stands in for settled");
+        let differs = run(our_refund("R1", "ORDER0001", None, 40));
+        assert_eq!(classes(&differs), vec![(Class::RefundMismatch, Resolution::Unexplained)]);
+        let d = &differs.discrepancies[0];
+        assert_eq!((d.ours.as_deref(), d.theirs.as_deref()), (Some("ORDER0001 40"), Some("ORDER0001 30")));
+        assert!(d.detail.contains("requested: ours 40, WeChat 40"), "{}", d.detail);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Getting a day's bill safely: apply for it, stream the download to a temporary file (size
-//! limited, restarted from zero if the connection breaks, deleted on drop whatever happens),
-//! and check its SHA-1 over the uncompressed bytes before anything reads it.
+//! limited; a failed download starts over from zero with a freshly applied-for URL; deleted on
+//! drop whatever happens), and check its SHA-1 over the uncompressed bytes before anything
+//! reads it.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek};
@@ -14,7 +15,9 @@ use crate::wechat::{PayClient, WechatError};
 
 use super::ReconcileError;
 
-/// Downloads tried before the run fails (each starts over: the URL stays valid minutes).
+/// Downloads tried before the run fails. Each attempt applies for the bill again: a
+/// `download_url` is valid for 30 s to 5 min only (protocol §5.7), so a retry with the URL of a
+/// failed attempt would often be refused as expired.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 /// Temporary files are named so a restart can clear those a killed run left.
 pub const TEMP_PREFIX: &str = "wxpay-bill-";
@@ -37,43 +40,35 @@ pub async fn fetch(
     max_bytes: u64,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched, ReconcileError> {
-    let info = match pay.trade_bill(bill_date).await {
-        Ok(info) => info,
-        Err(err) if err.is_no_bill() => return Ok(Fetched::Empty),
-        Err(err) if err.is_bill_not_ready() => return Ok(Fetched::NotReady),
-        Err(err) => return Err(err.into()),
-    };
-    if !info.hash_type.eq_ignore_ascii_case("SHA1") {
-        return Err(ReconcileError::Bill(format!("unsupported hash_type {}", info.hash_type)));
-    }
     std::fs::create_dir_all(work_dir).map_err(|e| io(work_dir, &e))?;
     let temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".bill")
         .tempfile_in(work_dir)
         .map_err(|e| io(work_dir, &e))?;
-    let mut last_error = None;
-    let mut bytes = 0;
-    for attempt in 1..=DOWNLOAD_ATTEMPTS {
+    let mut attempt = 0;
+    let (info, bytes) = loop {
+        attempt += 1;
+        let info = match pay.trade_bill(bill_date).await {
+            Ok(info) => info,
+            Err(err) if err.is_no_bill() => return Ok(Fetched::Empty),
+            Err(err) if err.is_bill_not_ready() => return Ok(Fetched::NotReady),
+            Err(err) => return Err(err.into()),
+        };
+        if !info.hash_type.eq_ignore_ascii_case("SHA1") {
+            return Err(ReconcileError::Bill(format!("unsupported hash_type {}", info.hash_type)));
+        }
         let std_file = temp.reopen().map_err(|e| io(temp.path(), &e))?;
         std_file.set_len(0).map_err(|e| io(temp.path(), &e))?;
         let mut out = tokio::fs::File::from_std(std_file);
         match pay.download_bill(&info.download_url, &mut out, max_bytes).await {
-            Ok(n) => {
-                bytes = n;
-                last_error = None;
-                break;
-            }
-            Err(err) if err.retryable() && attempt < DOWNLOAD_ATTEMPTS => {
-                tracing::warn!(bill.date = bill_date, attempt, error = %err, "bill download broke; starting over");
-                last_error = Some(err);
+            Ok(n) => break (info, n),
+            Err(err) if worth_a_fresh_url(&err) && attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(bill.date = bill_date, attempt, error = %err, "bill download failed; applying for a fresh download URL");
             }
             Err(err) => return Err(err.into()),
         }
-    }
-    if let Some(err) = last_error {
-        return Err(err.into());
-    }
+    };
     on_bytes(bytes);
     let path = temp.path().to_owned();
     let actual = tokio::task::spawn_blocking(move || sha1_of_plain(&path))
@@ -83,6 +78,13 @@ pub async fn fetch(
         return Err(ReconcileError::HashMismatch { expected: info.hash_value, actual });
     }
     Ok(Fetched::Bill { file: temp, sha1: actual, bytes })
+}
+
+/// A download failure another URL may cure: the transport or WeChat's side failing, or WeChat
+/// refusing this URL (expired or unknown token, a 4xx). Not our own refusals (a host we do not
+/// send our signature to, a bill over the size limit): a new URL repeats them.
+fn worth_a_fresh_url(err: &WechatError) -> bool {
+    err.retryable() || matches!(err, WechatError::Api { .. })
 }
 
 fn io(path: &Path, err: &std::io::Error) -> ReconcileError {

@@ -30,7 +30,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::wechat::{PayClient, WechatError};
 
 use super::apply::{Applier, ApplyOutcome};
-use compare::{Comparator, Comparison, Unmatched};
+use compare::{Comparator, Comparison, RefundOfDay, Unmatched};
 use fetch::Fetched;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,13 +134,23 @@ impl Reconciler {
                 };
                 (run, found)
             }
-            Ok(Outcome::NotReady) => {
+            Ok(Outcome::NotReady { ours_empty }) => {
                 if let Some(done) = self.finished_run(&bill_date).await? {
                     tracing::warn!("bill not available now; the day's earlier results stand");
                     return Ok(done);
                 }
-                let next = finished_at_ms + retry_ms;
-                (self.unfinished(&bill_date, BillRunStatus::NotReady, None, started_at_ms, next), Vec::new())
+                if may_assume_empty(date, self.clock.now(), ours_empty) {
+                    let note = "WeChat still answers STATEMENT_CREATING past noon of the next day and our books \
+                                have no payment or refund that day: assumed empty, without a bill";
+                    tracing::warn!(bill.date = %bill_date, "{note}");
+                    let mut run = self.unfinished(&bill_date, BillRunStatus::AssumedEmpty, None, started_at_ms, 0);
+                    run.error = Some(note.to_owned());
+                    run.next_attempt_at_ms = None;
+                    (run, Vec::new())
+                } else {
+                    let next = finished_at_ms + retry_ms;
+                    (self.unfinished(&bill_date, BillRunStatus::NotReady, None, started_at_ms, next), Vec::new())
+                }
             }
             Err(err) => {
                 tracing::error!(error = %err, "reconciliation failed");
@@ -222,14 +232,23 @@ impl Reconciler {
         let from_ms = to_ms(wechat_day_start(date));
         let to_ms_ = to_ms(wechat_day_start(date.checked_add_days(Days::new(1)).unwrap_or(date)));
         self.db.for_each_paid_order(from_ms, to_ms_, |order| comparator.add_ours(order)).await?;
-        for refund in self.db.refunds_requested_between(from_ms, to_ms_).await? {
+        let mut our_refunds = 0usize;
+        for refund in self.db.refunds_of_bill_window(from_ms, to_ms_).await? {
+            our_refunds += 1;
             // A refund that holds an amount is in WeChat's bill; a CLOSED one never is.
             if refund.status.holds_amount() {
-                comparator.add_our_refund(refund.out_refund_no.into(), refund.out_trade_no, refund.amount);
+                comparator.add_our_refund(RefundOfDay {
+                    out_refund_no: refund.out_refund_no.into(),
+                    out_trade_no: refund.out_trade_no,
+                    settled: refund.settled,
+                    requested: refund.amount,
+                });
             }
         }
         let (comparator, sha1) = match fetched {
-            Fetched::NotReady => return Ok(Outcome::NotReady),
+            Fetched::NotReady => {
+                return Ok(Outcome::NotReady { ours_empty: comparator.ours_count() == 0 && our_refunds == 0 });
+            }
             Fetched::Empty => (comparator, None),
             Fetched::Bill { file, sha1, .. } => {
                 let path: PathBuf = file.path().to_owned();
@@ -337,8 +356,27 @@ fn from_ms_checked(ms: i64) -> chrono::DateTime<chrono::Utc> {
 }
 
 enum Outcome {
-    Compared { comparison: Comparison, sha1: Option<String> },
-    NotReady,
+    Compared {
+        comparison: Comparison,
+        sha1: Option<String>,
+    },
+    /// STATEMENT_CREATING; `ours_empty`: our books have no payment and no refund that day.
+    NotReady {
+        ours_empty: bool,
+    },
+}
+
+/// Hour (Asia/Shanghai) of day D+1 after which a day WeChat still calls STATEMENT_CREATING,
+/// and that has no trade in our books, is closed as assumed empty. Bills are ready from about
+/// 10:00 (protocol §5.7); two hours later an answer that never changes is WeChat's known
+/// behaviour for some trade-less days rather than a bill still on its way.
+pub const ASSUME_EMPTY_AFTER_HOUR: u32 = 12;
+
+/// Whether a day still "being created" at `now` may be closed as empty: past noon of the next
+/// day (Shanghai), and nothing of ours that day that the bill would have to list.
+pub fn may_assume_empty(date: NaiveDate, now: chrono::DateTime<chrono::Utc>, ours_empty: bool) -> bool {
+    let Some(next) = date.checked_add_days(Days::new(1)) else { return false };
+    ours_empty && now >= wechat_day_start(next) + chrono::TimeDelta::hours(i64::from(ASSUME_EMPTY_AFTER_HOUR))
 }
 
 /// Reads the verified bill row by row into the comparator (blocking: runs off the runtime).
@@ -367,4 +405,21 @@ fn compare_file(
         return Err(ReconcileError::Bill("the bill ends without its summary (truncated?)".into()));
     }
     Ok(comparator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::time::parse_rfc3339;
+
+    #[test]
+    fn only_a_day_empty_in_our_books_is_assumed_empty_and_only_past_noon_next_day() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 24).expect("date");
+        let at = |s: &str| parse_rfc3339(s).expect("time");
+        assert!(!may_assume_empty(day, at("2026-11-25T11:59:59+08:00"), true), "before noon: still waiting");
+        assert!(may_assume_empty(day, at("2026-11-25T12:00:00+08:00"), true));
+        assert!(!may_assume_empty(day, at("2026-11-30T12:00:00+08:00"), false), "we had trades: a bill must come");
+        // Noon Shanghai is 04:00 UTC: the day boundary is WeChat's, not UTC's.
+        assert!(!may_assume_empty(day, at("2026-11-25T03:59:59Z"), true));
+    }
 }

@@ -12,8 +12,10 @@ use crate::domain::time::{wechat_date, wechat_day_start};
 use crate::sim::refunds::SimRefund;
 use crate::sim::state::SimOrder;
 
-/// Hour (Asia/Shanghai) of day D+1 from which day D's bill can be fetched.
-pub const READY_HOUR: i64 = 9;
+/// Hour (Asia/Shanghai) of day D+1 from which day D's bill can be fetched: WeChat generates
+/// it from 09:00 and tells merchants to fetch it after 10:00 (protocol §5.7); the simulator
+/// holds to the later, documented promise.
+pub const READY_HOUR: i64 = 10;
 /// How far back bills can be fetched.
 pub const KEEP_MONTHS: u32 = 3;
 /// Fee rate of the simulated merchant, in ‰ (0.60 %), and as the bill prints it.
@@ -29,7 +31,7 @@ pub enum DayRefusal {
     NotPast,
     /// Older than [`KEEP_MONTHS`].
     TooOld,
-    /// The day is over but the bill is generated at 09:00 the next morning.
+    /// The day is over but the bill is ready at 10:00 the next morning.
     Creating,
 }
 
@@ -100,8 +102,8 @@ fn payment_row(order: &SimOrder, paid_at: DateTime<Utc>) -> BillRow {
     }
 }
 
-/// One REFUND row per refund applied for on `day` (the row's time is the application, its
-/// status the refund's status when the bill is made), in time order. The fee share returned
+/// One REFUND row per refund WeChat accepted on `day` (its `create_time`; the row's time is
+/// that acceptance, its status the refund's status when the bill is made), in time order. The fee share returned
 /// is negative, as WeChat prints it.
 pub fn refund_rows_for_day<'a>(
     refunds: impl IntoIterator<Item = &'a SimRefund>,
@@ -213,19 +215,19 @@ mod tests {
 
     #[test]
     fn bill_dates_follow_wechat_s_window() {
-        // 2026-11-25 08:59:59 and 09:00:00 in Shanghai.
-        let before_nine = at("2026-11-25T00:59:59Z");
-        let at_nine = at("2026-11-25T01:00:00Z");
-        assert_eq!(check_bill_date("2026-11-24", before_nine), Err(DayRefusal::Creating));
-        assert_eq!(check_bill_date("2026-11-24", at_nine), Ok(day("2026-11-24")));
-        assert_eq!(check_bill_date("2026-11-25", at_nine), Err(DayRefusal::NotPast));
-        assert_eq!(check_bill_date("2026-12-01", at_nine), Err(DayRefusal::NotPast));
+        // 2026-11-25 09:59:59 and 10:00:00 in Shanghai.
+        let before_ten = at("2026-11-25T01:59:59Z");
+        let at_ten = at("2026-11-25T02:00:00Z");
+        assert_eq!(check_bill_date("2026-11-24", before_ten), Err(DayRefusal::Creating));
+        assert_eq!(check_bill_date("2026-11-24", at_ten), Ok(day("2026-11-24")));
+        assert_eq!(check_bill_date("2026-11-25", at_ten), Err(DayRefusal::NotPast));
+        assert_eq!(check_bill_date("2026-12-01", at_ten), Err(DayRefusal::NotPast));
         // Shanghai's today, not UTC's: at 00:30 on the 25th in Shanghai UTC still says the 24th.
         assert_eq!(check_bill_date("2026-11-24", at("2026-11-24T16:30:00Z")), Err(DayRefusal::Creating));
-        assert_eq!(check_bill_date("2026-08-25", at_nine), Ok(day("2026-08-25")));
-        assert_eq!(check_bill_date("2026-08-24", at_nine), Err(DayRefusal::TooOld));
+        assert_eq!(check_bill_date("2026-08-25", at_ten), Ok(day("2026-08-25")));
+        assert_eq!(check_bill_date("2026-08-24", at_ten), Err(DayRefusal::TooOld));
         for bad in ["2026-11-5", "20261124", "2026/11/24", "2026-13-01", "", "2026-11-24 "] {
-            assert_eq!(check_bill_date(bad, at_nine), Err(DayRefusal::Malformed), "{bad:?}");
+            assert_eq!(check_bill_date(bad, at_ten), Err(DayRefusal::Malformed), "{bad:?}");
         }
     }
 }

@@ -187,3 +187,35 @@ async fn wechat_errors_for_bad_days_and_tokens() {
     let response = router(env.sim.clone()).oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn chaos_can_keep_an_empty_day_creating_fail_first_downloads_and_shorten_tokens() {
+    let env = env();
+    let code = |a: &Answer| (a.status, a.json()["code"].as_str().unwrap_or_default().to_owned());
+    let empty_day = env.ready_day();
+    env.sim.chaos.write().await.bill = BillChaos { empty_day_creating: true, ..BillChaos::default() };
+    let creating = env.get(&format!("/v3/bill/tradebill?bill_date={empty_day}")).await;
+    assert_eq!(code(&creating), (StatusCode::BAD_REQUEST, "STATEMENT_CREATING".to_owned()));
+
+    env.pay("D1", 500, 2).await;
+    env.sim.chaos.write().await.bill =
+        BillChaos { fail_first_download: true, token_ttl_secs: Some(30), ..BillChaos::default() };
+    let tradebill = format!("/v3/bill/tradebill?bill_date={}", env.ready_day());
+    let path = |info: &Value| {
+        info["download_url"].as_str().expect("url").strip_prefix("http://sim.test:9000").expect("base").to_owned()
+    };
+    let first = path(&env.get(&tradebill).await.json());
+    assert_eq!(env.get(&first).await.status, StatusCode::BAD_GATEWAY, "the day's first download fails");
+    let second = path(&env.get(&tradebill).await.json());
+    assert_ne!(first, second, "a fresh token");
+    assert_eq!(env.get(&second).await.status, StatusCode::OK);
+    assert_eq!(env.get(&first).await.status, StatusCode::OK, "only the first download failed");
+    env.sim.clock.advance(Duration::from_secs(31));
+    assert_eq!(code(&env.get(&second).await), (StatusCode::BAD_REQUEST, "INVALID_REQUEST".to_owned()));
+    let calls = env.sim.state.lock().await.calls.clone();
+    let downloads: Vec<(u16, Option<String>)> =
+        calls.iter().filter(|c| c.endpoint == "billdownload").map(|c| (c.status, c.token.clone())).collect();
+    let token_of = |p: &str| p.split("token=").nth(1).map(|t| t.split('&').next().unwrap_or(t).to_owned());
+    assert_eq!(downloads[0], (502, token_of(&first)));
+    assert_eq!(downloads[1], (200, token_of(&second)));
+}

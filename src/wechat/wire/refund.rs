@@ -39,6 +39,8 @@ pub struct Refund {
     pub user_received_account: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_time: Option<String>,
+    /// When WeChat accepted the application (RFC 3339, `+08:00`): the refund row is in the
+    /// bill of this instant's Shanghai day.
     #[serde(default)]
     pub create_time: String,
     /// SUCCESS | CLOSED | PROCESSING | ABNORMAL
@@ -54,6 +56,10 @@ pub struct RefundAmount {
     pub payer_total: i64,
     #[serde(default)]
     pub payer_refund: i64,
+    /// What WeChat pays back: `refund` minus the non-recharge coupons' share (the bill's
+    /// 退款金额, column 17). Absent in older answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement_refund: Option<i64>,
     #[serde(default)]
     pub currency: String,
 }

@@ -1,0 +1,40 @@
+-- Issue 11 (real WeChat): what WeChat says about a refund that our request alone cannot tell.
+--
+-- `wechat_created_at_ms`: WeChat's acceptance time (`create_time` of the refund answer/query).
+-- WeChat prints a refund row in the bill of the Shanghai day it *accepted* the refund, which is
+-- not always the day we sent the request (a request at 23:59:59 accepted at 00:00:01).
+-- `settled_fen`: `amount.settlement_refund`, what WeChat actually paid back (the bill's 退款金额,
+-- column 17); coupons make it smaller than the requested `amount_fen` (column 26).
+ALTER TABLE refunds ADD COLUMN wechat_created_at_ms BIGINT;
+ALTER TABLE refunds ADD COLUMN settled_fen BIGINT;
+
+-- The refunds of one bill day: WeChat's day when known, else the day we asked.
+CREATE INDEX refunds_bill_day ON refunds (COALESCE(wechat_created_at_ms, requested_at_ms));
+
+-- ABNORMAL refunds stay on a slow poll: an operator resolves them in the merchant console and
+-- WeChat may then report them SUCCESS without any notification.
+DROP INDEX refunds_due;
+CREATE INDEX refunds_due ON refunds (next_check_at_ms)
+    WHERE status IN ('REQUESTED', 'PROCESSING', 'ABNORMAL') AND next_check_at_ms IS NOT NULL;
+
+-- A trade-less day whose bill WeChat never stops "creating" is closed as assumed empty.
+-- SQLite cannot change a CHECK constraint: the table is rebuilt (nothing references it).
+CREATE TABLE bill_runs_new (
+    bill_date       TEXT    PRIMARY KEY,        -- YYYY-MM-DD, Asia/Shanghai
+    status          TEXT    NOT NULL CHECK (status IN ('clean', 'discrepancies', 'no_bill', 'assumed_empty', 'not_ready', 'failed')),
+    bill_rows       BIGINT  NOT NULL DEFAULT 0,
+    orders_compared BIGINT  NOT NULL DEFAULT 0,
+    discrepancies   BIGINT  NOT NULL DEFAULT 0,
+    unexplained     BIGINT  NOT NULL DEFAULT 0,
+    healed          BIGINT  NOT NULL DEFAULT 0,
+    bill_sha1       TEXT,
+    error           TEXT,
+    attempts        BIGINT  NOT NULL DEFAULT 1,
+    started_at_ms   BIGINT  NOT NULL,
+    finished_at_ms  BIGINT  NOT NULL,
+    next_attempt_at_ms BIGINT                   -- not_ready / failed: when the scheduler tries again
+);
+INSERT INTO bill_runs_new SELECT bill_date, status, bill_rows, orders_compared, discrepancies, unexplained, healed,
+    bill_sha1, error, attempts, started_at_ms, finished_at_ms, next_attempt_at_ms FROM bill_runs;
+DROP TABLE bill_runs;
+ALTER TABLE bill_runs_new RENAME TO bill_runs;
