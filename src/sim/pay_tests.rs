@@ -178,6 +178,27 @@ async fn notify_urls_must_be_https_unless_the_simulator_allows_http() {
 }
 
 #[tokio::test]
+async fn refund_notify_urls_must_be_https_too() {
+    let env = env(false, false);
+    env.log_in(OPENID).await;
+    assert_eq!(env.prepay(&env.order("REFUNDURL01")).await.0, StatusCode::OK);
+    env.control("/sim/pay", json!({"out_trade_no": "REFUNDURL01"})).await;
+    let refund = |no: &str, url: &str| {
+        json!({"out_trade_no": "REFUNDURL01", "out_refund_no": no, "notify_url": url,
+               "amount": {"refund": 10, "total": 100, "currency": "CNY"}})
+    };
+    let (status, answer) = env
+        .call("POST", "/v3/refund/domestic/refunds", Some(&refund("R1", "http://127.0.0.1:8080/api/pay/notify")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["detail"]["field"], "/body/notify_url", "{answer}");
+    let (status, answer) = env
+        .call("POST", "/v3/refund/domestic/refunds", Some(&refund("R2", "https://shop.example/api/pay/notify")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test]
 async fn only_openids_of_this_app_may_pay() {
     let env = env(false, false);
     let (status, answer) = env.prepay(&env.order("OPENID0001")).await;

@@ -137,6 +137,17 @@ pub async fn apply(State(sim): State<SimContext>, body: Bytes) -> Response {
             json!({"location": "body", "field": "/body/reason", "value": bytes}),
         );
     }
+    // Refund notify_url: https, at most 256 bytes, no query string (§3.1, §5.5); http only when
+    // the simulator is told to accept it, as for payments.
+    if let Some(url) = &request.notify_url {
+        let scheme_ok = url.starts_with("https://") || (sim.allow_http_notify && url.starts_with("http://"));
+        if !scheme_ok || url.len() > 256 || url.contains('?') {
+            return param_error(
+                "notify_url 格式错误: 须为https地址, 不超过256字节, 不能携带参数",
+                json!({"location": "body", "field": "/body/notify_url", "value": url.len()}),
+            );
+        }
+    }
     let no = &request.out_refund_no;
     if no.is_empty() || no.len() > 64 || !no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b)) {
         return wechat_error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "out_refund_no 格式错误");
