@@ -13,9 +13,10 @@ text_enum! {
         /// WeChat has no bill for the day (no trades); compared with an empty bill.
         NoBill => "no_bill",
         /// WeChat still said STATEMENT_CREATING past noon of the next day, and our books have
-        /// no payment and no refund that day: closed as empty without WeChat's word for it (a
-        /// trade-less day's bill is sometimes "being created" forever). Logged and counted as
-        /// a warning; a later run that gets a bill replaces it.
+        /// no order (of any status) and no refund that day: recorded as empty without WeChat's
+        /// word for it (a trade-less day's bill is sometimes "being created" forever). Logged
+        /// and counted as a warning, asked again every few hours within the catch-up window
+        /// (a bill that comes replaces it), and never counted as a compared day.
         AssumedEmpty => "assumed_empty",
         /// WeChat has not generated the bill yet; tried again later.
         NotReady => "not_ready",

@@ -23,7 +23,12 @@ pub const LEASE: &str = "reconciler";
 fn needs_run(run: Option<&BillRun>, now_ms: i64) -> bool {
     match run {
         None => true,
-        Some(run) => !run.status.is_finished() && run.next_attempt_at_ms.is_none_or(|t| t <= now_ms),
+        // A day assumed empty (never compared with a bill) is asked again when its next attempt
+        // is due; a compared day is done.
+        Some(run) => {
+            let open = !run.status.is_finished() || run.status == crate::domain::BillRunStatus::AssumedEmpty;
+            open && run.next_attempt_at_ms.is_none_or(|t| t <= now_ms)
+        }
     }
 }
 

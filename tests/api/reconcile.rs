@@ -586,7 +586,8 @@ async fn a_trade_less_day_stuck_creating_is_assumed_empty_after_noon(backend: Ba
     env.clock.advance(Duration::from_secs(60 * 60)); // 12:00
     let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
     assert_eq!(run.status.as_str(), "assumed_empty", "{run:?}");
-    assert!(run.status.is_finished() && run.next_attempt_at_ms.is_none(), "{run:?}");
+    assert!(run.status.is_finished(), "{run:?}");
+    let recheck = run.next_attempt_at_ms.expect("an assumption is checked again later");
     assert!(run.error.as_deref().is_some_and(|e| e.contains("STATEMENT_CREATING")), "{run:?}");
     assert_eq!(app.metrics.reconcile_runs.with_label_values(&["assumed_empty"]).get(), 1);
     let json: Value =
@@ -594,12 +595,35 @@ async fn a_trade_less_day_stuck_creating_is_assumed_empty_after_noon(backend: Ba
     assert_eq!(json["run"]["status"], "assumed_empty");
     let tradebills = bill_calls(&env).await.iter().filter(|(e, s, _)| e == "tradebill" && *s == 400).count();
     assert_eq!(tradebills, 2, "WeChat was asked each time");
+    // Not a success to measure from: ReconcileMissing still sees no compared day.
+    assert_eq!(app.state.db.reconcile_health("2000-01-01").await.unwrap().0, None);
+
+    // WeChat answers later (here: no bill for a trade-less day): the answer replaces the assumption.
+    set_chaos(&env, json!({})).await;
+    env.clock.advance(Duration::from_millis(u64::try_from(recheck - env.clock.now_ms()).unwrap_or(0) + 1));
+    let later = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!(later.status.as_str(), "no_bill", "{later:?}");
+}
+
+/// An unpaid order of the day may be a payment we missed: that day is never assumed empty.
+async fn a_day_with_an_unpaid_order_is_not_assumed_empty(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, no_polling).await;
+    let day = away_from_midnight(&env);
+    let (client, _) = env.client(&app).await;
+    create_orders(&client, 1).await;
+    set_chaos(&env, json!({ "bill": { "empty_day_creating": true } })).await;
+    advance_to_next_morning(&env, day, 13, 0);
+    let run = app.state.reconciler.run(day, Arc::new(Quiet)).await.unwrap();
+    assert_eq!(run.status.as_str(), "not_ready", "{run:?}");
+    assert!(run.next_attempt_at_ms.is_some());
 }
 
 crate::both_profiles!(
     a_failed_bill_download_is_retried_with_a_fresh_url,
     a_refund_accepted_after_midnight_is_in_wechat_s_day,
     a_trade_less_day_stuck_creating_is_assumed_empty_after_noon,
+    a_day_with_an_unpaid_order_is_not_assumed_empty,
     a_day_reconciles_and_every_injected_class_is_found_once,
     a_bill_that_fails_verification_applies_nothing,
     payments_around_shanghai_midnight_land_on_their_own_day,

@@ -135,17 +135,22 @@ impl Reconciler {
                 (run, found)
             }
             Ok(Outcome::NotReady { ours_empty }) => {
-                if let Some(done) = self.finished_run(&bill_date).await? {
+                // A compared day keeps its results; a day only assumed empty is asked again.
+                if let Some(done) = self.finished_run(&bill_date).await?
+                    && done.status != BillRunStatus::AssumedEmpty
+                {
                     tracing::warn!("bill not available now; the day's earlier results stand");
                     return Ok(done);
                 }
                 if may_assume_empty(date, self.clock.now(), ours_empty) {
                     let note = "WeChat still answers STATEMENT_CREATING past noon of the next day and our books \
-                                have no payment or refund that day: assumed empty, without a bill";
+                                have no order and no refund that day: assumed empty, without a bill";
                     tracing::warn!(bill.date = %bill_date, "{note}");
-                    let mut run = self.unfinished(&bill_date, BillRunStatus::AssumedEmpty, None, started_at_ms, 0);
+                    // Asked again while the day is in the catch-up window: a bill that appears
+                    // replaces the assumption.
+                    let next = finished_at_ms + ASSUMED_EMPTY_RECHECK_MS;
+                    let mut run = self.unfinished(&bill_date, BillRunStatus::AssumedEmpty, None, started_at_ms, next);
                     run.error = Some(note.to_owned());
-                    run.next_attempt_at_ms = None;
                     (run, Vec::new())
                 } else {
                     let next = finished_at_ms + retry_ms;
@@ -247,7 +252,12 @@ impl Reconciler {
         }
         let (comparator, sha1) = match fetched {
             Fetched::NotReady => {
-                return Ok(Outcome::NotReady { ours_empty: comparator.ours_count() == 0 && our_refunds == 0 });
+                // Empty means no order of the day at all: an unpaid one may be a payment we
+                // missed (notifications refused, queries failing), which only the bill shows.
+                let ours_empty = comparator.ours_count() == 0
+                    && our_refunds == 0
+                    && !self.db.any_order_created_between(from_ms, to_ms_).await?;
+                return Ok(Outcome::NotReady { ours_empty });
             }
             Fetched::Empty => (comparator, None),
             Fetched::Bill { file, sha1, .. } => {
@@ -374,6 +384,9 @@ pub const ASSUME_EMPTY_AFTER_HOUR: u32 = 12;
 
 /// Whether a day still "being created" at `now` may be closed as empty: past noon of the next
 /// day (Shanghai), and nothing of ours that day that the bill would have to list.
+/// How often a day assumed empty asks WeChat for its bill again (within the catch-up window).
+const ASSUMED_EMPTY_RECHECK_MS: i64 = 6 * 3600 * 1000;
+
 pub fn may_assume_empty(date: NaiveDate, now: chrono::DateTime<chrono::Utc>, ours_empty: bool) -> bool {
     let Some(next) = date.checked_add_days(Days::new(1)) else { return false };
     ours_empty && now >= wechat_day_start(next) + chrono::TimeDelta::hours(i64::from(ASSUME_EMPTY_AFTER_HOUR))
