@@ -24,7 +24,8 @@ pub enum WechatCommand {
     ///
     /// With no certificate known yet (none configured, none saved) the first answer is trusted
     /// as the official SDKs trust it: the certificates are sealed with the APIv3 key, which only
-    /// WeChat and the merchant hold. Later downloads must be signed by a key already held.
+    /// WeChat and the merchant hold. Later downloads must be signed by a key already held (or by
+    /// a certificate they introduce, when they also list one already held).
     FetchCertificates(FetchArgs),
 }
 

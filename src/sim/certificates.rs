@@ -64,10 +64,20 @@ impl SimCertificate {
 }
 
 /// The simulated account's key mode and certificates.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CertificateState {
     pub mode: KeyMode,
     pub certificates: Vec<Arc<SimCertificate>>,
+    /// Sign an answer with the key the request names, when held (WeChat does so during a
+    /// public-key migration, protocol §2.3). Off: always the default key, so after a rotation
+    /// even the certificate list arrives signed with a certificate the merchant lacks.
+    pub honour_requested_serial: bool,
+}
+
+impl Default for CertificateState {
+    fn default() -> Self {
+        Self { mode: KeyMode::default(), certificates: Vec::new(), honour_requested_serial: true }
+    }
 }
 
 impl SimContext {
@@ -80,7 +90,7 @@ impl SimContext {
         if state.mode == KeyMode::PublicKey {
             return public();
         }
-        let named = requested.and_then(|serial| {
+        let named = requested.filter(|_| state.honour_requested_serial).and_then(|serial| {
             if state.mode == KeyMode::Both && serial == self.keys.platform_serial {
                 return Some(public());
             }
@@ -233,11 +243,17 @@ pub async fn list(State(sim): State<SimContext>) -> Response {
     Json(CertificatesResponse { data }).into_response()
 }
 
-/// `PUT /sim/key-mode {"mode": …}`: switching to certificates issues the first one (valid
-/// from now for five years) if there is none.
+/// `PUT /sim/key-mode {"mode": …, "honour_requested_serial": true}`: switching to
+/// certificates issues the first one (valid from now for five years) if there is none.
 #[derive(Debug, Deserialize)]
 pub struct ModeRequest {
     mode: KeyMode,
+    #[serde(default = "honour_by_default")]
+    honour_requested_serial: bool,
+}
+
+fn honour_by_default() -> bool {
+    true
 }
 
 pub async fn set_mode(State(sim): State<SimContext>, Json(request): Json<ModeRequest>) -> Response {
@@ -250,7 +266,11 @@ pub async fn set_mode(State(sim): State<SimContext>, Json(request): Json<ModeReq
             Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
         }
     }
-    sim.certificates.write().unwrap_or_else(std::sync::PoisonError::into_inner).mode = request.mode;
+    {
+        let mut state = sim.certificates.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.mode = request.mode;
+        state.honour_requested_serial = request.honour_requested_serial;
+    }
     describe(&sim)
 }
 
@@ -291,7 +311,13 @@ fn describe(sim: &SimContext) -> Response {
         .iter()
         .map(|c| json!({"serial": c.serial, "not_before": to_wechat_rfc3339(c.not_before), "not_after": to_wechat_rfc3339(c.not_after), "pem": c.pem}))
         .collect();
-    Json(json!({ "mode": state.mode, "certificates": certificates, "default_serial": default_serial })).into_response()
+    Json(json!({
+        "mode": state.mode,
+        "honour_requested_serial": state.honour_requested_serial,
+        "certificates": certificates,
+        "default_serial": default_serial,
+    }))
+    .into_response()
 }
 
 fn years_after(at: DateTime<Utc>, years: i32) -> DateTime<Utc> {
