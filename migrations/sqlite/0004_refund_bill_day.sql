@@ -16,6 +16,9 @@ CREATE INDEX refunds_bill_day ON refunds (COALESCE(wechat_created_at_ms, request
 DROP INDEX refunds_due;
 CREATE INDEX refunds_due ON refunds (next_check_at_ms)
     WHERE status IN ('REQUESTED', 'PROCESSING', 'ABNORMAL') AND next_check_at_ms IS NOT NULL;
+-- ABNORMAL refunds recorded before this version were taken off the poll (no next check):
+-- put them back on it, due now.
+UPDATE refunds SET next_check_at_ms = updated_at_ms WHERE status = 'ABNORMAL' AND next_check_at_ms IS NULL;
 
 -- A trade-less day whose bill WeChat never stops "creating" is closed as assumed empty.
 -- SQLite cannot change a CHECK constraint: the table is rebuilt (nothing references it).

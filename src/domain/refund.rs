@@ -21,7 +21,7 @@ text_enum! {
         Closed => "CLOSED",
         /// WeChat could not pay it out (the payer's account is closed, say): no money moved
         /// yet. An operator resolves it in the merchant console, after which WeChat may still
-        /// report it SUCCESS; it keeps its amount until then.
+        /// report it SUCCESS (or CLOSED); it keeps its amount until then.
         Abnormal => "ABNORMAL",
     }
 }
@@ -45,12 +45,13 @@ impl RefundStatus {
     }
 
     /// Allowed moves: open statuses move forward; ABNORMAL may still become SUCCESS once an
-    /// operator resolves it at WeChat; SUCCESS and CLOSED never move.
+    /// operator resolves it at WeChat, or CLOSED if the operator gives up (the money returns to
+    /// the merchant and the amount is free to refund again); SUCCESS and CLOSED never move.
     pub fn can_move_to(self, to: RefundStatus) -> bool {
         match self {
             RefundStatus::Requested => to != RefundStatus::Requested,
             RefundStatus::Processing => !matches!(to, RefundStatus::Requested | RefundStatus::Processing),
-            RefundStatus::Abnormal => to == RefundStatus::Success,
+            RefundStatus::Abnormal => matches!(to, RefundStatus::Success | RefundStatus::Closed),
             RefundStatus::Success | RefundStatus::Closed => false,
         }
     }

@@ -125,7 +125,14 @@ impl CertificateKeeper {
     async fn refresh_if_due(&self) -> Result<bool, anyhow::Error> {
         let now_ms = self.clock.now_ms();
         let interval_ms = i64::try_from(self.settings.refresh_interval().as_millis()).unwrap_or(i64::MAX);
-        let last = self.db.platform_certificates().await?.iter().map(|c| c.fetched_at_ms).max();
+        let saved = self.db.platform_certificates().await?;
+        // Certificates are followed while they are configured or saved: an operator who deleted
+        // the saved rows (moving to the public key) is not overruled by a replica that still
+        // holds them in memory.
+        if saved.is_empty() && !self.ring().configured_certificates() {
+            return Ok(false);
+        }
+        let last = saved.iter().map(|c| c.fetched_at_ms).max();
         if last.is_some_and(|last| now_ms.saturating_sub(last) < interval_ms) {
             return Ok(false);
         }

@@ -245,9 +245,12 @@ impl RefundService {
         source: EventSource,
         how: &str,
     ) -> Result<(), RefundError> {
-        if refund.status == RefundStatus::Abnormal && report.status != RefundStatus::Success {
-            // Still waiting for an operator at WeChat (or an answer that cannot apply to an
-            // ABNORMAL refund): keep what the answer told, ask again on the slow poll.
+        let still_abnormal =
+            matches!(report.status, RefundStatus::Abnormal | RefundStatus::Requested | RefundStatus::Processing);
+        if refund.status == RefundStatus::Abnormal && still_abnormal {
+            // Still waiting for an operator at WeChat (or in progress again after one acted):
+            // keep what the answer told, ask again on the slow poll. SUCCESS and CLOSED end it
+            // below like any refund.
             let evidence = Evidence::new(source, format!("{how}:{}", report.refund_id));
             self.applier.apply_refund(report, &evidence).await?;
             let now_ms = self.clock.now_ms();

@@ -286,7 +286,23 @@ pub async fn query(State(sim): State<SimContext>, Path(out_refund_no): Path<Stri
 /// refund becomes SUCCESS. No notification is sent: neither the official docs nor the SDKs
 /// (wechatpay-go/java) say whether WeChat sends a `REFUND.SUCCESS` after a resolved ABNORMAL
 /// refund, so the simulator takes the harder case, where only a query can see it.
-pub async fn resolve(State(sim): State<SimContext>, Path(out_refund_no): Path<String>) -> Response {
+/// `{"outcome": "CLOSED"}` stands for an operator who gives up instead: the money goes back
+/// to the merchant's account and the refund ends CLOSED.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolveRequest {
+    outcome: Option<String>,
+}
+
+pub async fn resolve(
+    State(sim): State<SimContext>,
+    Path(out_refund_no): Path<String>,
+    body: Option<Json<ResolveRequest>>,
+) -> Response {
+    let outcome = body.and_then(|Json(r)| r.outcome).unwrap_or_else(|| "SUCCESS".into());
+    if !matches!(outcome.as_str(), "SUCCESS" | "CLOSED") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "outcome must be SUCCESS or CLOSED"}))).into_response();
+    }
     let now = sim.clock.now();
     let mut state = sim.state.lock().await;
     let Some(refund) = state.refunds.get_mut(&out_refund_no) else {
@@ -296,8 +312,8 @@ pub async fn resolve(State(sim): State<SimContext>, Path(out_refund_no): Path<St
         let message = format!("refund is {}, only ABNORMAL ones are resolved", refund.status);
         return (StatusCode::CONFLICT, Json(json!({"error": message}))).into_response();
     }
-    refund.status = "SUCCESS".into();
-    refund.success_time = Some(now);
+    refund.success_time = (outcome == "SUCCESS").then_some(now);
+    refund.status = outcome;
     Json(refund.to_wire()).into_response()
 }
 

@@ -95,6 +95,11 @@ impl KeyRing {
         self.snapshot().has_certificates()
     }
 
+    /// Whether the configuration itself names a platform certificate (not only downloads).
+    pub fn configured_certificates(&self) -> bool {
+        self.0.configured.has_certificates()
+    }
+
     pub fn preferred_serial(&self, now: DateTime<Utc>) -> Option<String> {
         self.snapshot().preferred_serial(now).map(str::to_owned)
     }

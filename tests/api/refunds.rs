@@ -274,6 +274,47 @@ async fn an_abnormal_refund_resolved_later_is_found_by_the_slow_poll(backend: Ba
     assert_eq!(app.metrics.refunds_abnormal.get(), 0);
 }
 
+/// An ABNORMAL refund the operator gives up on ends CLOSED here too: no money moved, and its
+/// amount is free to refund again.
+async fn an_abnormal_refund_closed_by_the_operator_frees_its_amount(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, |s| s.poll.sweep_interval_ms = 100).await;
+    let (client, _) = env.client(&app).await;
+    let no = paid_coffee(&client).await;
+    set_chaos(&env, json!({ "refund_outcome": "ABNORMAL" })).await;
+    let path = format!("/api/orders/{no}/refund");
+    let body = json!({"amount_fen": 6800, "out_refund_no": "ABN-CLOSE-1"});
+    assert_eq!(admin_post(&app.base, &path, Some(ADMIN_TOKEN), body).await.0, 201);
+    let refund_no = wxpay_recon::domain::OutRefundNo::parse("ABN-CLOSE-1").unwrap();
+    let refund_status = || async { app.state.db.refund_by_no(&refund_no).await.unwrap().unwrap().status.to_string() };
+    eventually("REFUND.ABNORMAL applied", Duration::from_secs(20), || async { refund_status().await == "ABNORMAL" })
+        .await;
+    let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
+    assert_eq!(status, 409, "the ABNORMAL refund holds the whole order");
+
+    let closed: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/sim/refunds/ABN-CLOSE-1/resolve", env.sim.base_url()))
+        .json(&json!({"outcome": "CLOSED"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["status"], "CLOSED", "{closed}");
+    env.clock.advance(Duration::from_secs(31 * 60));
+    eventually("the slow poll finds it CLOSED", Duration::from_secs(30), || async {
+        refund_status().await == "CLOSED"
+    })
+    .await;
+    assert_eq!(refunded(&app, &no).await, ("SUCCESS".into(), 0), "no money moved");
+    set_chaos(&env, json!({})).await;
+    let (status, body) =
+        admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 6800, "out_refund_no": "ABN-CLOSE-2"}))
+            .await;
+    assert_eq!(status, 201, "the amount is free again: {body}");
+}
+
 /// WeChat's refund rules as the simulator enforces them, seen through our API: one refund per
 /// order per minute (FREQUENCY_LIMITED: retried by the poller, so the request is accepted as
 /// 202), and a merchant balance too low (NOT_ENOUGH: refused).
@@ -330,6 +371,7 @@ async fn wechat_s_refund_rules_reach_the_operator(backend: Backend) {
 
 crate::both_profiles!(
     an_abnormal_refund_resolved_later_is_found_by_the_slow_poll,
+    an_abnormal_refund_closed_by_the_operator_frees_its_amount,
     wechat_s_refund_rules_reach_the_operator,
     concurrent_refunds_with_one_number_never_fail,
     closed_and_abnormal_refunds_move_no_money,
