@@ -49,6 +49,8 @@ pub struct Application {
     pub roles: Roles,
     /// The WeChat Pay client (its key ring is what the certificate keeper follows).
     pub pay: crate::wechat::PayClient,
+    /// This instance's name: the holder of its leases and the prefix of its worker names.
+    pub instance: String,
     listener: TcpListener,
     addr: SocketAddr,
 }
@@ -195,7 +197,8 @@ impl Application {
             clock,
             admin_token,
         });
-        Ok(Self { settings: Arc::new(settings), state, jobs, roles, pay: keeper_pay, listener, addr })
+        let instance = crate::worker::instance_name();
+        Ok(Self { settings: Arc::new(settings), state, jobs, roles, pay: keeper_pay, instance, listener, addr })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -234,11 +237,7 @@ impl Application {
                 clock: self.jobs.clock.clone(),
                 metrics: self.state.metrics.clone(),
                 settings: self.settings.platform_certificates.clone(),
-                holder: format!(
-                    "{}-{}-certificates",
-                    std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-                    std::process::id()
-                ),
+                holder: format!("{}-certificates", self.instance),
                 lease_ttl: Duration::from_millis(self.settings.worker.lease_ttl_ms),
             }
             .run(stop.clone()),
@@ -247,9 +246,10 @@ impl Application {
             let ctx = Arc::clone(&self.jobs);
             let queue = self.state.queue.clone();
             let settings = Arc::clone(&self.settings);
+            let instance = self.instance.clone();
             let stop = stop.clone();
             Some(tokio::spawn(async move {
-                if let Err(err) = crate::worker::run(ctx, queue, settings, stop.clone()).await {
+                if let Err(err) = crate::worker::run(ctx, queue, settings, instance, stop.clone()).await {
                     tracing::error!(error = %err, "worker exited with an error");
                 }
             }))

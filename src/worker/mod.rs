@@ -25,11 +25,18 @@ async fn handle(envelope: Envelope, ctx: Data<SharedContext>) -> Result<(), BoxD
     jobs::run(&ctx, envelope).await
 }
 
-/// A unique worker name per process and restart, so a restarted process never collides with
-/// the registration of the one it replaces.
-fn worker_name(queue: QueueName, run: usize) -> String {
+/// A name for this running instance, unique even where the host name and pid are not (two
+/// containers without `HOSTNAME`, both pid 1; two instances in one test process): the holder
+/// of every lease and the prefix of every worker registration.
+pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{}-{run}", std::process::id(), queue.as_str())
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A unique worker name per instance and restart, so a restarted process never collides with
+/// the registration of the one it replaces.
+fn worker_name(instance: &str, queue: QueueName, run: usize) -> String {
+    format!("{instance}-{}-{run}", queue.as_str())
 }
 
 /// A restarted worker waits before registering again: without it, a queue that is down makes
@@ -47,6 +54,7 @@ pub async fn run(
     ctx: SharedContext,
     queue: JobQueue,
     settings: Arc<Settings>,
+    instance: String,
     stop: CancellationToken,
 ) -> Result<(), MonitorError> {
     // SQLite has one writer connection: a second claimer would only wait for the first.
@@ -59,7 +67,7 @@ pub async fn run(
             tokio::spawn(inbox_applier::run(Arc::clone(&ctx), settings.apply.clone(), claimer, stop.clone()))
         })
         .collect();
-    let holder = worker_name(QueueName::Apply, 0);
+    let holder = worker_name(&instance, QueueName::Apply, 0);
     let sweeper = tokio::spawn(sweeper::run(
         Arc::clone(&ctx),
         holder,
@@ -70,7 +78,7 @@ pub async fn run(
     ));
     let poller = tokio::spawn(poller::run(
         Arc::clone(&ctx),
-        worker_name(QueueName::Poll, 0),
+        worker_name(&instance, QueueName::Poll, 0),
         settings.poll.clone(),
         Duration::from_millis(settings.worker.lease_ttl_ms),
         stop.clone(),
@@ -79,7 +87,7 @@ pub async fn run(
         tokio::spawn(reconcile_scheduler::run(
             Arc::clone(&ctx),
             ctx.reconciler.clone(),
-            worker_name(QueueName::Apply, 1_000_000),
+            worker_name(&instance, QueueName::Apply, 1_000_000),
             Duration::from_millis(settings.worker.lease_ttl_ms),
             stop.clone(),
         ))
@@ -93,10 +101,10 @@ pub async fn run(
                 let Some(storage) = queue.sqlite_storage(name) else {
                     continue;
                 };
-                let ctx = Arc::clone(&ctx);
+                let (ctx, instance) = (Arc::clone(&ctx), instance.clone());
                 monitor = monitor.register(move |run| {
                     let delay = restart_delay(run);
-                    WorkerBuilder::new(worker_name(name, run))
+                    WorkerBuilder::new(worker_name(&instance, name, run))
                         .backend(storage.clone().poll_with_interval(poll).before_start(move |_| async move {
                             tokio::time::sleep(delay).await;
                             Ok(())
@@ -111,10 +119,10 @@ pub async fn run(
                 let Some(storage) = queue.redis_storage(name) else {
                     continue;
                 };
-                let ctx = Arc::clone(&ctx);
+                let (ctx, instance) = (Arc::clone(&ctx), instance.clone());
                 monitor = monitor.register(move |run| {
                     let delay = restart_delay(run);
-                    WorkerBuilder::new(worker_name(name, run))
+                    WorkerBuilder::new(worker_name(&instance, name, run))
                         .backend(storage.clone().poll_with_interval(poll).before_start(move |_| async move {
                             tokio::time::sleep(delay).await;
                             Ok(())
