@@ -145,7 +145,9 @@ impl NotifyIngest {
         let keys = &self.creds.platform_keys;
         let verify = || keys.verify(headers, body, self.clock.now().timestamp(), self.tolerance_secs);
         match verify() {
-            Err(VerifyError::UnknownSerial(serial)) => {
+            Err(VerifyError::UnknownSerial(serial))
+                if keys.refresh_may_help(&serial, crate::wechat::client::ON_DEMAND_REFRESH_INTERVAL) =>
+            {
                 // Its own task: a download outliving our wait still installs what it found.
                 let (pay, wanted) = (self.pay.clone(), serial.clone());
                 let refresh = tokio::spawn(async move { pay.refresh_on_demand(&wanted).await });

@@ -160,6 +160,20 @@ impl KeyRing {
         true
     }
 
+    /// Without waiting: could [`Self::refresh_on_demand`] teach us `serial` now? Only a
+    /// certificate serial in certificate mode, and only while a download runs or one may start
+    /// (the minute since the last one has passed). Lets a caller skip all work for a made-up
+    /// serial the rest of the time.
+    pub fn refresh_may_help(&self, serial: &str, min_interval: Duration) -> bool {
+        if !is_certificate_serial(serial) || !self.certificate_mode() {
+            return false;
+        }
+        match self.0.on_demand.try_lock() {
+            Ok(last) => last.is_none_or(|started| started.elapsed() >= min_interval),
+            Err(_) => true,
+        }
+    }
+
     /// Called when a signature names `serial` and we do not know it. In certificate mode, a
     /// hex serial may be WeChat's new certificate: download the list (`fetch`) at most once per
     /// `min_interval` per process, whoever asks, and say whether the serial is known now.
@@ -296,6 +310,9 @@ mod tests {
         assert!(fetched.has_changed().expect("sender alive"), "the download is announced for saving");
         assert_eq!(fetched.borrow_and_update().as_ref().map(|f| f.certificates.len()), Some(2));
 
+        assert!(!ring.refresh_may_help("ABCDEF0123", minute), "within the minute: skip all work");
+        assert!(!ring.refresh_may_help("PUB_KEY_ID_0001", Duration::ZERO), "public keys are never downloaded");
+        assert!(ring.refresh_may_help("ABCDEF0123", Duration::ZERO));
         assert!(!ring.refresh_on_demand("ABCDEF0123", minute, now, fetch).await);
         assert!(!ring.refresh_on_demand("ABCDEF0123", minute, now, fetch).await);
         assert_eq!(downloads.load(Ordering::SeqCst), 1, "a made-up serial costs nothing within the minute");
