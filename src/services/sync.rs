@@ -209,6 +209,7 @@ impl OrderSync {
                     OrderStatus::Success | OrderStatus::Refund => {
                         return self.paid_instead(order, &report, source).await;
                     }
+                    OrderStatus::Payerror => return self.payerror_instead(order, &report, source).await,
                     // NOTPAY right after a 204 is WeChat's view lagging its own close: the
                     // close succeeded, and no payment can follow it.
                     status => format!("close:204+query:{status}"),
@@ -230,11 +231,7 @@ impl OrderSync {
                         return self.paid_instead(order, &report, source).await;
                     }
                     OrderStatus::Closed => format!("close:{}+query:CLOSED", err.code().unwrap_or(err.outcome())),
-                    OrderStatus::Payerror => {
-                        let how = format!("query-after-close-{source}");
-                        self.settle_from(order, Some(&report), &how).await?;
-                        return Ok(CloseOutcome::NotOpen(OrderStatus::Payerror));
-                    }
+                    OrderStatus::Payerror => return self.payerror_instead(order, &report, source).await,
                     // Still open at WeChat: the close did not happen; the caller retries it.
                     OrderStatus::Notpay => return Err(err.into()),
                 }
@@ -247,6 +244,17 @@ impl OrderSync {
             }
             _ => Ok(CloseOutcome::Closed),
         }
+    }
+
+    /// The close found the payment failed at WeChat: recorded as PAYERROR, not CLOSED.
+    async fn payerror_instead(
+        &self,
+        order: &Order,
+        report: &PaymentReport,
+        source: EventSource,
+    ) -> Result<CloseOutcome, SyncError> {
+        self.settle_from(order, Some(report), &format!("query-after-close-{source}")).await?;
+        Ok(CloseOutcome::NotOpen(OrderStatus::Payerror))
     }
 
     /// The close found the order paid: the payment is recorded through the applier (the same

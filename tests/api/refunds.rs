@@ -242,14 +242,7 @@ async fn an_abnormal_refund_resolved_later_is_found_by_the_slow_poll(backend: Ba
     assert_eq!(app.metrics.refunds_abnormal.get(), 1);
 
     // The operator resolves it at WeChat; no notification follows.
-    let resolved: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/sim/refunds/ABN-RESOLVE-1/resolve", env.sim.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resolved = resolve_at_wechat(&env, "ABN-RESOLVE-1", "SUCCESS").await;
     assert_eq!(resolved["status"], "SUCCESS", "{resolved}");
     // A whole sweep later nothing has moved: the refund is not due yet.
     wait_for_poll_sweep(&app).await;
@@ -274,6 +267,19 @@ async fn an_abnormal_refund_resolved_later_is_found_by_the_slow_poll(backend: Ba
     assert_eq!(app.metrics.refunds_abnormal.get(), 0);
 }
 
+/// The operator settles an ABNORMAL refund in the merchant console (the simulator's stand-in).
+async fn resolve_at_wechat(env: &TestEnv, out_refund_no: &str, outcome: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{}/sim/refunds/{out_refund_no}/resolve", env.sim.base_url()))
+        .json(&json!({ "outcome": outcome }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// An ABNORMAL refund the operator gives up on ends CLOSED here too: no money moved, and its
 /// amount is free to refund again.
 async fn an_abnormal_refund_closed_by_the_operator_frees_its_amount(backend: Backend) {
@@ -292,15 +298,7 @@ async fn an_abnormal_refund_closed_by_the_operator_frees_its_amount(backend: Bac
     let (status, _) = admin_post(&app.base, &path, Some(ADMIN_TOKEN), json!({"amount_fen": 1})).await;
     assert_eq!(status, 409, "the ABNORMAL refund holds the whole order");
 
-    let closed: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/sim/refunds/ABN-CLOSE-1/resolve", env.sim.base_url()))
-        .json(&json!({"outcome": "CLOSED"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let closed = resolve_at_wechat(&env, "ABN-CLOSE-1", "CLOSED").await;
     assert_eq!(closed["status"], "CLOSED", "{closed}");
     env.clock.advance(Duration::from_secs(31 * 60));
     eventually("the slow poll finds it CLOSED", Duration::from_secs(30), || async {

@@ -300,7 +300,11 @@ impl Applier {
             wechat_created_at_ms: report.created_at.map(|t| t.timestamp_millis()),
             settled: report.settled,
         };
-        self.db.record_refund_facts(tx, &report.out_refund_no, facts).await?;
+        // Only from a report about this very refund: one refused below as a mismatch must not
+        // move the refund's bill day or settled amount.
+        if report.out_trade_no == refund.out_trade_no && report.amount == refund.amount {
+            self.db.record_refund_facts(tx, &report.out_refund_no, facts).await?;
+        }
         let about = Some(format!("refund {} is {}", report.out_refund_no, report.status));
         match report.status {
             RefundStatus::Requested | RefundStatus::Processing => Ok((ApplyOutcome::Ignored, about)),
