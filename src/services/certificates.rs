@@ -23,20 +23,23 @@ use crate::wechat::keyring::{Fetched, KeyRing};
 /// The lease of the scheduled download (one replica at a time).
 pub const LEASE: &str = "platform-certificates";
 
-/// Loads the saved certificates into `ring`; returns how many were read. A saved PEM that no
-/// longer parses is skipped with a warning (the next download replaces it).
+/// Loads the saved certificates into `ring`; returns how many were read.
 pub async fn load_saved(db: &Db, ring: &KeyRing) -> Result<usize, StorageError> {
     let saved = db.platform_certificates().await?;
-    let count = saved.len();
-    let certificates = saved.into_iter().filter_map(|row| match PlatformCertificate::from_pem(&row.pem) {
+    install_saved(ring, &saved);
+    Ok(saved.len())
+}
+
+/// Installs saved rows. A saved PEM that no longer parses is skipped with a warning (the next
+/// download replaces it).
+fn install_saved(ring: &KeyRing, saved: &[StoredCertificate]) {
+    ring.install(saved.iter().filter_map(|row| match PlatformCertificate::from_pem(&row.pem) {
         Ok(cert) => Some(cert),
         Err(err) => {
             tracing::warn!(serial = %row.serial, error = %err, "a saved platform certificate does not parse; skipped");
             None
         }
-    });
-    ring.install(certificates);
-    Ok(count)
+    }));
 }
 
 /// Saves a downloaded list (each row stamped with when WeChat listed it).
@@ -104,36 +107,43 @@ impl CertificateKeeper {
         }
     }
 
-    /// One pass: re-read the saved list, download WeChat's when due and ours to do, and
-    /// update the metrics. Failures are logged; the next tick tries again.
+    /// One pass: re-read the saved list (one query), download WeChat's when due and ours to do,
+    /// and update the metrics. Failures are logged; the next tick tries again.
     pub async fn tick(&self) {
-        if let Err(err) = load_saved(&self.db, self.ring()).await {
-            tracing::warn!(error = %err, "could not re-read the saved platform certificates");
-        }
+        let saved = match self.db.platform_certificates().await {
+            Ok(saved) => saved,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not re-read the saved platform certificates");
+                return;
+            }
+        };
+        install_saved(self.ring(), &saved);
+        let mut last_saved_ms = saved.iter().map(|c| c.fetched_at_ms).max();
         if self.ring().certificate_mode() {
-            match self.refresh_if_due().await {
-                Ok(true) => tracing::info!("platform certificates downloaded (scheduled refresh)"),
+            match self.refresh_if_due(&saved, last_saved_ms).await {
+                Ok(true) => {
+                    tracing::info!("platform certificates downloaded (scheduled refresh)");
+                    last_saved_ms = Some(self.clock.now_ms());
+                }
                 Ok(false) => {}
                 Err(err) => tracing::warn!(error = %err, "scheduled platform certificate refresh failed; will retry"),
             }
         }
-        self.update_metrics().await;
+        self.update_metrics(last_saved_ms);
     }
 
     /// Downloads WeChat's list if no replica did within the refresh interval and we hold the
     /// lease. Returns whether it downloaded.
-    async fn refresh_if_due(&self) -> Result<bool, anyhow::Error> {
+    async fn refresh_if_due(&self, saved: &[StoredCertificate], last_ms: Option<i64>) -> Result<bool, anyhow::Error> {
         let now_ms = self.clock.now_ms();
         let interval_ms = i64::try_from(self.settings.refresh_interval().as_millis()).unwrap_or(i64::MAX);
-        let saved = self.db.platform_certificates().await?;
         // Certificates are followed while they are configured or saved: an operator who deleted
         // the saved rows (moving to the public key) is not overruled by a replica that still
         // holds them in memory.
         if saved.is_empty() && !self.ring().configured_certificates() {
             return Ok(false);
         }
-        let last = saved.iter().map(|c| c.fetched_at_ms).max();
-        if last.is_some_and(|last| now_ms.saturating_sub(last) < interval_ms) {
+        if last_ms.is_some_and(|last| now_ms.saturating_sub(last) < interval_ms) {
             return Ok(false);
         }
         let ttl_ms = i64::try_from(self.lease_ttl.as_millis()).unwrap_or(30_000);
@@ -141,12 +151,13 @@ impl CertificateKeeper {
             return Ok(false);
         }
         let certificates = self.pay.refresh_certificates().await?;
-        // Saved here too (not only by the subscription) so the next tick sees it as done.
+        // Saved now, not only when the loop handles the announcement: a tick that runs first
+        // must see the download as done rather than download again.
         save(&self.db, &Fetched { certificates: certificates.into(), at: self.clock.now() }).await?;
         Ok(true)
     }
 
-    async fn update_metrics(&self) {
+    fn update_metrics(&self, last_saved_ms: Option<i64>) {
         let keys = self.ring().snapshot();
         let in_use = keys.has_certificates();
         self.metrics.certificates_in_use.set(i64::from(in_use));
@@ -155,9 +166,7 @@ impl CertificateKeeper {
         }
         let expiry = keys.newest_certificate_expiry(self.clock.now()).map_or(0, |t| t.timestamp());
         self.metrics.certificate_expiry.set(expiry);
-        if let Ok(saved) = self.db.platform_certificates().await
-            && let Some(last) = saved.iter().map(|c| c.fetched_at_ms).max()
-        {
+        if let Some(last) = last_saved_ms {
             self.metrics.certificate_last_refresh.set(last / 1000);
         }
     }
