@@ -20,6 +20,8 @@ mod pay_tests;
 pub mod refunds;
 mod schema;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_sim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

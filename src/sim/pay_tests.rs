@@ -8,10 +8,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::clock::Clock;
 use crate::sim::chaos::Chaos;
-use crate::sim::{SimConfig, SimContext, SimKeys, router};
-use crate::wechat::devkeys::DevKeys;
+use crate::sim::{SimContext, router};
 use crate::wechat::sign::{MerchantSigner, nonce};
 
 const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
@@ -22,24 +20,8 @@ struct Env {
 }
 
 fn env(allow_http_notify: bool, bound_to_open_platform: bool) -> Env {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-keys");
-    let keys = DevKeys::load(&dir).expect("fixture keys");
-    let config = SimConfig {
-        keys: SimKeys::from_dev_keys(&keys).expect("sim keys"),
-        clock: Clock::system(),
-        time_scale: 1000.0,
-        seed: 7,
-        chaos: Chaos::default(),
-        allow_http_notify,
-        bound_to_open_platform,
-    };
-    let signer = MerchantSigner {
-        mchid: keys.mchid.clone(),
-        serial: keys.merchant_serial.clone(),
-        signer: keys.merchant_key.clone(),
-    };
-    Env { sim: SimContext::new(config), signer }
+    let (sim, signer) = crate::sim::test_sim::test_sim(allow_http_notify, bound_to_open_platform);
+    Env { sim, signer }
 }
 
 impl Env {

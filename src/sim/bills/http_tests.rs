@@ -2,7 +2,6 @@
 //! answer signed, the file unsigned and matching its hash, and WeChat's errors.
 
 use std::io::Read;
-use std::path::Path;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
@@ -14,12 +13,10 @@ use sha1::{Digest, Sha1};
 use tower::ServiceExt;
 
 use crate::bill::read_bill;
-use crate::clock::Clock;
 use crate::domain::time::wechat_date;
-use crate::sim::chaos::{BillChaos, BillCorruption, Chaos};
+use crate::sim::chaos::{BillChaos, BillCorruption};
 use crate::sim::state::SimOrder;
-use crate::sim::{SimConfig, SimContext, SimKeys, router};
-use crate::wechat::devkeys::DevKeys;
+use crate::sim::{SimContext, router};
 use crate::wechat::sign::{MerchantSigner, nonce};
 use crate::wechat::wire::pay::{JsapiPrepayRequest, Payer, PrepayAmount};
 
@@ -29,25 +26,8 @@ struct Env {
 }
 
 fn env() -> Env {
-    // The simulator's notification client is built with reqwest, which needs a TLS provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-keys");
-    let keys = DevKeys::load(&dir).expect("fixture keys");
-    let config = SimConfig {
-        keys: SimKeys::from_dev_keys(&keys).expect("sim keys"),
-        clock: Clock::system(),
-        time_scale: 1000.0,
-        seed: 7,
-        chaos: Chaos::default(),
-        allow_http_notify: false,
-        bound_to_open_platform: false,
-    };
-    let signer = MerchantSigner {
-        mchid: keys.mchid.clone(),
-        serial: keys.merchant_serial.clone(),
-        signer: keys.merchant_key.clone(),
-    };
-    Env { sim: SimContext::new(config), signer }
+    let (sim, signer) = crate::sim::test_sim::test_sim(false, false);
+    Env { sim, signer }
 }
 
 struct Answer {
