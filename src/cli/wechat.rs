@@ -43,6 +43,8 @@ pub async fn run(settings: Settings, command: WechatCommand) -> Result<ExitCode,
 }
 
 async fn fetch_certificates(settings: &Settings, args: &FetchArgs) -> Result<ExitCode, CliError> {
+    // Signed requests go to WeChat: the same https rule as `serve`.
+    crate::config::transport::check(&settings.wechat)?;
     let clock = Clock::system();
     let creds = Arc::new(Credentials::load(settings)?);
     let deps = Deps::without_key_check(settings, creds, clock.clone(), Metrics::new()).await?;

@@ -213,7 +213,7 @@ impl Db {
              WHERE out_refund_no = $1 AND status IN ({})",
             in_list(&RefundStatus::OPEN)
         );
-        sqlx::query(AssertSqlSafe(sql))
+        let done = sqlx::query(AssertSqlSafe(sql))
             .bind(pending.out_refund_no.as_str())
             .bind(RefundStatus::Processing.as_str())
             .bind(pending.refund_id)
@@ -224,6 +224,22 @@ impl Db {
             .bind(pending.facts.settled.map(|f| f.0))
             .execute(self.writer())
             .await?;
+        let facts = &pending.facts;
+        if done.rows_affected() == 0 && (facts.wechat_created_at_ms.is_some() || facts.settled.is_some()) {
+            // The refund moved on first (its REFUND.SUCCESS notification was applied before this
+            // answer was read back); the answer's facts still belong to it, and notifications
+            // carry neither: without them the refund would fall in the wrong bill day.
+            sqlx::query(
+                "UPDATE refunds SET wechat_created_at_ms = COALESCE(wechat_created_at_ms, $2),
+                     settled_fen = COALESCE($3, settled_fen)
+                 WHERE out_refund_no = $1",
+            )
+            .bind(pending.out_refund_no.as_str())
+            .bind(facts.wechat_created_at_ms)
+            .bind(facts.settled.map(|f| f.0))
+            .execute(self.writer())
+            .await?;
+        }
         Ok(())
     }
 

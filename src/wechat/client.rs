@@ -143,7 +143,9 @@ impl PayClient {
         let request = JsapiPrepayRequest {
             appid: self.creds.appid.clone(),
             mchid: self.creds.mchid.clone(),
-            description: order.description.clone(),
+            // Already cut when the order was created; cut again so an order recorded before that
+            // rule can still be paid (`fit` leaves a fitting text as it is, so repeats match).
+            description: wechat_text::fit(&order.description, wechat_text::DESCRIPTION_MAX_BYTES),
             out_trade_no: order.out_trade_no.to_string(),
             time_expire: Some(to_wechat_rfc3339(from_ms(order.time_expire_ms))),
             attach: None,
@@ -189,7 +191,12 @@ impl PayClient {
             // WeChat takes 80 UTF-8 bytes of 1-3-byte characters. Our API refuses longer reasons;
             // a refund recorded before that rule (or by another path) is cut here rather than
             // refused by WeChat and closed.
-            reason: refund.reason.as_deref().map(|r| wechat_text::fit(r, REFUND_REASON_MAX_BYTES)),
+            // A reason left empty by the cut (only 4-byte characters) is not sent at all.
+            reason: refund
+                .reason
+                .as_deref()
+                .map(|r| wechat_text::fit(r, REFUND_REASON_MAX_BYTES))
+                .filter(|r| !r.is_empty()),
             notify_url: Some(application.notify_url.to_owned()),
             amount: RefundRequestAmount {
                 refund: refund.amount.0,

@@ -168,7 +168,11 @@ async fn a_rotation_mid_run_loses_nothing(backend: Backend) {
         1,
         "answers and ten notifications signed with an unknown certificate made one download"
     );
-    assert!(app.state.db.platform_certificates().await.unwrap().iter().any(|c| c.serial == second));
+    // Saved by the keeper when it hears of the download (asynchronously).
+    eventually("the new certificate is saved", Duration::from_secs(10), || async {
+        app.state.db.platform_certificates().await.unwrap().iter().any(|c| c.serial == second)
+    })
+    .await;
     // Our next request names the newest certificate.
     create_orders(&client, 1).await;
     assert_eq!(last_prepay_serial(&env).await, second);
@@ -199,8 +203,11 @@ async fn signature_probes_are_refused_and_nothing_is_lost(backend: Backend) {
     pay_and_wait(&env, &app, &numbers, 12).await;
     let probes = app.metrics.notify_rejected.with_label_values(&["signature_probe"]).get();
     assert!(probes > 0, "half the deliveries carried a probe, none was refused");
-    let notifications = sim_notifications(&env).await;
-    assert!(notifications.iter().all(|n| n["delivered"] == true), "every notification delivered in the end");
+    // The simulator marks a delivery done once it has read our answer, a moment after we applied it.
+    eventually("every notification delivered in the end", Duration::from_secs(10), || async {
+        sim_notifications(&env).await.iter().all(|n| n["delivered"] == true)
+    })
+    .await;
 }
 
 /// Two replicas; WeChat lists a certificate that takes effect in four hours. Once the refresh
