@@ -67,9 +67,16 @@ impl WechatError {
 
     /// WeChat answered, and its answer is final: a 4xx refusal, or one of the final codes it
     /// sends with HTTP 500 (`OPENID_MISMATCH`, `INVALID_TRANSACTIONID`). Nothing was created
-    /// at WeChat, and asking again gets the same answer.
+    /// at WeChat, and asking again gets the same answer. Not a refusal: a status without
+    /// WeChat's JSON (`HTTP_4xx`: a proxy or firewall answered) or `SIGN_ERROR` (WeChat did not
+    /// read the request as ours, so it never judged it).
     pub fn is_final_refusal(&self) -> bool {
-        matches!(self, WechatError::Api { .. }) && !self.retryable()
+        match self {
+            WechatError::Api { code, .. } => {
+                !self.retryable() && !code.starts_with("HTTP_") && !same_code(code, "SIGN_ERROR")
+            }
+            _ => false,
+        }
     }
 
     /// The payer's openid is not a user of our appid (a user kept from before an appid change,
@@ -188,6 +195,8 @@ mod tests {
         assert!(api(500, "INVALID_TRANSACTIONID").is_final_refusal());
         assert!(api(403, "NOT_ENOUGH").is_final_refusal());
         assert!(!api(500, "SYSTEM_ERROR").is_final_refusal());
+        assert!(!api(403, "HTTP_403").is_final_refusal(), "a proxy's 403 is not WeChat's word");
+        assert!(!api(401, "SIGN_ERROR").is_final_refusal(), "WeChat never judged a request it did not verify");
         assert!(!WechatError::Decode { endpoint: "x", message: String::new() }.is_final_refusal());
     }
 
