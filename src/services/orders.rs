@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::config::OrderSettings;
 use crate::domain::wechat_text::{self, DESCRIPTION_MAX_BYTES};
-use crate::domain::{Order, OutTradeNo};
+use crate::domain::{Order, OrderStatus, OutTradeNo};
 use crate::storage::orders::NewOrder;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
@@ -153,8 +153,19 @@ impl OrderService {
                 Err(err) => return Err(OrderError::Refused(err)),
             }
         };
-        let stored = self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await?;
-        Ok((stored, self.payment_params(&prepay_id)?))
+        let Some(stored) = self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await? else {
+            // Closed (or paid) while the prepay was in flight: a close that found no order at
+            // WeChat may have run just before this prepay created it there. No parameters are
+            // handed out, and WeChat's copy is closed again so nobody can pay it.
+            let now = self.db.order_by_no(&order.out_trade_no).await?;
+            if now.is_some_and(|o| o.status == OrderStatus::Closed)
+                && let Err(err) = self.pay.close_order(&order.out_trade_no).await
+            {
+                tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "could not close the order a late prepay reopened at WeChat");
+            }
+            return Err(OrderError::NotPayable(order.out_trade_no.to_string()));
+        };
+        Ok((Some(stored), self.payment_params(&prepay_id)?))
     }
 
     /// Signs the four `paySign` lines with the merchant key (inline: see

@@ -178,9 +178,13 @@ impl Db {
 
     /// Records the prepay_id WeChat answered and returns the order as it now stands (`None` if
     /// it is gone), so ordering needs no second read.
+    /// Records a prepay_id, only on an order still NOTPAY: `None` if it is not (closed or paid
+    /// while the prepay was in flight), and then its payment parameters must not be handed out.
     pub async fn set_prepay(&self, order_id: i64, prepay_id: &str, now_ms: i64) -> Result<Option<Order>, StorageError> {
         let sql = format!(
-            "UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3 WHERE id = $1 RETURNING {COLUMNS}"
+            "UPDATE orders SET prepay_id = $2, prepay_at_ms = $3, updated_at_ms = $3
+             WHERE id = $1 AND status = '{}' RETURNING {COLUMNS}",
+            crate::domain::OrderStatus::Notpay
         );
         let row = sqlx::query_as(AssertSqlSafe(sql))
             .bind(order_id)

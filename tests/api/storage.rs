@@ -126,10 +126,14 @@ async fn transitions_are_guarded_and_always_recorded(backend: Backend) {
             outcome
         }
     };
+    assert!(db.set_prepay(id, "wx-first", 5).await.unwrap().is_some(), "a NOTPAY order takes a prepay_id");
     assert_eq!(
         attempt(OrderStatus::Success, EventSource::Notify).await,
         TransitionOutcome::Applied { order_id: id, from: OrderStatus::Notpay }
     );
+    // A prepay that lands after the order moved on records nothing: its parameters must not be
+    // handed out (a close that found no order at WeChat may have raced it).
+    assert_eq!(db.set_prepay(id, "wx-late", 8).await.unwrap(), None);
     assert_eq!(
         attempt(OrderStatus::Success, EventSource::Poll).await,
         TransitionOutcome::NotApplied { order_id: id, current: OrderStatus::Success }
