@@ -11,7 +11,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use x509_cert::Certificate;
-use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::der::{DecodePem, Encode};
 
 use super::aead::ApiV3Key;
 use super::keys::rsa_verifier_of_spki;
@@ -60,12 +60,6 @@ impl PlatformCertificate {
         let pem = pem.trim();
         let cert = Certificate::from_pem(pem.as_bytes()).map_err(|e| CertificateError::Parse(e.to_string()))?;
         Self::from_certificate(&cert, pem.to_owned())
-    }
-
-    /// From DER bytes (the simulator builds certificates as DER).
-    pub fn from_der(der: &[u8], pem: String) -> Result<Self, CertificateError> {
-        let cert = Certificate::from_der(der).map_err(|e| CertificateError::Parse(e.to_string()))?;
-        Self::from_certificate(&cert, pem)
     }
 
     fn from_certificate(cert: &Certificate, pem: String) -> Result<Self, CertificateError> {

@@ -80,11 +80,6 @@ impl KeyRing {
         Arc::clone(&self.0.state.read().unwrap_or_else(PoisonError::into_inner).keys)
     }
 
-    /// The certificates downloaded (or reloaded) so far, oldest `not_before` first.
-    pub fn downloaded(&self) -> Arc<[PlatformCertificate]> {
-        Arc::clone(&self.0.state.read().unwrap_or_else(PoisonError::into_inner).downloaded)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.snapshot().is_empty()
     }
