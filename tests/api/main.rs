@@ -19,5 +19,6 @@ mod real_wechat;
 mod reconcile;
 mod refunds;
 mod schema;
+mod security;
 mod startup_errors;
 mod storage;
