@@ -16,7 +16,7 @@ pub struct Args {
     /// Serve the HTTP API only; run no jobs.
     #[arg(long, conflicts_with = "worker_only")]
     api_only: bool,
-    /// Run jobs only; HTTP serves /healthz, /readyz and /metrics.
+    /// Run jobs only; HTTP serves /healthz (and the ops listener /readyz and /metrics).
     #[arg(long)]
     worker_only: bool,
     /// Use (and create) the development keys: only against `wxpay-recon sim`.
@@ -32,7 +32,7 @@ pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
     let roles = Roles { api: !args.worker_only, worker: !args.api_only && settings.worker.enabled };
     let app = Application::build(settings, Clock::system(), roles, Metrics::new()).await?;
     // One line on stdout for scripts and supervisors (the logs go to stderr).
-    println!("wxpay-recon listening on {}", app.base_url());
+    println!("wxpay-recon listening on {}, ops on {}", app.base_url(), app.ops_base_url());
     let stop = CancellationToken::new();
     crate::shutdown::on_signal(stop.clone());
     app.run(stop).await.map_err(|e| CliError::new(format!("server: {e}")))?;
