@@ -19,12 +19,27 @@ pub struct Args {
     /// Run jobs only; HTTP serves /healthz (and the ops listener /readyz and /metrics).
     #[arg(long)]
     worker_only: bool,
-    /// Use (and create) the development keys: only against `wxpay-recon sim`.
+    /// Use (and create) the development keys: only against `wxpay-recon sim`. The only way to
+    /// run `serve` on them: `wechat.use_dev_keys` from a file or the environment is refused.
     #[arg(long)]
     pub dev_keys: bool,
 }
 
+/// Refuses development keys that did not come from `--dev-keys` on this command line: a stray
+/// `WXPAY_RECON__WECHAT__USE_DEV_KEYS=true` or `use_dev_keys = true` left in a file must not
+/// turn a production daemon into one that signs with keys published in this repository.
+fn check_dev_keys(settings: &Settings, args: &Args) -> Result<(), CliError> {
+    if settings.wechat.use_dev_keys && !args.dev_keys {
+        return Err(CliError::usage(
+            "wechat.use_dev_keys is set (config file or WXPAY_RECON__WECHAT__USE_DEV_KEYS), but serve runs on \
+             development keys only with --dev-keys on its command line",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn run(settings: Settings, args: Args) -> Result<ExitCode, CliError> {
+    check_dev_keys(&settings, &args)?;
     telemetry::init(settings.log.format, &settings.log.filter);
     if settings.wechat.use_dev_keys {
         tracing::warn!("running with DEVELOPMENT keys: only the simulator will accept these requests");
