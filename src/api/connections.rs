@@ -6,6 +6,11 @@
 //! the cap is reached, a new connection takes the slot of the oldest evictable one. Only when
 //! every open connection is busy answering a request is the new one refused. A client that
 //! sends its request at once (WeChat, the proxy) is busy within microseconds of being accepted.
+//!
+//! A connection stays busy after its first request, idle keep-alive included: evicting idle
+//! keep-alive connections would hit the proxy's upstream pool first (its oldest connections), and
+//! a POST the proxy sends on a connection we just cut is answered 502, not retried. Those are
+//! bounded by the header timeout instead, which restarts after each answer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

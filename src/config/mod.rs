@@ -443,6 +443,30 @@ mod tests {
     }
 
     #[test]
+    fn listener_limits_that_would_refuse_everything_are_reported() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__WECHAT__USE_DEV_KEYS", "true");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_CONNECTIONS", "0");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_IN_FLIGHT", "0");
+            jail.set_env("WXPAY_RECON__SERVER__HEADER_READ_TIMEOUT_MS", "0");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_HEADER_BYTES", "100");
+            jail.set_env("WXPAY_RECON__SERVER__OPS_PORT", "8080");
+            let err = Settings::load(None).expect_err("bad limits");
+            let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
+            for expected in [
+                "server.max_connections",
+                "server.max_in_flight",
+                "server.header_read_timeout_ms",
+                "server.max_header_bytes",
+                "server.ops_port",
+            ] {
+                assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn defaults_need_merchant_identity() {
         figment::Jail::expect_with(|_jail| {
             let err = Settings::load(None).expect_err("appid is missing");

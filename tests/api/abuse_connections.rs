@@ -276,4 +276,25 @@ async fn metrics_and_readiness_are_on_the_ops_listener_or_behind_the_token() {
     eprintln!("ops listener: wall {:?}", wall.elapsed());
 }
 
+/// hyper would read ~400 KiB of request head; ours stops at `server.max_header_bytes`, before any
+/// handler (or log line, or database row) sees the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused_before_the_app() {
+    let wall = Instant::now();
+    let env = TestEnv::new(Backend::Embedded).await;
+    let process = env.spawn_process(&["serve"]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/pay/notify", process.base))
+        .header("Wechatpay-Serial", "A".repeat(64 * 1024))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"header_too_large\"}"), 1.0);
+    assert_eq!(series(&metrics, "wxpay_notify_received_total"), 0.0, "the notify handler never ran:\n{metrics}");
+    eprintln!("oversized head: 431; wall {:?}", wall.elapsed());
+}
+
 crate::both_profiles!(slowloris_does_not_stop_a_valid_notification, an_api_flood_is_shed_while_notify_gets_through,);
