@@ -273,6 +273,15 @@ async fn metrics_and_readiness_are_on_the_ops_listener_or_behind_the_token() {
         assert_eq!(get(format!("{}{path}", process.base), Some("ops-token-3f9a1c77e2b5")).await.0, 401);
         assert_eq!(get(format!("{}{path}", process.base), Some(TOKEN)).await.0, 200, "{path} with the token");
     }
+    drop(process);
+
+    // A worker-only process serves its ops routes on its ops listener, only /healthz publicly.
+    let worker = env.spawn_process(&["serve", "--worker-only"]).await;
+    assert_eq!(get(format!("{}/healthz", worker.base), None).await.0, 200);
+    assert_eq!(get(format!("{}/readyz", worker.base), None).await.0, 404);
+    assert_eq!(get(format!("{}/api/orders", worker.base), None).await.0, 404);
+    assert_eq!(get(format!("{}/readyz", worker.ops), None).await.0, 200);
+    assert_eq!(get(format!("{}/metrics", worker.ops), None).await.0, 200);
     eprintln!("ops listener: wall {:?}", wall.elapsed());
 }
 
