@@ -194,10 +194,10 @@ async fn an_api_flood_is_shed_while_notify_gets_through(backend: Backend) {
     let mut flooder = MiniProgram::new(&process.base, &env.sim.base_url());
     flooder.login(Some("o-flooder")).await.expect("login");
     let token = flooder.token().expect("token").to_owned();
-    // Every prepay now hangs 3 s at "WeChat": each order creation holds its slot that long.
+    // Every prepay now hangs 1.5 s at "WeChat": each order creation holds its slot that long.
     set_chaos(
         &env,
-        json!({ "fault_rate": 1.0, "fault_modes": ["hang"], "fault_endpoints": ["jsapi"], "hang_ms": 3000 }),
+        json!({ "fault_rate": 1.0, "fault_modes": ["hang"], "fault_endpoints": ["jsapi"], "hang_ms": 1500 }),
     )
     .await;
     let http = reqwest::Client::new();
@@ -232,7 +232,7 @@ async fn an_api_flood_is_shed_while_notify_gets_through(backend: Backend) {
             shed += 1;
         }
     }
-    assert!(shed >= 10, "only {shed} of 20 requests were shed with 2 slots and 3 s each");
+    assert!(shed >= 10, "only {shed} of 20 requests were shed with 2 slots and 1.5 s each");
     let metrics = scrape(&process.ops).await;
     assert_eq!(series(&metrics, "wxpay_http_requests_shed_total{share=\"api\"}"), f64::from(shed));
     assert_eq!(series(&metrics, "wxpay_http_requests_shed_total{share=\"notify\"}"), 0.0);
