@@ -1,5 +1,5 @@
 //! Building the application from settings: pools, queue, WeChat clients, services, router and
-//! worker; binding the listener (port 0 allowed) and reporting the real address.
+//! worker; binding the public and ops listeners (port 0 allowed) and reporting the real addresses.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +9,9 @@ use axum::http::HeaderName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::serve::ConnectionLimits;
 use crate::api::state::Services;
-use crate::api::{self, AppState, HttpObserver, Routes};
+use crate::api::{self, AppState, HttpObserver, OpsToken, PublicRouter, Routes, Share};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Problems, Secret, Settings};
 use crate::deps::Deps;
@@ -33,6 +34,9 @@ use crate::worker::retry::RetryPolicy;
 /// Shortest admin token accepted: it is the only thing between the internet and refunds.
 const ADMIN_TOKEN_MIN: usize = 16;
 
+/// Connections the ops listener keeps at once (Prometheus, probes, an operator's curl).
+const OPS_MAX_CONNECTIONS: usize = 64;
+
 /// Which parts of the service a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -51,28 +55,65 @@ pub struct Application {
     pub pay: crate::wechat::PayClient,
     /// This instance's name: the holder of its leases and the prefix of its worker names.
     pub instance: String,
+    /// `server.ops_token`, if set: serves the ops routes on the public listener to its holder.
+    ops_token: Option<Arc<OpsToken>>,
     listener: TcpListener,
     addr: SocketAddr,
+    ops_listener: TcpListener,
+    ops_addr: SocketAddr,
+}
+
+/// What [`load_secrets`] reads.
+struct Secrets {
+    vault: Vault,
+    creds: Arc<Credentials>,
+    admin_token: Option<AdminToken>,
+    ops_token: Option<Arc<OpsToken>>,
 }
 
 /// The bearer token of the admin routes.
 type AdminToken = Arc<Secret<String>>;
 
-/// The data key, the WeChat credentials and the admin token, read and checked together with
-/// where WeChat traffic goes (https): every problem is reported in the same run.
-fn load_secrets(settings: &Settings) -> Result<(Vault, Arc<Credentials>, Option<AdminToken>), ConfigError> {
+/// The data key, the WeChat credentials and the admin and ops tokens, read and checked together
+/// with where WeChat traffic goes (https): every problem is reported in the same run.
+fn load_secrets(settings: &Settings) -> Result<Secrets, ConfigError> {
     let mut problems = Problems::default();
     let vault = problems.check(Vault::from_settings(settings));
     let creds = problems.check(Credentials::load(settings));
     let admin_token = problems.check(admin_token(settings));
+    let ops_token = problems.check(ops_token(settings));
     // Again here, not only at load: the notify_url may have just been derived from the bound
     // address, and the demo and tests point the base URLs at the simulator after loading.
     problems.check(crate::config::transport::check(&settings.wechat));
-    let all = match (vault, creds, admin_token) {
-        (Some(vault), Some(creds), Some(admin_token)) => Some((vault, Arc::new(creds), admin_token)),
+    let all = match (vault, creds, admin_token, ops_token) {
+        (Some(vault), Some(creds), Some(admin_token), Some(ops_token)) => {
+            Some(Secrets { vault, creds: Arc::new(creds), admin_token, ops_token })
+        }
         _ => None,
     };
     problems.finish_with(all)
+}
+
+/// `server.ops_token` (or its file), as long as the admin token: it shows business volumes.
+fn ops_token(settings: &Settings) -> Result<Option<Arc<OpsToken>>, ConfigError> {
+    let token = crate::config::secret::resolve(
+        "server.ops_token",
+        settings.server.ops_token.as_ref(),
+        settings.server.ops_token_file.as_ref(),
+    )?;
+    if token.as_ref().is_some_and(|t| t.expose().trim().len() < ADMIN_TOKEN_MIN) {
+        return Err(ConfigError::invalid("server.ops_token", format!("must be at least {ADMIN_TOKEN_MIN} characters")));
+    }
+    Ok(token.as_ref().map(OpsToken::new))
+}
+
+/// Binds `host:port`, reporting the address on failure.
+async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bind = format!("{host}:{port}");
+    let listener =
+        TcpListener::bind(&bind).await.map_err(|source| StartupError::Bind { addr: bind.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: bind, source })?;
+    Ok((listener, addr))
 }
 
 /// `server.admin_token` (or its file), long enough to guard refunds; `None` disables admin routes.
@@ -99,17 +140,15 @@ impl Application {
         roles: Roles,
         metrics: Metrics,
     ) -> Result<Self, StartupError> {
-        let bind = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener =
-            TcpListener::bind(&bind).await.map_err(|source| StartupError::Bind { addr: bind.clone(), source })?;
-        let addr = listener.local_addr().map_err(|source| StartupError::Bind { addr: bind, source })?;
+        let (listener, addr) = bind(&settings.server.host, settings.server.port).await?;
+        let (ops_listener, ops_addr) = bind(&settings.server.ops_host, settings.server.ops_port).await?;
         if settings.wechat.notify_url.is_empty() {
             // Only reachable with dev keys (validation requires it otherwise): the simulator
             // on this machine calls us back directly, over http, so this URL passes the
             // transport check only with wechat.allow_insecure_http.
             settings.wechat.notify_url = format!("http://{addr}/api/pay/notify");
         }
-        let (vault, creds, admin_token) = load_secrets(&settings)?;
+        let Secrets { vault, creds, admin_token, ops_token } = load_secrets(&settings)?;
         let deps = Deps::build_with(&settings, creds, clock.clone(), metrics.clone()).await?;
         deps.db.seed_products(&settings.catalog, clock.now_ms()).await?;
         let login_client = deps.login_client(&settings)?;
@@ -198,11 +237,32 @@ impl Application {
             admin_token,
         });
         let instance = crate::worker::instance_name();
-        Ok(Self { settings: Arc::new(settings), state, jobs, roles, pay: keeper_pay, instance, listener, addr })
+        Ok(Self {
+            settings: Arc::new(settings),
+            state,
+            jobs,
+            roles,
+            pay: keeper_pay,
+            instance,
+            ops_token,
+            listener,
+            addr,
+            ops_listener,
+            ops_addr,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics`, `/readyz` and `/healthz` are served (`server.ops_host`/`ops_port`).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    pub fn ops_base_url(&self) -> String {
+        format!("http://{}", self.ops_addr)
     }
 
     /// `embedded` or `cluster`, as the start-up line and the README call them.
@@ -219,17 +279,32 @@ impl Application {
 
     /// Serves HTTP and runs the worker until `stop` fires; reports which part ended and why.
     pub async fn run(self, stop: CancellationToken) -> Result<(), std::io::Error> {
-        let routes = if self.roles.api { Routes::Full } else { Routes::HealthOnly };
-        let client_ip_header = Some(self.settings.server.client_ip_header.trim())
+        let server = &self.settings.server;
+        let client_ip_header = Some(server.client_ip_header.trim())
             .filter(|name| !name.is_empty())
             .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok());
-        let router = api::router(
-            self.state.clone(),
-            routes,
-            self.settings.server.body_limit_bytes,
-            Duration::from_millis(self.settings.server.request_timeout_ms),
-            HttpObserver::new(self.state.metrics.clone(), client_ip_header),
-        );
+        let observer = HttpObserver::new(self.state.metrics.clone(), client_ip_header);
+        let metrics = &self.state.metrics;
+        let public = PublicRouter {
+            routes: if self.roles.api { Routes::Full } else { Routes::HealthOnly },
+            body_limit: server.body_limit_bytes,
+            timeout: server.request_timeout(),
+            api_share: Share::new("api", server.max_in_flight, server.retry_after_secs, metrics.clone()),
+            notify_share: Share::new("notify", server.notify_max_in_flight, server.retry_after_secs, metrics.clone()),
+            ops_token: self.ops_token.clone(),
+        };
+        let router = api::router(self.state.clone(), public, Arc::clone(&observer));
+        let ops_router = api::ops_router(self.state.clone(), server.request_timeout(), observer);
+        let limits = ConnectionLimits {
+            listener: "public",
+            header_read_timeout: server.header_read_timeout(),
+            max_header_bytes: server.max_header_bytes,
+            max_connections: api::serve::fit_to_fd_limit(server.max_connections),
+            // A request in progress ends within its timeout; a second more lets its answer go out.
+            drain_timeout: server.request_timeout() + Duration::from_secs(1),
+        };
+        // The ops listener faces Prometheus and probes only: a small cap of its own.
+        let ops_limits = ConnectionLimits { listener: "ops", max_connections: OPS_MAX_CONNECTIONS, ..limits.clone() };
         let keeper = tokio::spawn(
             CertificateKeeper {
                 db: self.state.db.clone(),
@@ -262,19 +337,25 @@ impl Application {
             api = self.roles.api,
             worker = self.roles.worker,
             listen = %self.addr,
+            ops_listen = %self.ops_addr,
             pay_base_url = %self.settings.wechat.pay_base_url,
             dev_keys = self.settings.wechat.use_dev_keys,
             "wxpay-recon started"
         );
-        let server_stop = stop.clone();
-        let served = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { server_stop.cancelled().await })
-            .await;
+        let ops = tokio::spawn(api::serve::serve(
+            self.ops_listener,
+            ops_router,
+            ops_limits,
+            self.state.metrics.clone(),
+            stop.clone(),
+        ));
+        let served = api::serve::serve(self.listener, router, limits, self.state.metrics.clone(), stop.clone()).await;
         stop.cancel();
         if let Some(worker) = worker {
             let _ = worker.await;
         }
         let _ = keeper.await;
+        let _ = ops.await;
         self.state.db.close().await;
         served
     }

@@ -1,5 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (database and queue reachable, reported
 //! separately), `/metrics` (Prometheus text, backlog gauges computed at scrape time).
+//!
+//! Only `/healthz` is free (a constant) and public; `/readyz` and `/metrics` query the database
+//! and show business volumes, so they belong to the ops listener (or behind `server.ops_token`).
 
 use std::time::Duration;
 
@@ -14,11 +17,14 @@ use super::state::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// `/healthz`: on every listener.
+pub fn liveness() -> Router<AppState> {
+    Router::new().route("/healthz", get(|| async { "ok" }))
+}
+
+/// `/readyz` and `/metrics`: the ops routes.
+pub fn ops() -> Router<AppState> {
+    Router::new().route("/readyz", get(readyz)).route("/metrics", get(metrics))
 }
 
 #[derive(Serialize)]

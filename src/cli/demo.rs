@@ -50,12 +50,14 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
     settings.wechat.login_base_url = sim.base_url();
     settings.wechat.notify_url = String::new();
     settings.server.port = 0;
+    settings.server.ops_port = 0;
     let data = settings.database.url.clone();
     let merchant_public = DevKeys::load(&settings.wechat.dev_keys_dir)?.merchant_key.public_key();
 
     let metrics = Metrics::new();
     let app = Application::build(settings, clock, Roles { api: true, worker: true }, metrics.clone()).await?;
     let api = app.base_url();
+    let ops = app.ops_base_url();
     let stop = CancellationToken::new();
     let running = tokio::spawn(app.run(stop.clone()));
     println!("wxpay-recon demo: API {api}, simulator {}, data {data}", sim.base_url());
@@ -88,7 +90,7 @@ pub async fn run(mut settings: Settings, args: Args) -> Result<ExitCode, CliErro
     println!("simulator:                 {sim_stats}");
     println!("elapsed:                   {:.1} s", started.elapsed().as_secs_f64());
     println!(
-        "metrics:                   {api}/metrics{}",
+        "metrics:                   {ops}/metrics{}",
         if args.keep_running { "" } else { " (use --keep-running to browse)" }
     );
     println!("data:                      {data}");

@@ -181,6 +181,7 @@ impl Settings {
         if !header.is_empty() && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             problems.push(ConfigError::invalid("server.client_ip_header", format!("{header:?} is not a header name")));
         }
+        self.validate_server(problems);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             problems.push(ConfigError::invalid("log.filter", format!("not a tracing filter: {err}")));
         }
@@ -255,6 +256,32 @@ impl Settings {
             problems.push(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }
         self.validate_catalog(problems);
+    }
+
+    /// The listeners' limits: a zero would refuse every connection or request.
+    fn validate_server(&self, problems: &mut Problems) {
+        let server = &self.server;
+        if server.ops_host.trim().is_empty() {
+            problems.push(ConfigError::invalid("server.ops_host", "must not be empty (127.0.0.1 keeps it local)"));
+        }
+        if server.ops_port != 0 && server.ops_port == server.port && server.ops_host == server.host {
+            problems.push(ConfigError::invalid("server.ops_port", "must differ from server.port"));
+        }
+        if !(100..=60_000).contains(&server.header_read_timeout_ms) {
+            problems.push(ConfigError::invalid(
+                "server.header_read_timeout_ms",
+                "must be between 100 ms and 60 s (it is what cuts slow and idle connections)",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&server.max_header_bytes) {
+            problems.push(ConfigError::invalid("server.max_header_bytes", "must be between 1 KiB and 1 MiB"));
+        }
+        problems.check(positive("server.max_connections", server.max_connections));
+        problems.check(positive("server.max_in_flight", server.max_in_flight));
+        problems.check(positive("server.notify_max_in_flight", server.notify_max_in_flight));
+        if !(1..=3600).contains(&server.retry_after_secs) {
+            problems.push(ConfigError::invalid("server.retry_after_secs", "must be between 1 and 3600"));
+        }
     }
 
     /// The merchant's WeChat identity, unless the dev keys stand in for it.
@@ -411,6 +438,30 @@ mod tests {
             assert!(!settings.wechat.use_dev_keys);
             assert!(settings.wechat.notify_url.starts_with("https://"), "{}", settings.wechat.notify_url);
             assert!(!settings.wechat.platform_keys.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn listener_limits_that_would_refuse_everything_are_reported() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__WECHAT__USE_DEV_KEYS", "true");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_CONNECTIONS", "0");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_IN_FLIGHT", "0");
+            jail.set_env("WXPAY_RECON__SERVER__HEADER_READ_TIMEOUT_MS", "0");
+            jail.set_env("WXPAY_RECON__SERVER__MAX_HEADER_BYTES", "100");
+            jail.set_env("WXPAY_RECON__SERVER__OPS_PORT", "8080");
+            let err = Settings::load(None).expect_err("bad limits");
+            let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
+            for expected in [
+                "server.max_connections",
+                "server.max_in_flight",
+                "server.header_read_timeout_ms",
+                "server.max_header_bytes",
+                "server.ops_port",
+            ] {
+                assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
+            }
             Ok(())
         });
     }

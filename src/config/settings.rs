@@ -38,6 +38,26 @@ pub struct ServerSettings {
     pub client_ip_header: String,
     pub admin_token: Option<Secret<String>>,
     pub admin_token_file: Option<PathBuf>,
+    pub ops_host: String,
+    pub ops_port: u16,
+    pub ops_token: Option<Secret<String>>,
+    pub ops_token_file: Option<PathBuf>,
+    pub header_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub notify_max_in_flight: usize,
+    pub retry_after_secs: u32,
+}
+
+impl ServerSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

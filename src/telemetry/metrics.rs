@@ -80,6 +80,9 @@ pub struct MetricHandles {
     pub certificate_expiry: IntGauge,
     pub certificate_last_refresh: IntGauge,
     pub build_info: IntGaugeVec,
+    pub http_connections: IntCounterVec,
+    pub http_connections_open: IntGaugeVec,
+    pub http_shed: IntCounterVec,
     /// Every metric family this registry exports, for tests that check none is missing.
     family_names: Vec<String>,
 }
@@ -285,6 +288,24 @@ impl Metrics {
                 "When a replica last downloaded WeChat's certificate list (as saved in the database); 0 if never.",
             ),
             build_info: gauge_vec("build_info", "Always 1; labels carry the running version.", &["version"]),
+            http_connections: counter_vec(
+                "http_connections_total",
+                "Connection events by listener (public, ops) and outcome: accepted; refused (at server.max_connections, \
+                 every connection busy); evicted (an older connection without a request cut to make room); \
+                 header_timeout (no complete request head within server.header_read_timeout_ms, idle keep-alive \
+                 included); header_too_large; bad_request (unparsable head); accept_error.",
+                &["listener", "outcome"],
+            ),
+            http_connections_open: gauge_vec(
+                "http_connections_open",
+                "Connections open now, by listener.",
+                &["listener"],
+            ),
+            http_shed: counter_vec(
+                "http_requests_shed_total",
+                "Requests answered 503 at once because their share (api, notify) was at its in-flight cap.",
+                &["share"],
+            ),
             family_names: Vec::new(),
             registry,
         };
@@ -319,6 +340,15 @@ impl MetricHandles {
             for source in EventSource::ALL {
                 let _ = self.order_transitions.with_label_values(&[to.as_str(), source.as_str()]);
             }
+        }
+        for listener in ["public", "ops"] {
+            let _ = self.http_connections_open.with_label_values(&[listener]);
+            for outcome in ["accepted", "refused", "evicted", "header_timeout", "header_too_large", "bad_request"] {
+                let _ = self.http_connections.with_label_values(&[listener, outcome]);
+            }
+        }
+        for share in ["api", "notify"] {
+            let _ = self.http_shed.with_label_values(&[share]);
         }
         for state in ["idle", "in_use"] {
             let _ = self.db_pool_connections.with_label_values(&[state]);
@@ -383,6 +413,9 @@ impl MetricHandles {
             Box::new(self.certificate_expiry.clone()),
             Box::new(self.certificate_last_refresh.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.http_connections.clone()),
+            Box::new(self.http_connections_open.clone()),
+            Box::new(self.http_shed.clone()),
             Box::new(super::process::ProcessCollector::new()),
         ];
         let mut names = Vec::new();

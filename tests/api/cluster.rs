@@ -179,7 +179,7 @@ async fn redis_restart_mid_run_loses_nothing_and_acks_only_after_commit() {
     eventually("some progress before the outage", Duration::from_secs(60), || async { processed(&db).await >= 100 })
         .await;
     redis.kill().await;
-    let ready: Value = reqwest::get(format!("{}/readyz", api.base)).await.unwrap().json().await.unwrap();
+    let ready: Value = reqwest::get(format!("{}/readyz", api.ops)).await.unwrap().json().await.unwrap();
     assert_eq!(ready["database"], "ok");
     assert!(ready["queue"].as_str().unwrap().starts_with("error"), "{ready}");
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -224,7 +224,7 @@ async fn postgres_outage_mid_run_answers_fail_then_recovers_everything() {
     })
     .await;
     proxy.cut().await;
-    let during: Value = reqwest::get(format!("{}/readyz", api.base)).await.unwrap().json().await.unwrap();
+    let during: Value = reqwest::get(format!("{}/readyz", api.ops)).await.unwrap().json().await.unwrap();
     assert!(during["database"].as_str().unwrap().starts_with("error"), "{during}");
     assert_eq!(during["queue"], "ok");
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -194,6 +194,7 @@ impl TestEnv {
             // The simulator and our notify_url are plain http on this machine.
             ("WECHAT__ALLOW_INSECURE_HTTP", "true".to_owned()),
             ("SERVER__PORT", "0".to_owned()),
+            ("SERVER__OPS_PORT", "0".to_owned()),
             ("QUEUE__POLL_INTERVAL_MS", "50".to_owned()),
             ("QUEUE__HEARTBEAT_SECS", "1".to_owned()),
             ("QUEUE__MISSED_HEARTBEATS", "2".to_owned()),
@@ -252,11 +253,13 @@ impl TestEnv {
         let metrics = Metrics::new();
         let app = Application::build(settings, self.clock.clone(), roles, metrics.clone()).await.expect("app builds");
         let base = app.base_url();
+        let ops = app.ops_base_url();
         let state = app.state.clone();
         let stop = CancellationToken::new();
         tokio::spawn(app.run(stop.clone()));
         TestApp {
             base,
+            ops,
             state,
             metrics,
             stop,
@@ -320,6 +323,13 @@ impl TestEnv {
         overrides: &[(&str, String)],
         output: Option<Output>,
     ) -> Process {
+        // `serve` runs on the dev keys these settings select only when told so on its command
+        // line (unless the test turns them off).
+        let mut args = args.to_vec();
+        let dev_keys_off = overrides.iter().any(|(k, v)| *k == "WECHAT__USE_DEV_KEYS" && v == "false");
+        if args.first() == Some(&"serve") && !args.contains(&"--dev-keys") && !dev_keys_off {
+            args.push("--dev-keys");
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
         let stderr = match &output {
             Some(_) => Stdio::piped(),
@@ -344,7 +354,7 @@ impl TestEnv {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let base = loop {
+        let (base, ops) = loop {
             let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
                 .await
                 .expect("process did not start listening in time")
@@ -356,8 +366,9 @@ impl TestEnv {
             if let Some(output) = &output {
                 output.push(Stream::Stdout, line.clone());
             }
-            if let Some(url) = line.strip_prefix("wxpay-recon listening on ") {
-                break url.trim().to_owned();
+            if let Some(urls) = line.strip_prefix("wxpay-recon listening on ") {
+                let (base, ops) = urls.split_once(", ops on ").expect("start line names the ops address");
+                break (base.trim().to_owned(), ops.trim().to_owned());
             }
         };
         readers.push(tokio::spawn(async move {
@@ -367,7 +378,7 @@ impl TestEnv {
                 }
             }
         }));
-        Process { child, base, readers }
+        Process { child, base, ops, readers }
     }
 }
 
@@ -398,6 +409,8 @@ impl Output {
 /// ([`Self::expect_dead_jobs`], [`Self::allow_unapplied`]).
 pub struct TestApp {
     pub base: String,
+    /// The ops listener (`/metrics`, `/readyz`).
+    pub ops: String,
     pub state: AppState,
     pub metrics: Metrics,
     stop: CancellationToken,
@@ -511,6 +524,8 @@ pub async fn post_notify(base: &str, headers: &[(&str, String)], body: impl Into
 pub struct Process {
     pub child: Child,
     pub base: String,
+    /// The ops listener (`/metrics`, `/readyz`).
+    pub ops: String,
     /// The tasks reading its stdout (and stderr when captured); they end at end of file.
     readers: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -187,8 +187,8 @@ async fn every_metric_family_and_known_series_is_exported_before_anything_happen
     let env = TestEnv::new(Backend::Embedded).await;
     let app = env.spawn_app(ALL_ROLES).await;
     // The first scrape is itself the first request; the second one also shows its HTTP series.
-    scrape(&app.base).await;
-    let exposition = scrape(&app.base).await;
+    scrape(&app.ops).await;
+    let exposition = scrape(&app.ops).await;
     let families = exported_families(&exposition);
     let missing: Vec<&String> =
         app.metrics.family_names().iter().filter(|name| !families.contains_key(*name)).collect();
@@ -207,7 +207,7 @@ async fn every_metric_family_and_known_series_is_exported_before_anything_happen
         .await
         .unwrap();
     assert_eq!(odd.status().as_u16(), 405);
-    let exposition = scrape(&app.base).await;
+    let exposition = scrape(&app.ops).await;
     assert!(!exposition.contains("M123"), "a made-up method became a label value");
     assert!(exposition.contains(r#"method="other""#), "the made-up method is counted as other");
 }
@@ -241,7 +241,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     // is there or the deadline passes.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (missing, exposition) = loop {
-        let exposition = scrape(&app.base).await;
+        let exposition = scrape(&app.ops).await;
         let missing = missing_metrics(&referenced, &exposition);
         if missing.is_empty() || Instant::now() > deadline {
             break (missing, exposition);

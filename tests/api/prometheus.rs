@@ -128,7 +128,7 @@ fn concrete(expr: &str) -> String {
 async fn a_real_prometheus_sees_every_dashboard_query_and_the_first_failures_alert() {
     let env = TestEnv::new(Backend::Embedded).await;
     let app = env.spawn_app_with(ALL_ROLES, |s| s.orders.poll_grace_secs = 1).await;
-    let target = app.base.trim_start_matches("http://").to_owned();
+    let target = app.ops.trim_start_matches("http://").to_owned();
     // A target nobody answers on: the "Targets down" panel and ProcessDown have something to see.
     let down = format!("127.0.0.1:{}", free_port());
     let prometheus = Prometheus::start(env.dir.path(), &[target.clone(), down]).await;

@@ -126,7 +126,7 @@ async fn login_refusing_our_app_secret_is_a_configuration_error(backend: Backend
         output.lines().iter().any(|(_, line)| line.contains("ERROR") && line.contains("wechat.app_secret"))
     })
     .await;
-    let metrics = reqwest::get(format!("{}/metrics", process.base)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", process.ops)).await.unwrap().text().await.unwrap();
     for series in [
         r#"wxpay_logins_total{outcome="misconfigured"} 1"#,
         r#"wxpay_wechat_calls_total{endpoint="code2session",outcome="config_error"} 1"#,

@@ -122,3 +122,58 @@ async fn http_towards_wechat_is_refused_in_the_same_list_unless_allowed() {
     assert!(stderr.contains("2 configuration problems:"), "{stderr}");
     assert!(stderr.contains("query string") && !stderr.contains("wechat.pay_base_url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_development_keys_not_asked_for_on_its_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("WECHAT__DEV_KEYS_DIR", dir.path().join("dev-keys").display().to_string()),
+        ("SERVER__PORT", "0".to_owned()),
+        ("SERVER__OPS_PORT", "0".to_owned()),
+        ("DATABASE__URL", format!("sqlite://{}", dir.path().join("data.sqlite").display())),
+    ];
+    let refused = |out: &Output, how: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{how}: one line: {stderr}");
+        assert!(stderr.contains("--dev-keys") && stderr.contains("wechat.use_dev_keys"), "{how}: {stderr}");
+        assert!(!dir.path().join("data.sqlite").exists(), "{how}: refused before touching the database");
+    };
+
+    // From the environment.
+    let mut from_env = vars.to_vec();
+    from_env.push(("WECHAT__USE_DEV_KEYS", "true".to_owned()));
+    refused(&run(dir.path(), &["serve"], &from_env).await, "environment");
+
+    // From a config file.
+    let file = dir.path().join("local.toml");
+    std::fs::write(&file, "[wechat]\nuse_dev_keys = true\n").unwrap();
+    let config = file.display().to_string();
+    refused(&run(dir.path(), &["serve", "--config", &config], &vars).await, "config file");
+
+    // With the flag the same settings start (and print the ops address on the start line).
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wxpay-recon"));
+    command
+        .args(["serve", "--dev-keys", "--config", &config])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let local = [
+        ("WECHAT__PAY_BASE_URL", "http://127.0.0.1:9/".to_owned()),
+        ("WECHAT__LOGIN_BASE_URL", "http://127.0.0.1:9/".to_owned()),
+        ("WECHAT__ALLOW_INSECURE_HTTP", "true".to_owned()),
+        ("RECONCILE__ENABLED", "false".to_owned()),
+    ];
+    for (key, value) in vars.iter().chain(&local) {
+        command.env(format!("WXPAY_RECON__{key}"), value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+    let line = line.expect("a start line");
+    assert!(line.starts_with("wxpay-recon listening on http://") && line.contains(", ops on http://"), "{line}");
+    child.start_kill().unwrap();
+}

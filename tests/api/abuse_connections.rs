@@ -1,0 +1,309 @@
+//! Abuse at the connection level, against the real binary over real sockets: slowloris, made-up
+//! HTTP methods and paths, API floods past the in-flight cap, and which listener shows what.
+//! Each test prints its wall time (`--nocapture` shows it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wxpay_recon::demo::MiniProgram;
+
+use crate::helpers::*;
+
+/// WeChat gives up on a notification answer after 5 s.
+const WECHAT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The value of one series (`name{labels}`) in a scrape; 0 when absent.
+fn series(exposition: &str, name_and_labels: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+async fn scrape(ops: &str) -> String {
+    let response = reqwest::get(format!("{ops}/metrics")).await.expect("GET /metrics on the ops listener");
+    assert_eq!(response.status().as_u16(), 200);
+    response.text().await.expect("metrics body")
+}
+
+/// A logged-in user with an unpaid order, and the signed notification WeChat would send for it.
+async fn order_and_notification(
+    env: &TestEnv,
+    base: &str,
+    openid: &str,
+) -> (String, Vec<(&'static str, String)>, String) {
+    let mut client = MiniProgram::new(base, &env.sim.base_url());
+    client.login(Some(openid)).await.expect("login");
+    let order = client.create_order("coffee", 1).await.expect("order");
+    let resource = env.transaction_json(&order.out_trade_no, order.amount_fen, openid, "4200000000202612020000000777");
+    let (headers, body) = env.notification(&format!("n-{openid}"), &resource);
+    (order.out_trade_no, headers, body)
+}
+
+/// Posts the notification and asserts WeChat would have been satisfied: 204 within 5 s.
+async fn notify_within_patience(base: &str, headers: &[(&'static str, String)], body: String) -> Duration {
+    let started = Instant::now();
+    let (status, answer) = tokio::time::timeout(WECHAT_PATIENCE, post_notify(base, headers, body))
+        .await
+        .expect("the notification was not answered within WeChat's 5 s");
+    assert_eq!(status, 204, "{answer}");
+    started.elapsed()
+}
+
+/// A slowloris client: sends a request line, then one header byte every `every`, never ending
+/// the head. Returns when the server closes the connection (or it could not connect).
+async fn slow_client(addr: String, every: Duration, closed: Arc<AtomicUsize>) {
+    if let Ok(mut stream) = TcpStream::connect(&addr).await
+        && stream.write_all(b"POST /api/pay/notify HTTP/1.1\r\nHost: shop\r\nX-Slow: ").await.is_ok()
+    {
+        let mut buf = [0u8; 256];
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                () = tokio::time::sleep(every) => {
+                    if stream.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The soft open-file limit of this process (Linux), to know whether 2,000 sockets fit.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+async fn slowloris_does_not_stop_a_valid_notification(backend: Backend) {
+    const SLOW: usize = 2000;
+    let limit = open_file_limit().unwrap_or(0);
+    if limit < (SLOW as u64) + 512 {
+        eprintln!("SKIPPED: ulimit -n is {limit} here; this test holds {SLOW} sockets (raise it to 4096 or more)");
+        return;
+    }
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    // A cap below the attack, so both defences work: eviction of connections without a request
+    // head, and the header timeout cutting every slow one.
+    let overrides =
+        [("SERVER__HEADER_READ_TIMEOUT_MS", "2000".to_owned()), ("SERVER__MAX_CONNECTIONS", "1000".to_owned())];
+    let process = env.spawn_process_with(&["serve"], &overrides).await;
+    let (no, headers, body) = order_and_notification(&env, &process.base, "o-slowloris-victim").await;
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let attack = Instant::now();
+    let clients: Vec<_> = (0..SLOW)
+        .map(|_| tokio::spawn(slow_client(addr.clone(), Duration::from_millis(300), Arc::clone(&closed))))
+        .collect();
+    // Let the attack fill the cap before the notification arrives.
+    eventually("the slow connections fill the cap", Duration::from_secs(30), || async {
+        let open = series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}");
+        open >= 900.0
+    })
+    .await;
+    let answered_in = notify_within_patience(&process.base, &headers, body).await;
+
+    // The header timeout (2 s) cuts every slow connection; give the loaded machine some margin.
+    eventually("every slow connection was closed by the server", Duration::from_secs(30), || async {
+        closed.load(Ordering::Relaxed) == SLOW
+    })
+    .await;
+    let all_closed_after = attack.elapsed();
+    let metrics = scrape(&process.ops).await;
+    let timed_out = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"header_timeout\"}");
+    let evicted = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"evicted\"}");
+    assert!(timed_out > 0.0, "no header timeout counted:\n{metrics}");
+    assert!(evicted > 0.0, "no eviction counted at the cap:\n{metrics}");
+    assert_eq!(timed_out + evicted, SLOW as f64, "every slow connection ended by timeout or eviction");
+    for client in clients {
+        client.await.unwrap();
+    }
+    // And the notification was applied.
+    let client = MiniProgram::new(&process.base, &env.sim.base_url());
+    let mut client = client;
+    client.login(Some("o-slowloris-victim")).await.expect("login");
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(30)).await.expect("applied");
+    eprintln!(
+        "slowloris ({backend:?}): {SLOW} slow connections, notification answered in {answered_in:?}, \
+         all cut after {all_closed_after:?} ({timed_out} header timeouts, {evicted} evictions); wall {:?}",
+        wall.elapsed()
+    );
+}
+
+/// No storage involved: the embedded profile only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_do_not_grow_metrics() {
+    let backend = Backend::Embedded;
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    let process = env.spawn_process(&["serve"]).await;
+    let http = reqwest::Client::new();
+    let round = |offset: usize| {
+        let http = http.clone();
+        let base = process.base.clone();
+        async move {
+            for i in offset..offset + 200 {
+                let method = reqwest::Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+                let path = match i % 3 {
+                    0 => "/healthz".to_owned(),
+                    1 => format!("/nope-{i}/x"),
+                    _ => "/api/orders".to_owned(),
+                };
+                let response = http.request(method, format!("{base}{path}")).send().await.unwrap();
+                assert!(response.status().is_client_error(), "{path}: {}", response.status());
+            }
+        }
+    };
+    // The series of the request metrics, without their values.
+    let series_of = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| l.starts_with("wxpay_http_request"))
+            .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series.to_owned()))
+            .collect()
+    };
+    // The scrape is itself a request: its own series exist from the second scrape on.
+    scrape(&process.ops).await;
+    round(0).await;
+    let before = series_of(&scrape(&process.ops).await);
+    round(1000).await;
+    let after = series_of(&scrape(&process.ops).await);
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(new.is_empty(), "new series appeared: {new:#?}");
+    assert!(!after.iter().any(|s| s.contains("/nope")), "an unmatched path became a label: {after:#?}");
+    assert!(!after.iter().any(|s| s.contains("method=\"M")), "a made-up method became a label: {after:#?}");
+    eprintln!("made-up methods ({backend:?}): {} request series, stable; wall {:?}", after.len(), wall.elapsed());
+}
+
+async fn an_api_flood_is_shed_while_notify_gets_through(backend: Backend) {
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    let process = env.spawn_process_with(&["serve"], &[("SERVER__MAX_IN_FLIGHT", "2".to_owned())]).await;
+    let (_, headers, body) = order_and_notification(&env, &process.base, "o-flood-notified").await;
+    let mut flooder = MiniProgram::new(&process.base, &env.sim.base_url());
+    flooder.login(Some("o-flooder")).await.expect("login");
+    let token = flooder.token().expect("token").to_owned();
+    // Every prepay now hangs 1.5 s at "WeChat": each order creation holds its slot that long.
+    set_chaos(
+        &env,
+        json!({ "fault_rate": 1.0, "fault_modes": ["hang"], "fault_endpoints": ["jsapi"], "hang_ms": 1500 }),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            let request = http
+                .post(format!("{}/api/orders", process.base))
+                .bearer_auth(&token)
+                .json(&json!({ "product_id": "coffee", "quantity": 1 }));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (status, retry_after, body)
+            })
+        })
+        .collect();
+    // While the API is saturated, WeChat's notification has its own share.
+    eventually("the API share is saturated", Duration::from_secs(10), || async {
+        series(&scrape(&process.ops).await, "wxpay_http_requests_shed_total{share=\"api\"}") > 0.0
+    })
+    .await;
+    let answered_in = notify_within_patience(&process.base, &headers, body).await;
+    let mut shed = 0;
+    for handle in flood {
+        let (status, retry_after, body) = handle.await.unwrap();
+        if retry_after.is_some() {
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(retry_after.as_deref(), Some("1"));
+            assert_eq!(body["code"], "SERVICE_UNAVAILABLE", "our error shape: {body}");
+            shed += 1;
+        }
+    }
+    assert!(shed >= 10, "only {shed} of 20 requests were shed with 2 slots and 1.5 s each");
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_http_requests_shed_total{share=\"api\"}"), f64::from(shed));
+    assert_eq!(series(&metrics, "wxpay_http_requests_shed_total{share=\"notify\"}"), 0.0);
+    eprintln!(
+        "API flood ({backend:?}): {shed} of 20 shed (503 + Retry-After), notification answered in {answered_in:?}; wall {:?}",
+        wall.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_are_on_the_ops_listener_or_behind_the_token() {
+    let wall = Instant::now();
+    let env = TestEnv::new(Backend::Embedded).await;
+    let process = env.spawn_process(&["serve"]).await;
+    let get = |url: String, token: Option<&'static str>| async move {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(get(format!("{}/healthz", process.base), None).await, (200, "ok".to_owned()));
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(get(format!("{}{path}", process.base), None).await.0, 404, "{path} on the public listener");
+        assert_eq!(get(format!("{}{path}", process.ops), None).await.0, 200, "{path} on the ops listener");
+    }
+    assert!(get(format!("{}/metrics", process.ops), None).await.1.contains("wxpay_orders"));
+    assert_eq!(get(format!("{}/healthz", process.ops), None).await.0, 200);
+    assert_eq!(get(format!("{}/api/orders", process.ops), None).await.0, 404, "the ops listener serves no API");
+    drop(process);
+
+    // With a token, the public listener also serves them, to its holder only.
+    const TOKEN: &str = "ops-token-3f9a1c77e2b4";
+    let process = env.spawn_process_with(&["serve"], &[("SERVER__OPS_TOKEN", TOKEN.to_owned())]).await;
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(get(format!("{}{path}", process.base), None).await.0, 401, "{path} without the token");
+        assert_eq!(get(format!("{}{path}", process.base), Some("ops-token-3f9a1c77e2b5")).await.0, 401);
+        assert_eq!(get(format!("{}{path}", process.base), Some(TOKEN)).await.0, 200, "{path} with the token");
+    }
+    drop(process);
+
+    // A worker-only process serves its ops routes on its ops listener, only /healthz publicly.
+    let worker = env.spawn_process(&["serve", "--worker-only"]).await;
+    assert_eq!(get(format!("{}/healthz", worker.base), None).await.0, 200);
+    assert_eq!(get(format!("{}/readyz", worker.base), None).await.0, 404);
+    assert_eq!(get(format!("{}/api/orders", worker.base), None).await.0, 404);
+    assert_eq!(get(format!("{}/readyz", worker.ops), None).await.0, 200);
+    assert_eq!(get(format!("{}/metrics", worker.ops), None).await.0, 200);
+    eprintln!("ops listener: wall {:?}", wall.elapsed());
+}
+
+/// hyper would read ~400 KiB of request head; ours stops at `server.max_header_bytes`, before any
+/// handler (or log line, or database row) sees the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused_before_the_app() {
+    let wall = Instant::now();
+    let env = TestEnv::new(Backend::Embedded).await;
+    let process = env.spawn_process(&["serve"]).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/pay/notify", process.base))
+        .header("Wechatpay-Serial", "A".repeat(64 * 1024))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 431);
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"header_too_large\"}"), 1.0);
+    assert_eq!(series(&metrics, "wxpay_notify_received_total"), 0.0, "the notify handler never ran:\n{metrics}");
+    eprintln!("oversized head: 431; wall {:?}", wall.elapsed());
+}
+
+crate::both_profiles!(slowloris_does_not_stop_a_valid_notification, an_api_flood_is_shed_while_notify_gets_through,);
