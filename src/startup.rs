@@ -23,6 +23,7 @@ use crate::services::login::LoginService;
 use crate::services::operations::Operations;
 use crate::services::orders::OrderService;
 use crate::services::refunds::RefundService;
+use crate::services::rejection_sampler::RejectionSampler;
 use crate::services::sync::OrderSync;
 use crate::telemetry::metrics::Metrics;
 use crate::vault::Vault;
@@ -143,7 +144,7 @@ impl Application {
             settings.notify.timestamp_tolerance_secs,
             writer,
             inbox_signal.clone(),
-            db.clone(),
+            RejectionSampler::spawn(db.clone(), &settings.notify, metrics.clone()),
             metrics.clone(),
         );
         let sync = OrderSync::new(
@@ -182,6 +183,7 @@ impl Application {
             clock.clone(),
             metrics.clone(),
             settings.reconcile.catch_up_days,
+            settings.gauges.clone(),
         );
         let state = AppState::new(Services {
             login,
@@ -242,6 +244,7 @@ impl Application {
             }
             .run(stop.clone()),
         );
+        let gauges = tokio::spawn(self.state.operations.clone().run_gauges(stop.clone()));
         let worker = if self.roles.worker {
             let ctx = Arc::clone(&self.jobs);
             let queue = self.state.queue.clone();
@@ -275,6 +278,7 @@ impl Application {
             let _ = worker.await;
         }
         let _ = keeper.await;
+        let _ = gauges.await;
         self.state.db.close().await;
         served
     }

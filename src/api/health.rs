@@ -1,5 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (database and queue reachable, reported
-//! separately), `/metrics` (Prometheus text, backlog gauges computed at scrape time).
+//! separately; a result at most a second old, shared by concurrent probes), `/metrics`
+//! (Prometheus text; the database gauges are cached by a background refresher, so a scrape
+//! runs no query). The handlers are public so any router (the API's, or an ops listener) can
+//! mount them.
 
 use std::time::Duration;
 
@@ -15,10 +18,11 @@ use super::state::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+pub async fn healthz() -> &'static str {
+    "ok"
 }
 
 #[derive(Serialize)]
@@ -27,20 +31,19 @@ struct Readiness {
     queue: String,
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let answer = |result: Result<(), String>| match result {
         Ok(()) => "ok".to_owned(),
         Err(e) => format!("error: {e}"),
     };
-    let (db, queue) = state.operations.readiness(CHECK_TIMEOUT).await;
+    let (db, queue) = state.operations.readiness_cached(CHECK_TIMEOUT).await;
     let (database, queue) = (answer(db), answer(queue));
     let status = if database == "ok" && queue == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { database, queue }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if tokio::time::timeout(CHECK_TIMEOUT, state.operations.refresh_gauges()).await.is_err() {
-        tracing::warn!("backlog gauges not refreshed: database slow");
-    }
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // I/O-free: pool occupancy is read from the pool itself; everything else is cached.
+    state.operations.refresh_pool_gauges();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
