@@ -34,6 +34,37 @@ pub const READINESS_TTL: Duration = Duration::from_secs(1);
 /// (database, queue): each `Ok` or the reason it is not reachable.
 pub type Readiness = (Result<(), String>, Result<(), String>);
 
+/// A result reused for a while: concurrent callers wait for the one check in flight (the lock)
+/// instead of starting their own, and callers within `ttl` of it get it without a check.
+#[derive(Debug)]
+struct SharedCheck<T>(Arc<Mutex<Option<(Instant, T)>>>);
+
+impl<T> Clone for SharedCheck<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Default for SharedCheck<T> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+}
+
+impl<T: Clone> SharedCheck<T> {
+    async fn get<F: std::future::Future<Output = T>>(&self, ttl: Duration, check: impl FnOnce() -> F) -> T {
+        let mut cached = self.0.lock().await;
+        if let Some((at, result)) = cached.as_ref()
+            && at.elapsed() < ttl
+        {
+            return result.clone();
+        }
+        let result = check().await;
+        *cached = Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
 /// One queue as an operator sees it: its name and apalis' statistics (or why they are missing).
 #[derive(Debug)]
 pub struct QueueReport {
@@ -52,9 +83,8 @@ pub struct Operations {
     /// Days the reconcile gauges look back over (the scheduler's catch-up window).
     reconcile_window_days: u32,
     gauges: GaugeSettings,
-    /// The last readiness result and when it was taken; the lock makes concurrent probes wait
-    /// for the one check in flight instead of starting their own.
-    readiness: Arc<Mutex<Option<(Instant, Readiness)>>>,
+    /// The last readiness result, shared by concurrent probes.
+    readiness: SharedCheck<Readiness>,
 }
 
 impl Operations {
@@ -67,7 +97,7 @@ impl Operations {
         gauges: GaugeSettings,
     ) -> Self {
         let gauge_db = db.with_statement_timeout(Duration::from_millis(gauges.query_timeout_ms));
-        let readiness = Arc::new(Mutex::new(None));
+        let readiness = SharedCheck::default();
         Self { db, gauge_db, queue, clock, metrics, reconcile_window_days, gauges, readiness }
     }
 
@@ -89,15 +119,7 @@ impl Operations {
 
     /// [`Self::readiness`], reused for [`READINESS_TTL`]; concurrent callers share one check.
     pub async fn readiness_cached(&self, timeout: Duration) -> Readiness {
-        let mut cached = self.readiness.lock().await;
-        if let Some((at, result)) = cached.as_ref()
-            && at.elapsed() < READINESS_TTL
-        {
-            return result.clone();
-        }
-        let result = self.readiness(timeout).await;
-        *cached = Some((Instant::now(), result.clone()));
-        result
+        self.readiness.get(READINESS_TTL, || self.readiness(timeout)).await
     }
 
     /// (database, queue): each `Ok` or the reason it is not reachable, each checked on its own
@@ -229,5 +251,36 @@ impl Operations {
         }
         self.probe_pool().await;
         m.gauges_refreshed.set(self.clock.now().timestamp());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_probes_share_one_check_and_reuse_it_within_the_ttl() {
+        const TTL: Duration = Duration::from_millis(200);
+        let shared = SharedCheck::<usize>::default();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let probe = || {
+            let (shared, checks) = (shared.clone(), Arc::clone(&checks));
+            async move {
+                shared
+                    .get(TTL, || async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        checks.fetch_add(1, Ordering::SeqCst) + 1
+                    })
+                    .await
+            }
+        };
+        let answers = futures::future::join_all((0..100).map(|_| probe())).await;
+        assert!(answers.iter().all(|n| *n == 1), "every probe got the first check's answer");
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+        assert_eq!(probe().await, 1, "within the TTL: the same answer, no check");
+        tokio::time::sleep(TTL).await;
+        assert_eq!(probe().await, 2, "an answer older than the TTL is checked again");
     }
 }
