@@ -6,7 +6,8 @@
 //!   5 s and applied; the rejection table stays under its cap; the process memory stays bounded;
 //!   every junk answer is the same generic FAIL.
 //! - The rejection sample is capped and its fields cut (cheap, in-process).
-//! - `/metrics` renders cached gauges; the background refresher computes them.
+//! - `/metrics` renders cached gauges; the background refresher computes them, and on PostgreSQL
+//!   the server itself stops its queries at their deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,6 +320,23 @@ async fn scrapes_render_cached_gauges(backend: Backend) {
     app.state.operations.refresh_gauges().await;
     assert_eq!(metric(&scrape().await, notpay), 1.0, "the refresher's value is what the scrape shows");
     assert!(metric(&scrape().await, "wxpay_gauges_refreshed_timestamp_seconds") > 0.0);
+}
+
+/// On PostgreSQL the gauge queries' deadline is enforced by the server: a query outliving it is
+/// cancelled there (statement_timeout), not merely abandoned by our future while it keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stops_a_gauge_query_past_its_deadline() {
+    let env = TestEnv::new(Backend::Cluster).await;
+    let db = Db::connect(&env.settings().database).await.unwrap();
+    let bounded = db.with_statement_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let err = sqlx::query("SELECT pg_sleep(5)").execute(bounded.reader()).await.unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "stopped by the server after {:?}", started.elapsed());
+    let (timeout,): (String,) = sqlx::query_as("SHOW statement_timeout").fetch_one(bounded.reader()).await.unwrap();
+    assert_eq!(timeout, "200ms");
+    let (unbounded,): (String,) = sqlx::query_as("SHOW statement_timeout").fetch_one(db.reader()).await.unwrap();
+    assert_eq!(unbounded, "0", "the service's own pool is untouched");
 }
 
 crate::both_profiles!(
