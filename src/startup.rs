@@ -24,6 +24,7 @@ use crate::services::login::LoginService;
 use crate::services::operations::Operations;
 use crate::services::orders::OrderService;
 use crate::services::refunds::RefundService;
+use crate::services::rejection_sampler::RejectionSampler;
 use crate::services::sync::OrderSync;
 use crate::telemetry::metrics::Metrics;
 use crate::vault::Vault;
@@ -182,7 +183,7 @@ impl Application {
             settings.notify.timestamp_tolerance_secs,
             writer,
             inbox_signal.clone(),
-            db.clone(),
+            RejectionSampler::spawn(db.clone(), &settings.notify, metrics.clone()),
             metrics.clone(),
         );
         let sync = OrderSync::new(
@@ -221,6 +222,7 @@ impl Application {
             clock.clone(),
             metrics.clone(),
             settings.reconcile.catch_up_days,
+            settings.gauges.clone(),
         );
         let state = AppState::new(Services {
             login,
@@ -317,6 +319,7 @@ impl Application {
             }
             .run(stop.clone()),
         );
+        let gauges = tokio::spawn(self.state.operations.clone().run_gauges(stop.clone()));
         let worker = if self.roles.worker {
             let ctx = Arc::clone(&self.jobs);
             let queue = self.state.queue.clone();
@@ -356,6 +359,7 @@ impl Application {
         }
         let _ = keeper.await;
         let _ = ops.await;
+        let _ = gauges.await;
         self.state.db.close().await;
         served
     }

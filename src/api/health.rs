@@ -1,8 +1,11 @@
 //! `/healthz` (the process answers), `/readyz` (database and queue reachable, reported
-//! separately), `/metrics` (Prometheus text, backlog gauges computed at scrape time).
+//! separately; a result at most a second old, shared by concurrent probes), `/metrics`
+//! (Prometheus text; the database gauges are cached by a background refresher, so a scrape
+//! runs no query).
 //!
-//! Only `/healthz` is free (a constant) and public; `/readyz` and `/metrics` query the database
-//! and show business volumes, so they belong to the ops listener (or behind `server.ops_token`).
+//! Only `/healthz` is free (a constant) and public; `/readyz` and `/metrics` show business
+//! volumes and reach the database, so they belong to the ops listener (or behind
+//! `server.ops_token`).
 
 use std::time::Duration;
 
@@ -33,20 +36,19 @@ struct Readiness {
     queue: String,
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let answer = |result: Result<(), String>| match result {
         Ok(()) => "ok".to_owned(),
         Err(e) => format!("error: {e}"),
     };
-    let (db, queue) = state.operations.readiness(CHECK_TIMEOUT).await;
+    let (db, queue) = state.operations.readiness_cached(CHECK_TIMEOUT).await;
     let (database, queue) = (answer(db), answer(queue));
     let status = if database == "ok" && queue == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { database, queue }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if tokio::time::timeout(CHECK_TIMEOUT, state.operations.refresh_gauges()).await.is_err() {
-        tracing::warn!("backlog gauges not refreshed: database slow");
-    }
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // I/O-free: pool occupancy is read from the pool itself; everything else is cached.
+    state.operations.refresh_pool_gauges();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

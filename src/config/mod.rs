@@ -187,6 +187,10 @@ impl Settings {
         }
         problems.check(positive("notify.max_batch", self.notify.max_batch));
         problems.check(positive("notify.writers", self.notify.writers));
+        problems.check(not_zero("notify.rejection_samples_per_sec", self.notify.rejection_samples_per_sec));
+        problems.check(not_zero("notify.rejection_max_rows", self.notify.rejection_max_rows));
+        problems.check(not_zero("gauges.refresh_interval_ms", self.gauges.refresh_interval_ms));
+        problems.check(not_zero("gauges.query_timeout_ms", self.gauges.query_timeout_ms));
         if self.notify.writers.saturating_mul(2) > self.database.max_connections as usize {
             problems.push(ConfigError::invalid(
                 "notify.writers",
@@ -350,6 +354,14 @@ fn scheme(url: &str) -> &str {
 
 fn positive(setting: &str, value: usize) -> Result<(), ConfigError> {
     if value == 0 {
+        return Err(ConfigError::invalid(setting, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// [`positive`] for settings that are not sizes (rates, intervals).
+fn not_zero<T: Default + PartialEq>(setting: &str, value: T) -> Result<(), ConfigError> {
+    if value == T::default() {
         return Err(ConfigError::invalid(setting, "must be greater than 0"));
     }
     Ok(())

@@ -16,6 +16,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub worker: WorkerSettings,
     pub notify: NotifySettings,
+    pub gauges: GaugeSettings,
     pub apply: ApplySettings,
     pub orders: OrderSettings,
     pub poll: PollSettings,
@@ -120,6 +121,15 @@ pub struct NotifySettings {
     pub timestamp_tolerance_secs: i64,
     pub max_batch: usize,
     pub writers: usize,
+    pub rejection_samples_per_sec: u32,
+    pub rejection_max_rows: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaugeSettings {
+    pub refresh_interval_ms: u64,
+    pub query_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

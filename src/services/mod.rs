@@ -11,4 +11,5 @@ pub mod operations;
 pub mod orders;
 pub mod reconcile;
 pub mod refunds;
+pub mod rejection_sampler;
 pub mod sync;

@@ -80,16 +80,17 @@ const NEW_COLUMNS: usize = 16;
 /// The columns an [`InboxRow`] is read from.
 const INBOX_COLUMNS: &str = "id, notification_id, event_type, resource_json, out_trade_no, deliveries, received_at_ms, processed_at_ms, outcome";
 
-/// A rejected notification, kept so the rejection can be explained later.
-#[derive(Debug, Clone)]
-pub struct Rejection<'a> {
-    pub reason: &'a str,
-    pub detail: &'a str,
-    pub serial: Option<&'a str>,
-    pub notification_id: Option<&'a str>,
-    pub body_sha256: &'a str,
-    pub body_excerpt: &'a str,
-    pub now_ms: i64,
+/// A sample of a rejected notification, kept so the rejection can be explained later. Its
+/// fields are already cut to a bounded size by the sampler (`services::rejection_sampler`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: &'static str,
+    pub detail: String,
+    pub serial: Option<String>,
+    pub notification_id: Option<String>,
+    pub body_sha256: String,
+    pub body_excerpt: String,
+    pub received_at_ms: i64,
 }
 
 /// Evidence we refused to apply.
@@ -463,21 +464,45 @@ impl Db {
             .await?)
     }
 
-    pub async fn insert_rejection(&self, r: &Rejection<'_>) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO notify_rejections (reason, detail, serial, notification_id, body_sha256, body_excerpt, received_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(r.reason)
-        .bind(r.detail)
-        .bind(r.serial)
-        .bind(r.notification_id)
-        .bind(r.body_sha256)
-        .bind(r.body_excerpt)
-        .bind(r.now_ms)
-        .execute(self.writer())
-        .await?;
-        Ok(())
+    /// Stores a batch of rejection samples and deletes the oldest rows beyond `max_rows`, in
+    /// one transaction: the table never holds more than `max_rows` once it commits, and the
+    /// writer is held for one short transaction however many rejections arrive. Ids only grow,
+    /// so "older than the `max_rows`-th newest id" is one index range on the primary key.
+    /// Returns how many rows were pruned.
+    pub async fn insert_rejections(&self, rows: &[Rejection], max_rows: u32) -> Result<u64, StorageError> {
+        let mut tx = self.begin().await?;
+        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO notify_rejections (reason, detail, serial, notification_id, body_sha256, body_excerpt, received_at_ms)
+                 VALUES {}",
+                values_list(chunk.len(), 7, 1)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.reason)
+                    .bind(r.detail.as_str())
+                    .bind(r.serial.as_deref())
+                    .bind(r.notification_id.as_deref())
+                    .bind(r.body_sha256.as_str())
+                    .bind(r.body_excerpt.as_str())
+                    .bind(r.received_at_ms);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let pruned =
+            sqlx::query("DELETE FROM notify_rejections WHERE id <= (SELECT MAX(id) FROM notify_rejections) - $1")
+                .bind(i64::from(max_rows))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(pruned)
+    }
+
+    /// How many rejection samples are stored (the cap's test and the ops CLI).
+    pub async fn rejection_rows(&self) -> Result<i64, StorageError> {
+        Ok(sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM notify_rejections").fetch_one(self.reader()).await?.0)
     }
 
     /// Rejections by reason, for the ops CLI and tests.

@@ -11,6 +11,7 @@
 //! change (refund limits, which transition to attempt) and this layer runs the statements,
 //! guarding each status change with the domain's own transition table.
 
+mod bounded;
 pub mod certificates;
 mod error;
 pub mod events;

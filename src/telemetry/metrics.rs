@@ -40,6 +40,8 @@ pub struct MetricHandles {
     pub notify_rejected: IntCounterVec,
     pub notify_commit_batch: Histogram,
     pub notify_ingest_duration: Histogram,
+    pub notify_rejection_samples: IntCounterVec,
+    pub notify_rejections_pruned: IntCounter,
     pub apply_batch: Histogram,
     pub apply_batch_failures: IntCounterVec,
     pub inbox_deferred: IntCounter,
@@ -76,6 +78,8 @@ pub struct MetricHandles {
     pub db_pool_max_connections: IntGauge,
     pub db_pool_acquire: Histogram,
     pub db_pool_acquire_timeouts: IntCounter,
+    pub gauges_refreshed: IntGauge,
+    pub gauges_refresh_failures: IntCounter,
     pub certificates_in_use: IntGauge,
     pub certificate_expiry: IntGauge,
     pub certificate_last_refresh: IntGauge,
@@ -137,6 +141,15 @@ impl Metrics {
                 "notify_ingest_duration_seconds",
                 "Time from receiving a notification to answering it.",
                 LATENCY_BUCKETS,
+            ),
+            notify_rejection_samples: counter_vec(
+                "notify_rejection_samples_total",
+                "Rejected notifications offered to the notify_rejections sample, by outcome (stored; rate_limited, queue_full: not kept; write_failed).",
+                &["outcome"],
+            ),
+            notify_rejections_pruned: counter(
+                "notify_rejections_pruned_total",
+                "Oldest notify_rejections rows deleted to keep the table under notify.rejection_max_rows.",
             ),
             apply_batch: histogram(
                 "apply_batch_size",
@@ -275,6 +288,14 @@ impl Metrics {
                 "db_pool_acquire_timeouts_total",
                 "Statements that gave up waiting for a database connection (database.acquire_timeout_ms).",
             ),
+            gauges_refreshed: gauge(
+                "gauges_refreshed_timestamp_seconds",
+                "When the database gauges (orders, inbox, queue, refunds, reconcile, dead jobs) were last computed; scrapes read these cached values. 0 before the first refresh.",
+            ),
+            gauges_refresh_failures: counter(
+                "gauges_refresh_failures_total",
+                "Database gauge queries that failed or hit gauges.query_timeout_ms (their gauges keep the previous value).",
+            ),
             certificates_in_use: gauge(
                 "platform_certificates_in_use",
                 "1 when WeChat's signatures are checked with platform certificates (which rotate), 0 on public keys only.",
@@ -324,6 +345,10 @@ impl MetricHandles {
             &[&["success"], &["closed"], &["payerror"], &["pending"], &["already_final"], &["error"]];
         self.touch(&self.poll_checks, outcomes);
         self.touch(&self.rate_limit_waits, &[&["local"], &["shared"]]);
+        self.touch(
+            &self.notify_rejection_samples,
+            &[&["stored"], &["rate_limited"], &["queue_full"], &["write_failed"]],
+        );
         self.touch(&self.refunds, &[&["requested"], &["succeeded"], &["closed"], &["abnormal"], &["refused"]]);
         for status in BillRunStatus::ALL {
             let _ = self.reconcile_runs.with_label_values(&[status.as_str()]);
@@ -373,6 +398,8 @@ impl MetricHandles {
             Box::new(self.notify_rejected.clone()),
             Box::new(self.notify_commit_batch.clone()),
             Box::new(self.notify_ingest_duration.clone()),
+            Box::new(self.notify_rejection_samples.clone()),
+            Box::new(self.notify_rejections_pruned.clone()),
             Box::new(self.apply_batch.clone()),
             Box::new(self.apply_batch_failures.clone()),
             Box::new(self.inbox_deferred.clone()),
@@ -409,6 +436,8 @@ impl MetricHandles {
             Box::new(self.db_pool_max_connections.clone()),
             Box::new(self.db_pool_acquire.clone()),
             Box::new(self.db_pool_acquire_timeouts.clone()),
+            Box::new(self.gauges_refreshed.clone()),
+            Box::new(self.gauges_refresh_failures.clone()),
             Box::new(self.certificates_in_use.clone()),
             Box::new(self.certificate_expiry.clone()),
             Box::new(self.certificate_last_refresh.clone()),

@@ -214,6 +214,8 @@ impl TestEnv {
             ("RECONCILE__WORK_DIR", self.path("bill-tmp").display().to_string()),
             ("RECONCILE__REPORTS_DIR", self.path("reports").display().to_string()),
             ("QUEUE__PREFIX", self.prefix.clone()),
+            // Database gauges are computed in the background: often enough for tests that scrape.
+            ("GAUGES__REFRESH_INTERVAL_MS", "200".to_owned()),
         ];
         match (self.backend, &self.pg) {
             (Backend::Cluster, Some(pg)) => {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abuse_connections;
+mod abuse_notify;
 mod admin;
 mod certificates;
 mod chaos;

@@ -294,9 +294,13 @@ async fn the_scheduler_waits_for_the_bill_and_catches_up(backend: Backend) {
     .await;
     let run = app.state.db.bill_run(&bill_date).await.unwrap().unwrap();
     assert_eq!((run.bill_rows, run.attempts), (3, 2), "{run:?}");
-    let scraped = reqwest::get(format!("{}/metrics", app.ops)).await.unwrap().text().await.unwrap();
-    let last = scraped.lines().find(|l| l.starts_with("wxpay_reconcile_last_success_timestamp_seconds ")).unwrap();
-    assert!(!last.ends_with(" 0"), "{last}");
+    // The gauge is refreshed in the background (gauges.refresh_interval_ms), not by the scrape.
+    eventually("the scrape shows the last success", Duration::from_secs(10), || async {
+        let scraped = reqwest::get(format!("{}/metrics", app.ops)).await.unwrap().text().await.unwrap();
+        let last = scraped.lines().find(|l| l.starts_with("wxpay_reconcile_last_success_timestamp_seconds "));
+        last.is_some_and(|last| !last.ends_with(" 0"))
+    })
+    .await;
 }
 
 /// The CLI on a past day the simulator has no bill for, while our books say we were paid then:
