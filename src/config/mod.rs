@@ -255,6 +255,41 @@ impl Settings {
             problems.push(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }
         self.validate_catalog(problems);
+        self.validate_quotas(problems);
+    }
+
+    /// `[quotas]`, `[wechat_budget]` and the order deadline: a zero where a limit is needed,
+    /// or a deadline the request timeout cuts first, would silently turn a limit off.
+    fn validate_quotas(&self, problems: &mut Problems) {
+        let q = &self.quotas;
+        for (name, rate, burst) in [
+            ("quotas.login_per_ip_burst", q.login_per_ip_per_min, q.login_per_ip_burst),
+            ("quotas.login_per_code_burst", q.login_per_code_per_min, q.login_per_code_burst),
+            ("quotas.orders_create_burst", q.orders_create_per_min, q.orders_create_burst),
+            ("quotas.orders_refresh_burst", q.orders_refresh_per_min, q.orders_refresh_burst),
+        ] {
+            if rate > 0 && burst == 0 {
+                problems.push(ConfigError::invalid(name, "must be greater than 0 when its rate is set"));
+            }
+        }
+        problems.check(positive("quotas.login_concurrency", q.login_concurrency));
+        problems.check(positive("quotas.max_keys", q.max_keys));
+        let b = &self.wechat_budget;
+        if !(1..=100).contains(&b.user_share_percent) {
+            problems.push(ConfigError::invalid("wechat_budget.user_share_percent", "must be between 1 and 100"));
+        }
+        if b.settling_max_wait_ms < b.user_max_wait_ms {
+            problems.push(ConfigError::invalid(
+                "wechat_budget.settling_max_wait_ms",
+                "must be at least user_max_wait_ms (settling work never gives up before user traffic)",
+            ));
+        }
+        if self.orders.deadline_margin_ms.saturating_add(500) > self.server.request_timeout_ms {
+            problems.push(ConfigError::invalid(
+                "orders.deadline_margin_ms",
+                "must leave at least 500 ms of server.request_timeout_ms for order creation",
+            ));
+        }
     }
 
     /// The merchant's WeChat identity, unless the dev keys stand in for it.
