@@ -153,8 +153,10 @@ impl OrderService {
         }
         if let Some(quotas) = &self.quotas {
             quotas.create_order(user_id)?;
-            // A soft cap: creations racing each other may pass it by the create burst at most.
-            quotas.open_orders(self.db.open_orders_of(user_id, self.clock.now_ms()).await?)?;
+            if quotas.caps_open_orders() {
+                // A soft cap: creations racing each other may pass it by the create burst at most.
+                quotas.open_orders(self.db.open_orders_of(user_id, self.clock.now_ms()).await?)?;
+            }
         }
         // Independent reads: one round trip of latency instead of two.
         let (user, product) = tokio::try_join!(self.db.user(user_id), self.db.active_product(product_id))?;

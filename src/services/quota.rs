@@ -221,6 +221,11 @@ impl Quotas {
         self.counted(self.0.orders_refresh.check(&user_id))
     }
 
+    /// Whether the cap on unpaid orders is on (else nothing needs counting).
+    pub fn caps_open_orders(&self) -> bool {
+        self.0.open_orders_per_user > 0
+    }
+
     /// Refuses a new order when the user already holds `open` unpaid ones at the cap.
     pub fn open_orders(&self, open: i64) -> Result<(), Refusal> {
         let cap = i64::from(self.0.open_orders_per_user);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod abuse_quota;
 mod admin;
 mod certificates;
 mod chaos;
