@@ -417,6 +417,31 @@ mod tests {
     }
 
     #[test]
+    fn quota_and_budget_settings_that_would_turn_a_limit_off_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__QUOTAS__ORDERS_CREATE_BURST", "0");
+            jail.set_env("WXPAY_RECON__QUOTAS__LOGIN_CONCURRENCY", "0");
+            jail.set_env("WXPAY_RECON__QUOTAS__MAX_KEYS", "0");
+            jail.set_env("WXPAY_RECON__WECHAT_BUDGET__USER_SHARE_PERCENT", "0");
+            jail.set_env("WXPAY_RECON__WECHAT_BUDGET__SETTLING_MAX_WAIT_MS", "10");
+            jail.set_env("WXPAY_RECON__ORDERS__DEADLINE_MARGIN_MS", "9800");
+            let err = Settings::load_dev(None).expect_err("bad quotas");
+            let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
+            for expected in [
+                "quotas.orders_create_burst",
+                "quotas.login_concurrency",
+                "quotas.max_keys",
+                "wechat_budget.user_share_percent",
+                "wechat_budget.settling_max_wait_ms",
+                "orders.deadline_margin_ms",
+            ] {
+                assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn platform_keys_can_be_set_from_one_environment_variable() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("WXPAY_RECON__WECHAT__USE_DEV_KEYS", "true");

@@ -253,53 +253,34 @@ impl RateLimiter {
     }
 
     /// Takes one slot of the current second's shared budget: a user call first takes one of
-    /// the user counter (so a flood of refused user calls never touches the total that
-    /// settling work counts on), then one of the total. Waits for the next second while a
-    /// counter is spent, up to `deadline`. Returns whether it had to wait.
+    /// that second's user counter (so a flood of refused user calls never touches the total that
+    /// settling work counts on), then one of the same second's total. While either is spent it
+    /// waits for the next second and starts over (a user slot is only good for its own second:
+    /// kept across the wait, two seconds of user calls could go out in one), up to `deadline`.
+    /// Returns whether it had to wait.
     async fn acquire_shared(&self, shared: &Shared, priority: Priority, deadline: Instant) -> Result<bool, Busy> {
         let started = Instant::now();
         let mut waited = false;
-        if priority == Priority::User {
-            let user_key = format!("{}:user", shared.key_prefix);
-            waited |= self.shared_slot(shared, &user_key, self.user_per_sec, priority, deadline).await?;
-        }
-        waited |= self.shared_slot(shared, &shared.key_prefix, self.per_sec, priority, deadline).await?;
-        if waited {
-            self.record_wait("shared", started);
-        }
-        Ok(waited)
-    }
-
-    async fn shared_slot(
-        &self,
-        shared: &Shared,
-        prefix: &str,
-        limit: u32,
-        priority: Priority,
-        deadline: Instant,
-    ) -> Result<bool, Busy> {
-        let mut waited = false;
         loop {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let key = format!("{prefix}:{}", now.as_secs());
-            let mut conn = shared.conn.clone();
-            let counted = tokio::time::timeout(
-                SHARED_TIMEOUT,
-                redis::pipe().atomic().incr(&key, 1).expire(&key, 5).ignore().query_async::<(u64,)>(&mut conn),
-            )
-            .await;
-            let count = match counted {
-                Ok(Ok((count,))) => count,
-                Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "shared WeChat rate limit unavailable; using the local limit only");
+            let second = now.as_secs();
+            let mut admitted = true;
+            if priority == Priority::User {
+                let Some(users) = self.count(shared, &format!("{}:user:{second}", shared.key_prefix)).await else {
                     return Ok(waited);
-                }
-                Err(_) => {
-                    tracing::warn!("shared WeChat rate limit timed out; using the local limit only");
+                };
+                admitted = users <= u64::from(self.user_per_sec);
+            }
+            if admitted {
+                let Some(total) = self.count(shared, &format!("{}:{second}", shared.key_prefix)).await else {
                     return Ok(waited);
+                };
+                admitted = total <= u64::from(self.per_sec);
+            }
+            if admitted {
+                if waited {
+                    self.record_wait("shared", started);
                 }
-            };
-            if count <= u64::from(limit) {
                 return Ok(waited);
             }
             // Sleep to the next second, plus a little jitter so replicas do not stampede.
@@ -310,6 +291,28 @@ impl RateLimiter {
             }
             waited = true;
             tokio::time::sleep(to_next + jitter).await;
+        }
+    }
+
+    /// Counts one call under `key` (a per-second counter kept 5 s); `None` when Redis cannot
+    /// answer in time (the shared check is then skipped, logged).
+    async fn count(&self, shared: &Shared, key: &str) -> Option<u64> {
+        let mut conn = shared.conn.clone();
+        let counted = tokio::time::timeout(
+            SHARED_TIMEOUT,
+            redis::pipe().atomic().incr(key, 1).expire(key, 5).ignore().query_async::<(u64,)>(&mut conn),
+        )
+        .await;
+        match counted {
+            Ok(Ok((count,))) => Some(count),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "shared WeChat rate limit unavailable; using the local limit only");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("shared WeChat rate limit timed out; using the local limit only");
+                None
+            }
         }
     }
 }
