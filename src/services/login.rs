@@ -126,8 +126,10 @@ impl LoginService {
             return Err(LoginFailure::MalformedCode);
         }
         // Held until WeChat answered: the cap counts calls in flight.
-        let _slot = self.quotas.as_ref().map(|q| q.login(client, code)).transpose()?;
-        let session = self.client.code2session(code).await?;
+        let slot = self.quotas.as_ref().map(|q| q.login(client, code)).transpose()?;
+        let session = self.client.code2session(code).await;
+        drop(slot);
+        let session = session?;
         let sealed = self.vault.seal(session.session_key.expose()).map_err(|_| LoginFailure::Seal)?;
         let now_ms = self.clock.now_ms();
         let user = self.db.upsert_user(&session.openid, session.unionid.as_deref(), &sealed, now_ms).await?;
