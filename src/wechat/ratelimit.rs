@@ -29,6 +29,8 @@ use redis::aio::ConnectionManager;
 use crate::config::WechatBudgetSettings;
 use crate::telemetry::metrics::Metrics;
 
+/// Retry-After of a call refused because too many were queued ahead of it.
+const QUEUE_RETRY: Duration = Duration::from_secs(1);
 /// Redis round trips slower than this skip the shared check rather than delay the call.
 const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -120,8 +122,17 @@ pub struct RateLimiter {
     split: BudgetSplit,
     total: Arc<DefaultDirectRateLimiter>,
     user: Arc<DefaultDirectRateLimiter>,
+    gates: Arc<Gates>,
     shared: Option<Shared>,
     metrics: Metrics,
+}
+
+/// The lines local waiters take turns in (see [`RateLimiter::local`]).
+#[derive(Default)]
+struct Gates {
+    user: tokio::sync::Mutex<()>,
+    total_user: tokio::sync::Mutex<()>,
+    total_settling: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -163,6 +174,7 @@ impl RateLimiter {
             split,
             total: direct(per_sec),
             user: direct(user_per_sec),
+            gates: Arc::default(),
             shared: None,
             metrics,
         })
@@ -211,9 +223,15 @@ impl RateLimiter {
     async fn admit_until(&self, priority: Priority, deadline: Instant) -> Result<bool, Busy> {
         let mut waited = false;
         if priority == Priority::User {
-            waited |= self.local(&self.user, priority, deadline).await?;
+            waited |= self.local(&self.user, &self.gates.user, priority, deadline).await?;
         }
-        waited |= self.local(&self.total, priority, deadline).await?;
+        // One line per priority at the total: a settling call never queues behind user calls
+        // (those are already held to their share by the user limiter).
+        let gate = match priority {
+            Priority::User => &self.gates.total_user,
+            Priority::Settling => &self.gates.total_settling,
+        };
+        waited |= self.local(&self.total, gate, priority, deadline).await?;
         if let Some(shared) = &self.shared {
             waited |= self.acquire_shared(shared, priority, deadline).await?;
         }
@@ -221,14 +239,29 @@ impl RateLimiter {
     }
 
     /// One cell of a local limiter, waiting for it while it can come before `deadline`.
+    /// Waiters take turns in arrival order (`gate`, a fair mutex: only the head of the line polls
+    /// the limiter), so under sustained demand a caller cannot lose the race for every cell to
+    /// later arrivals until its deadline passes: it waits for those ahead of it, no more.
     async fn local(
         &self,
         limiter: &DefaultDirectRateLimiter,
+        gate: &tokio::sync::Mutex<()>,
         priority: Priority,
         deadline: Instant,
     ) -> Result<bool, Busy> {
         let started = Instant::now();
         let mut waited = false;
+        let _turn = match gate.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                waited = true;
+                match tokio::time::timeout_at(deadline.into(), gate.lock()).await {
+                    Ok(turn) => turn,
+                    // Too many ahead to be served in time; how long they take is not known here.
+                    Err(_) => return Err(Busy { priority, retry_after: QUEUE_RETRY }),
+                }
+            }
+        };
         loop {
             let now = Instant::now();
             let wait = match limiter.check() {
@@ -376,6 +409,26 @@ mod tests {
         // The total is spent, so a user call cannot pass either, even within its share.
         assert!(budget.admit(Priority::User).await.is_err());
         assert_eq!(budget.metrics.wechat_budget_admissions.with_label_values(&["settling", "waited"]).get(), 1);
+    }
+
+    /// 16 callers asking without pause for 60 cells/s: each one waits for those ahead of it
+    /// (about 16/60 s), never its whole bound, so none is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_sustained_demand_waiters_are_served_in_turn_not_starved() {
+        let budget = limiter(100, 60, 1_000);
+        let until = Instant::now() + Duration::from_millis(1_500);
+        let callers = (0..16).map(|_| {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                while Instant::now() < until {
+                    refused += usize::from(budget.admit(Priority::User).await.is_err());
+                }
+                refused
+            })
+        });
+        let refused: usize = futures::future::join_all(callers).await.into_iter().map(Result::unwrap).sum();
+        assert_eq!(refused, 0);
     }
 
     #[tokio::test]
