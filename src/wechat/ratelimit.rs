@@ -213,8 +213,10 @@ impl RateLimiter {
                 .with_label_values(&[priority.as_str()])
                 .inc_by(waited.as_secs_f64());
         }
+        // Debug only: a flood of user calls would otherwise write a line per refusal (the metric
+        // counts them, and the API logs each answer once).
         if let Err(busy) = &result {
-            tracing::warn!(priority = %priority, retry_after_ms = busy.retry_after.as_millis(), "WeChat call budget spent; call refused");
+            tracing::debug!(priority = %priority, retry_after_ms = busy.retry_after.as_millis(), "WeChat call budget spent; call refused");
         }
         result.map(|_| ())
     }
@@ -223,7 +225,7 @@ impl RateLimiter {
     async fn admit_until(&self, priority: Priority, deadline: Instant) -> Result<bool, Busy> {
         let mut waited = false;
         if priority == Priority::User {
-            waited |= self.local(&self.user, &self.gates.user, priority, deadline).await?;
+            waited |= self.local(&self.user, &self.gates.user, priority, deadline).await?.0;
         }
         // One line per priority at the total: a settling call never queues behind user calls
         // (those are already held to their share by the user limiter).
@@ -231,10 +233,14 @@ impl RateLimiter {
             Priority::User => &self.gates.total_user,
             Priority::Settling => &self.gates.total_settling,
         };
-        waited |= self.local(&self.total, gate, priority, deadline).await?;
+        let (waited_total, turn) = self.local(&self.total, gate, priority, deadline).await?;
+        waited |= waited_total;
         if let Some(shared) = &self.shared {
+            // Still this line's turn: the next caller waits for this one's shared slot too, so
+            // waiting for the next second is also served in arrival order.
             waited |= self.acquire_shared(shared, priority, deadline).await?;
         }
+        drop(turn);
         Ok(waited)
     }
 
@@ -242,16 +248,17 @@ impl RateLimiter {
     /// Waiters take turns in arrival order (`gate`, a fair mutex: only the head of the line polls
     /// the limiter), so under sustained demand a caller cannot lose the race for every cell to
     /// later arrivals until its deadline passes: it waits for those ahead of it, no more.
-    async fn local(
+    /// Returns whether it had to wait, and the turn (the caller may hold it a little longer).
+    async fn local<'g>(
         &self,
         limiter: &DefaultDirectRateLimiter,
-        gate: &tokio::sync::Mutex<()>,
+        gate: &'g tokio::sync::Mutex<()>,
         priority: Priority,
         deadline: Instant,
-    ) -> Result<bool, Busy> {
+    ) -> Result<(bool, tokio::sync::MutexGuard<'g, ()>), Busy> {
         let started = Instant::now();
         let mut waited = false;
-        let _turn = match gate.try_lock() {
+        let turn = match gate.try_lock() {
             Ok(turn) => turn,
             Err(_) => {
                 waited = true;
@@ -277,7 +284,7 @@ impl RateLimiter {
         if waited {
             self.record_wait("local", started);
         }
-        Ok(waited)
+        Ok((waited, turn))
     }
 
     fn record_wait(&self, scope: &str, since: Instant) {
