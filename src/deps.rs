@@ -14,7 +14,7 @@ use crate::services::apply::Applier;
 use crate::services::reconcile::Reconciler;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
-use crate::wechat::ratelimit::RateLimiter;
+use crate::wechat::ratelimit::{BudgetSplit, RateLimiter};
 use crate::wechat::{Credentials, LoginClient, PayClient, WechatError};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +90,15 @@ impl Deps {
         // The certificates downloaded earlier: a restart verifies WeChat without asking it first.
         crate::services::certificates::load_saved(&db, &creds.platform_keys).await?;
         let queue = JobQueue::connect(&settings.queue).await?;
-        let limiter =
-            RateLimiter::new(settings.wechat.rate_limit_per_sec, metrics.clone()).map(|l| match queue.redis() {
-                Some((conn, prefix)) => l.shared_through(conn, prefix),
-                None => l,
-            });
+        let limiter = RateLimiter::with_split(
+            settings.wechat.rate_limit_per_sec,
+            BudgetSplit::from_settings(&settings.wechat_budget),
+            metrics.clone(),
+        )
+        .map(|l| match queue.redis() {
+            Some((conn, prefix)) => l.shared_through(conn, prefix),
+            None => l,
+        });
         let pay = PayClient::new(
             &settings.wechat.pay_base_url,
             Duration::from_millis(settings.wechat.request_timeout_ms),

@@ -10,10 +10,12 @@
 //! - `config`: layered settings (defaults, file, `WXPAY_RECON__*`), secrets. A leaf.
 //! - `domain`: the common language: money, identifiers, orders and refunds with their state
 //!   machines, what WeChat reports, discrepancy classes, anomaly and job kinds. Pure; a leaf.
-//! - `wechat`: signing, verification, AES-GCM, keys, wire types, HTTP clients, and
+//! - `wechat`: signing, verification, AES-GCM, keys, wire types, HTTP clients (behind one call
+//!   budget split by priority, `wechat::ratelimit`), and
 //!   `wechat::convert`, the one place wire values (and bill rows) become domain values.
 //! - `services`: use cases shared by API and worker (login, orders, ingest, apply, sync,
-//!   refunds, reconcile). The one applier takes a `PaymentReport` from every source.
+//!   refunds, reconcile, and the per-client quotas). The one applier takes a `PaymentReport`
+//!   from every source.
 //! - `api`: axum handlers, one module per resource; each calls services and answers DTOs.
 //! - `worker`: inbox batch appliers, apalis workers, job kinds, retry policy, sweeper, poller,
 //!   scheduler.

@@ -23,6 +23,7 @@ use crate::services::ingest::NotifyIngest;
 use crate::services::login::LoginService;
 use crate::services::operations::Operations;
 use crate::services::orders::OrderService;
+use crate::services::quota::Quotas;
 use crate::services::refunds::RefundService;
 use crate::services::rejection_sampler::RejectionSampler;
 use crate::services::sync::OrderSync;
@@ -157,6 +158,7 @@ impl Application {
         let reconciler = deps.reconciler(&settings);
         let Deps { db, queue, creds, pay, .. } = deps;
         let keeper_pay = pay.clone();
+        let quotas = Quotas::new(&settings.quotas, metrics.clone());
         let login = LoginService::new(
             db.clone(),
             login_client,
@@ -164,7 +166,8 @@ impl Application {
             clock.clone(),
             Duration::from_secs(settings.auth.token_ttl_secs),
             metrics.clone(),
-        );
+        )
+        .with_quotas(quotas.clone());
         let orders = OrderService::new(
             db.clone(),
             pay.clone(),
@@ -172,7 +175,11 @@ impl Application {
             settings.orders.clone(),
             settings.wechat.notify_url.clone(),
             metrics.clone(),
-        );
+        )
+        .with_quotas(quotas)
+        .with_deadline(Duration::from_millis(
+            settings.server.request_timeout_ms.saturating_sub(settings.orders.deadline_margin_ms),
+        ));
         let writers = if db.dialect() == crate::storage::Dialect::Sqlite { 1 } else { settings.notify.writers };
         let writer = InboxWriter::spawn(db.clone(), settings.notify.max_batch, writers, metrics.clone());
         let inbox_signal = InboxSignal::default();

@@ -1,7 +1,8 @@
-//! `POST /api/login`, `GET /api/me`, `PUT /api/me/profile`.
+//! `POST /api/login`, `POST /api/logout`, `GET /api/me`, `PUT /api/me/profile`.
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, response::IntoResponse};
 use serde::{Deserialize, Serialize};
@@ -11,12 +12,13 @@ use crate::domain::time::from_ms;
 use crate::services::login::ProfileError;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, CurrentUser};
+use super::extract::{ApiJson, ClientIp, CurrentSession, CurrentUser};
 use super::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/me/profile", put(update_profile))
 }
@@ -56,14 +58,21 @@ impl From<User> for UserView {
 
 async fn login(
     State(state): State<AppState>,
+    ClientIp(client): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let session = state.login.login(&body.code).await?;
+    let session = state.login.login(&body.code, client).await?;
     Ok(Json(LoginResponse {
         token: session.token.expose().clone(),
         expires_at: session.expires_at.to_rfc3339(),
         user: session.user.into(),
     }))
+}
+
+/// Revokes the presented token: from now on it is refused (401) like an unknown one.
+async fn logout(State(state): State<AppState>, session: CurrentSession) -> Result<StatusCode, ApiError> {
+    state.login.logout(&session.token).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn me(State(state): State<AppState>, CurrentUser(user_id): CurrentUser) -> Result<Json<UserView>, ApiError> {

@@ -1,4 +1,8 @@
-//! Extractors: the bearer-token user, and JSON bodies whose rejections use our error shape.
+//! Extractors: the bearer-token user (and session), the client's address, and JSON bodies
+//! whose rejections use our error shape.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -22,6 +26,36 @@ impl FromRequestParts<AppState> for CurrentUser {
             Some(user_id) => Ok(CurrentUser(user_id)),
             None => Err(ApiError::bad_token()),
         }
+    }
+}
+
+/// The session behind the bearer token: its user and the token itself (for logout).
+#[derive(Debug, Clone)]
+pub struct CurrentSession {
+    pub user_id: i64,
+    pub token: String,
+}
+
+impl FromRequestParts<AppState> for CurrentSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let CurrentUser(user_id) = CurrentUser::from_request_parts(parts, state).await?;
+        let token = bearer(parts).ok_or_else(ApiError::bad_token)?.to_owned();
+        Ok(CurrentSession { user_id, token })
+    }
+}
+
+/// The client's address as `observe` worked it out (the trusted proxy's header, else the TCP
+/// peer); `None` when unknown (no connection info, as in router tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<ClientIp>().copied().unwrap_or(ClientIp(None)))
     }
 }
 

@@ -37,12 +37,14 @@ impl HttpObserver {
 }
 
 /// Records one request: span, metrics, error line, echoed request id.
-pub async fn observe(State(observer): State<Arc<HttpObserver>>, req: Request, next: Next) -> Response {
+pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let method = method_label(req.method());
     let request_id = request_id(req.headers());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let client_ip = client_ip(req.headers(), observer.client_ip_header.as_ref(), peer);
+    // Handlers (the login quota) key on the same address the logs show.
+    req.extensions_mut().insert(super::extract::ClientIp(client_ip));
     let span = tracing::info_span!(
         "http",
         http.method = method,

@@ -90,6 +90,10 @@ async fn show(
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
+    // Only a status that makes us ask WeChat counts against the user's quota.
+    if order.is_awaiting_payment() {
+        state.orders.allow_request(user_id)?;
+    }
     Ok(Json(state.sync.refresh(order).await?.into()))
 }
 
@@ -101,6 +105,7 @@ async fn close(
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
     let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
+    state.orders.allow_request(user_id)?;
     let outcome = state.sync.close(&order).await?;
     let current = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
     match outcome {
@@ -116,5 +121,6 @@ async fn payment(
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<PaymentParams>, ApiError> {
     let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
+    state.orders.allow_request(user_id)?;
     Ok(Json(state.orders.request_payment(&order).await?))
 }

@@ -260,6 +260,41 @@ impl Settings {
             problems.push(ConfigError::invalid("sim.time_scale", "must be a positive number"));
         }
         self.validate_catalog(problems);
+        self.validate_quotas(problems);
+    }
+
+    /// `[quotas]`, `[wechat_budget]` and the order deadline: a zero where a limit is needed,
+    /// or a deadline the request timeout cuts first, would silently turn a limit off.
+    fn validate_quotas(&self, problems: &mut Problems) {
+        let q = &self.quotas;
+        for (name, rate, burst) in [
+            ("quotas.login_per_ip_burst", q.login_per_ip_per_min, q.login_per_ip_burst),
+            ("quotas.login_per_code_burst", q.login_per_code_per_min, q.login_per_code_burst),
+            ("quotas.orders_create_burst", q.orders_create_per_min, q.orders_create_burst),
+            ("quotas.orders_refresh_burst", q.orders_refresh_per_min, q.orders_refresh_burst),
+        ] {
+            if rate > 0 && burst == 0 {
+                problems.push(ConfigError::invalid(name, "must be greater than 0 when its rate is set"));
+            }
+        }
+        problems.check(positive("quotas.login_concurrency", q.login_concurrency));
+        problems.check(positive("quotas.max_keys", q.max_keys));
+        let b = &self.wechat_budget;
+        if !(1..=100).contains(&b.user_share_percent) {
+            problems.push(ConfigError::invalid("wechat_budget.user_share_percent", "must be between 1 and 100"));
+        }
+        if b.settling_max_wait_ms < b.user_max_wait_ms {
+            problems.push(ConfigError::invalid(
+                "wechat_budget.settling_max_wait_ms",
+                "must be at least user_max_wait_ms (settling work never gives up before user traffic)",
+            ));
+        }
+        if self.orders.deadline_margin_ms.saturating_add(500) > self.server.request_timeout_ms {
+            problems.push(ConfigError::invalid(
+                "orders.deadline_margin_ms",
+                "must leave at least 500 ms of server.request_timeout_ms for order creation",
+            ));
+        }
     }
 
     /// The listeners' limits: a zero would refuse every connection or request.
@@ -413,6 +448,31 @@ mod tests {
                 "wechat.mchid",
                 "wechat.merchant_serial",
                 "wechat.notify_url",
+            ] {
+                assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn quota_and_budget_settings_that_would_turn_a_limit_off_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("WXPAY_RECON__QUOTAS__ORDERS_CREATE_BURST", "0");
+            jail.set_env("WXPAY_RECON__QUOTAS__LOGIN_CONCURRENCY", "0");
+            jail.set_env("WXPAY_RECON__QUOTAS__MAX_KEYS", "0");
+            jail.set_env("WXPAY_RECON__WECHAT_BUDGET__USER_SHARE_PERCENT", "0");
+            jail.set_env("WXPAY_RECON__WECHAT_BUDGET__SETTLING_MAX_WAIT_MS", "10");
+            jail.set_env("WXPAY_RECON__ORDERS__DEADLINE_MARGIN_MS", "9800");
+            let err = Settings::load_dev(None).expect_err("bad quotas");
+            let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
+            for expected in [
+                "quotas.orders_create_burst",
+                "quotas.login_concurrency",
+                "quotas.max_keys",
+                "wechat_budget.user_share_percent",
+                "wechat_budget.settling_max_wait_ms",
+                "orders.deadline_margin_ms",
             ] {
                 assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");
             }

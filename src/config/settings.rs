@@ -23,6 +23,8 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub auth: AuthSettings,
     pub wechat: WechatSettings,
+    pub wechat_budget: WechatBudgetSettings,
+    pub quotas: QuotaSettings,
     pub platform_certificates: PlatformCertificateSettings,
     pub log: LogSettings,
     pub sim: SimSettings,
@@ -138,6 +140,34 @@ pub struct OrderSettings {
     pub time_expire_secs: u64,
     pub description_prefix: String,
     pub poll_grace_secs: u64,
+    pub deadline_margin_ms: u64,
+}
+
+/// How the WeChat Pay call budget (`wechat.rate_limit_per_sec`) is split by priority
+/// (see `wechat::ratelimit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatBudgetSettings {
+    pub user_share_percent: u8,
+    pub user_max_wait_ms: u64,
+    pub settling_max_wait_ms: u64,
+}
+
+/// Per-client quotas of the public API (see `services::quota`). A rate of 0 turns that quota off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    pub login_per_ip_per_min: u32,
+    pub login_per_ip_burst: u32,
+    pub login_per_code_per_min: u32,
+    pub login_per_code_burst: u32,
+    pub login_concurrency: usize,
+    pub orders_create_per_min: u32,
+    pub orders_create_burst: u32,
+    pub orders_refresh_per_min: u32,
+    pub orders_refresh_burst: u32,
+    pub open_orders_per_user: u32,
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,6 +1,9 @@
 //! Mini-program login: `wx.login` code -> jscode2session -> our user -> our bearer token.
 //! session_key is sealed at rest and never leaves the server.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +13,8 @@ use crate::config::Secret;
 use crate::domain::User;
 use crate::domain::time::from_ms;
 use crate::storage::{Db, StorageError};
+
+use super::quota::{Quotas, Refusal};
 use crate::telemetry::metrics::Metrics;
 use crate::vault::{self, Vault};
 use crate::wechat::LoginClient;
@@ -23,8 +28,15 @@ const LOGIN_BAD_CODE: &str = "bad_code";
 const LOGIN_BLOCKED: &str = "blocked";
 const LOGIN_MISCONFIGURED: &str = "misconfigured";
 const LOGIN_UNAVAILABLE: &str = "unavailable";
-const LOGIN_OUTCOMES: [&str; 5] = [LOGIN_OK, LOGIN_BAD_CODE, LOGIN_BLOCKED, LOGIN_MISCONFIGURED, LOGIN_UNAVAILABLE];
+const LOGIN_LIMITED: &str = "rate_limited";
+const LOGIN_OUTCOMES: [&str; 6] =
+    [LOGIN_OK, LOGIN_BAD_CODE, LOGIN_BLOCKED, LOGIN_MISCONFIGURED, LOGIN_UNAVAILABLE, LOGIN_LIMITED];
 
+/// Expired sessions are purged from a login at most this often per process (logins are what
+/// makes the table grow, so a quiet service has nothing to purge)...
+const PURGE_INTERVAL_MS: i64 = 60_000;
+/// ... and at most this many rows at a time, so a purge never holds the writer for long.
+const PURGE_BATCH: i64 = 1_000;
 #[derive(Debug, Clone)]
 pub struct LoginService {
     db: Db,
@@ -33,6 +45,9 @@ pub struct LoginService {
     clock: Clock,
     token_ttl: Duration,
     metrics: Metrics,
+    quotas: Option<Quotas>,
+    /// When expired sessions were last purged (ms); shared by clones.
+    last_purge_ms: Arc<AtomicI64>,
 }
 
 /// A fresh session: the token is shown to the client once.
@@ -64,6 +79,8 @@ pub enum LoginFailure {
     Storage(#[from] StorageError),
     #[error("cannot seal session_key")]
     Seal,
+    #[error(transparent)]
+    Limited(#[from] Refusal),
 }
 
 impl LoginService {
@@ -71,11 +88,20 @@ impl LoginService {
         for outcome in LOGIN_OUTCOMES {
             let _ = metrics.logins.with_label_values(&[outcome]);
         }
-        Self { db, client, vault, clock, token_ttl, metrics }
+        Self { db, client, vault, clock, token_ttl, metrics, quotas: None, last_purge_ms: Arc::default() }
     }
 
-    pub async fn login(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
-        let result = self.login_inner(code).await;
+    /// Logins obey the address and code quotas and the cap on login calls in flight.
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// Logs in with a `wx.login` code, from `client` (the address the quotas count; `None`
+    /// when unknown).
+    pub async fn login(&self, code: &str, client: Option<IpAddr>) -> Result<LoggedIn, LoginFailure> {
+        let result = self.login_inner(code, client).await;
         let outcome = match &result {
             Ok(_) => LOGIN_OK,
             Err(LoginFailure::MalformedCode | LoginFailure::Wechat(LoginError::BadCode { .. })) => LOGIN_BAD_CODE,
@@ -85,17 +111,25 @@ impl LoginService {
                 tracing::error!(setting, errcode, errmsg, "WeChat login refuses our configuration: check {setting}");
                 LOGIN_MISCONFIGURED
             }
+            Err(LoginFailure::Limited(_)) => LOGIN_LIMITED,
             Err(_) => LOGIN_UNAVAILABLE,
         };
         self.metrics.logins.with_label_values(&[outcome]).inc();
+        if result.is_ok() {
+            self.purge_expired_sessions().await;
+        }
         result
     }
 
-    async fn login_inner(&self, code: &str) -> Result<LoggedIn, LoginFailure> {
+    async fn login_inner(&self, code: &str, client: Option<IpAddr>) -> Result<LoggedIn, LoginFailure> {
         if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(LoginFailure::MalformedCode);
         }
-        let session = self.client.code2session(code).await?;
+        // Held until WeChat answered: the cap counts calls in flight.
+        let slot = self.quotas.as_ref().map(|q| q.login(client, code)).transpose()?;
+        let session = self.client.code2session(code).await;
+        drop(slot);
+        let session = session?;
         let sealed = self.vault.seal(session.session_key.expose()).map_err(|_| LoginFailure::Seal)?;
         let now_ms = self.clock.now_ms();
         let user = self.db.upsert_user(&session.openid, session.unionid.as_deref(), &sealed, now_ms).await?;
@@ -126,6 +160,31 @@ impl LoginService {
             return Err(ProfileError::BadAvatarUrl);
         }
         Ok(self.db.update_profile(user_id, nickname, avatar_url, self.clock.now_ms()).await?)
+    }
+
+    /// Revokes the session of `token` (logout); whether it was a live one.
+    pub async fn logout(&self, token: &str) -> Result<bool, StorageError> {
+        self.db.delete_session(&vault::token_hash(token)).await
+    }
+
+    /// Deletes a batch of expired sessions, at most once per [`PURGE_INTERVAL_MS`] per process.
+    /// A failure is logged and left for the next purge: it must not fail the login.
+    async fn purge_expired_sessions(&self) {
+        let now_ms = self.clock.now_ms();
+        let last = self.last_purge_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < PURGE_INTERVAL_MS
+            || self.last_purge_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return;
+        }
+        match self.db.purge_expired_sessions(now_ms, PURGE_BATCH).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                self.metrics.sessions_purged.inc_by(purged);
+                tracing::info!(sessions.purged = purged, "expired sessions purged");
+            }
+            Err(err) => tracing::warn!(error = %err, "could not purge expired sessions; retried after the next login"),
+        }
     }
 
     /// The user behind a bearer token, if the token is known and unexpired.

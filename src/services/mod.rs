@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod login;
 pub mod operations;
 pub mod orders;
+pub mod quota;
 pub mod reconcile;
 pub mod refunds;
 pub mod rejection_sampler;

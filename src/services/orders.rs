@@ -1,9 +1,14 @@
 //! Ordering: price from our catalog (never from the client), a NOTPAY order stored first, then
 //! a JSAPI prepay with the same out_trade_no on every attempt, then the signed parameters
 //! `wx.requestPayment` needs.
+//!
+//! Creation is bounded by a deadline below the HTTP request timeout: prepay attempts stop when
+//! the next one could not finish in time, so a client always gets an answer from us (503
+//! `PAYMENT_UNAVAILABLE` with the `out_trade_no` to retry payment with) rather than the bare
+//! 503 of the timeout layer, which would leave it without the order number.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -14,11 +19,20 @@ use crate::domain::{Order, OrderStatus, OutTradeNo};
 use crate::storage::orders::NewOrder;
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
+use crate::wechat::ratelimit::Priority;
 use crate::wechat::{Credentials, PayClient, WechatError, sign};
+
+use super::quota::{Quotas, Refusal};
 
 /// Attempts at prepay within one API request (the call is idempotent for identical parameters).
 const PREPAY_ATTEMPTS: u32 = 3;
 const PREPAY_RETRY_BASE: Duration = Duration::from_millis(150);
+/// Without a configured deadline (tools, tests of the service alone): WeChat's 5 s timeout × 3
+/// attempts and backoff, as before.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(20);
+/// An attempt is only started with at least this much time left: less cannot hold a round trip
+/// to WeChat, and its timeout would leave the outcome unknown for nothing.
+const MIN_ATTEMPT: Duration = Duration::from_millis(300);
 pub const MAX_QUANTITY: i64 = 99;
 
 /// What `wx.requestPayment` takes, field names as the mini-program API spells them.
@@ -51,8 +65,8 @@ pub enum OrderError {
     BadQuantity,
     /// The order exists (NOTPAY) but WeChat could not be reached; the client may retry
     /// with `POST /api/orders/{no}/payment` and the poller settles it either way.
-    #[error("payment provider unavailable for order {out_trade_no}: {source}")]
-    PaymentUnavailable { out_trade_no: String, source: WechatError },
+    #[error("payment provider unavailable for order {out_trade_no}: {why}")]
+    PaymentUnavailable { out_trade_no: String, why: Unavailable },
     #[error("WeChat refused the order: {0}")]
     Refused(WechatError),
     #[error("order {0} can no longer be paid")]
@@ -61,6 +75,27 @@ pub enum OrderError {
     Storage(#[from] StorageError),
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error(transparent)]
+    Limited(#[from] Refusal),
+}
+
+/// Why a prepay did not succeed in time, for the log line (the client sees only the 503).
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(transparent)]
+    Wechat(WechatError),
+    #[error("no answer from WeChat within the order deadline ({0:?})")]
+    Deadline(Duration),
+}
+
+impl Unavailable {
+    /// When the client may try again: the budget's own estimate when it refused, else soon.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Unavailable::Wechat(err) => err.busy_retry_after().unwrap_or(Duration::from_secs(2)),
+            Unavailable::Deadline(_) => Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +107,8 @@ pub struct OrderService {
     settings: OrderSettings,
     notify_url: String,
     metrics: Metrics,
+    quotas: Option<Quotas>,
+    deadline: Duration,
 }
 
 impl OrderService {
@@ -84,13 +121,42 @@ impl OrderService {
         metrics: Metrics,
     ) -> Self {
         let creds = Arc::new(pay.credentials().clone());
-        Self { db, pay, creds, clock, settings, notify_url, metrics }
+        Self { db, pay, creds, clock, settings, notify_url, metrics, quotas: None, deadline: DEFAULT_DEADLINE }
+    }
+
+    /// Order creation obeys the per-user quotas and the cap on open orders.
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// Prepay (within creation or "pay again") gives up this long after the request started:
+    /// `server.request_timeout_ms` minus `orders.deadline_margin_ms`.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// A request that makes us ask WeChat for `user_id` (status sync, pay again, cancel):
+    /// refused when the user's quota is spent.
+    pub fn allow_request(&self, user_id: i64) -> Result<(), Refusal> {
+        self.quotas.as_ref().map_or(Ok(()), |q| q.order_request(user_id))
     }
 
     /// Creates an order for `quantity` of `product_id` and returns the payment parameters.
     pub async fn create(&self, user_id: i64, product_id: &str, quantity: i64) -> Result<CreatedOrder, OrderError> {
+        let deadline = Instant::now() + self.deadline;
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(OrderError::BadQuantity);
+        }
+        if let Some(quotas) = &self.quotas {
+            quotas.create_order(user_id)?;
+            if quotas.caps_open_orders() {
+                // A soft cap: creations racing each other may pass it by the create burst at most.
+                quotas.open_orders(self.db.open_orders_of(user_id, self.clock.now_ms()).await?)?;
+            }
         }
         // Independent reads: one round trip of latency instead of two.
         let (user, product) = tokio::try_join!(self.db.user(user_id), self.db.active_product(product_id))?;
@@ -119,37 +185,47 @@ impl OrderService {
             .await?;
         self.metrics.orders_created.inc();
         tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount.0, "order created");
-        let (stored, payment) = self.prepay(&order).await?;
+        let (stored, payment) = self.prepay(&order, deadline).await?;
         Ok(CreatedOrder { order: stored.unwrap_or(order), payment })
     }
 
     /// (Re)issues payment parameters for an unpaid order: prepay again with identical
     /// parameters (WeChat answers a fresh prepay_id) rather than a new order number.
     pub async fn request_payment(&self, order: &Order) -> Result<PaymentParams, OrderError> {
-        Ok(self.prepay(order).await?.1)
+        Ok(self.prepay(order, Instant::now() + self.deadline).await?.1)
     }
 
-    /// Prepay at WeChat (retrying what may be retried), record the prepay_id, sign the payment
-    /// parameters; also returns the order as stored after the prepay_id was recorded.
-    async fn prepay(&self, order: &Order) -> Result<(Option<Order>, PaymentParams), OrderError> {
+    /// Prepay at WeChat (retrying what may be retried while `deadline` allows), record the
+    /// prepay_id, sign the payment parameters; also returns the order as stored after the
+    /// prepay_id was recorded.
+    async fn prepay(&self, order: &Order, deadline: Instant) -> Result<(Option<Order>, PaymentParams), OrderError> {
         if !order.is_payable(self.clock.now_ms()) {
             return Err(OrderError::NotPayable(order.out_trade_no.to_string()));
         }
+        let unavailable = |why| OrderError::PaymentUnavailable { out_trade_no: order.out_trade_no.to_string(), why };
         let mut attempt = 1;
         let prepay_id = loop {
-            match self.pay.prepay(order, &self.notify_url).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // An attempt cut by the deadline has an unknown outcome: the order stays NOTPAY, the
+            // client retries payment with the same out_trade_no, and the poller settles it.
+            let outcome = match tokio::time::timeout(left, self.pay.prepay(order, &self.notify_url)).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(unavailable(Unavailable::Deadline(self.deadline))),
+            };
+            match outcome {
                 Ok(prepay) => break prepay,
+                // Our own budget refused it: another attempt now would be refused too.
+                Err(err) if err.busy_retry_after().is_some() => return Err(unavailable(Unavailable::Wechat(err))),
                 Err(err) if err.retryable() && attempt < PREPAY_ATTEMPTS => {
+                    let pause = PREPAY_RETRY_BASE * 2u32.pow(attempt);
+                    if Instant::now() + pause + MIN_ATTEMPT > deadline {
+                        return Err(unavailable(Unavailable::Wechat(err)));
+                    }
                     tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, attempt, "prepay failed, retrying");
-                    tokio::time::sleep(PREPAY_RETRY_BASE * 2u32.pow(attempt)).await;
+                    tokio::time::sleep(pause).await;
                     attempt += 1;
                 }
-                Err(err) if err.retryable() => {
-                    return Err(OrderError::PaymentUnavailable {
-                        out_trade_no: order.out_trade_no.to_string(),
-                        source: err,
-                    });
-                }
+                Err(err) if err.retryable() => return Err(unavailable(Unavailable::Wechat(err))),
                 Err(err) => return Err(OrderError::Refused(err)),
             }
         };
@@ -159,7 +235,7 @@ impl OrderService {
             // handed out, and WeChat's copy is closed again so nobody can pay it.
             let now = self.db.order_by_no(&order.out_trade_no).await?;
             if now.is_some_and(|o| o.status == OrderStatus::Closed)
-                && let Err(err) = self.pay.close_order(&order.out_trade_no).await
+                && let Err(err) = self.pay.close_order(&order.out_trade_no, Priority::Settling).await
             {
                 tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "could not close the order a late prepay reopened at WeChat");
             }

@@ -21,6 +21,7 @@ use crate::domain::{EventSource, Evidence, Order, OrderStatus, OutTradeNo, Payme
 use crate::storage::orders::{TransitionOutcome, TransitionRequest};
 use crate::storage::{Db, StorageError};
 use crate::telemetry::metrics::Metrics;
+use crate::wechat::ratelimit::Priority;
 use crate::wechat::{PayClient, WechatError};
 
 use super::apply::{Applier, ApplyOutcome};
@@ -114,7 +115,7 @@ impl OrderSync {
         if order.status != OrderStatus::Notpay {
             return Ok(CheckOutcome::AlreadyFinal(order.status));
         }
-        let report = match self.pay.query_order(out_trade_no).await {
+        let report = match self.pay.query_order(out_trade_no, Priority::Settling).await {
             Ok(report) => Some(report),
             Err(err) if err.is_not_found() => None,
             // A state we do not know is not a final one we know: keep checking on the schedule
@@ -202,9 +203,12 @@ impl OrderSync {
     /// the applier, never as CLOSED.
     async fn close_at_wechat(&self, order: &Order, source: EventSource, why: &str) -> Result<CloseOutcome, SyncError> {
         let no = &order.out_trade_no;
-        let reference = match self.pay.close_order(no).await {
+        // The owner's cancel draws from the user share of the WeChat budget; the close of an
+        // expired order settles it.
+        let priority = if source == EventSource::Api { Priority::User } else { Priority::Settling };
+        let reference = match self.pay.close_order(no, priority).await {
             Ok(()) if source == EventSource::Api => {
-                let report = self.pay.query_order(no).await?;
+                let report = self.pay.query_order(no, priority).await?;
                 match report.status {
                     OrderStatus::Success | OrderStatus::Refund => {
                         return self.paid_instead(order, &report, source).await;
@@ -219,7 +223,7 @@ impl OrderSync {
             // WeChat never saw it (prepay failed): nothing to close there, nothing to pay.
             Err(err) if err.is_not_found() => format!("close:{}", err.code().unwrap_or("not-found")),
             Err(err) => {
-                let report = match self.pay.query_order(no).await {
+                let report = match self.pay.query_order(no, priority).await {
                     Ok(report) => report,
                     Err(query_err) => {
                         tracing::warn!(order.out_trade_no = %no, error = %query_err, "close failed and the order could not be queried; not recorded as closed");
@@ -308,7 +312,7 @@ impl OrderSync {
         let mut last = flight.lock().await;
         let fresh = Duration::from_millis(self.settings.client_sync_cache_ms);
         if last.is_none_or(|at| at.elapsed() >= fresh) {
-            match self.pay.query_order(&order.out_trade_no).await {
+            match self.pay.query_order(&order.out_trade_no, Priority::User).await {
                 Ok(report) => {
                     if let Err(err) = self.settle_from(&order, Some(&report), "client-sync").await {
                         tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "client sync could not apply");

@@ -341,4 +341,18 @@ impl Db {
             sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(self.reader()).await?;
         rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
     }
+
+    /// The user's orders still open for payment (NOTPAY, not yet past `time_expire`): what the
+    /// cap on open orders per user counts (an expired one stops counting before the poller
+    /// closes it, so a slow poller cannot lock a user out).
+    pub async fn open_orders_of(&self, user_id: i64, now_ms: i64) -> Result<i64, StorageError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'NOTPAY' AND time_expire_ms > $2",
+        )
+        .bind(user_id)
+        .bind(now_ms)
+        .fetch_one(self.reader())
+        .await?;
+        Ok(n)
+    }
 }

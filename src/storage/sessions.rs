@@ -30,4 +30,25 @@ impl Db {
                 .await?;
         Ok(row.map(|(id,)| id))
     }
+
+    /// Revokes one session (logout); whether it existed.
+    pub async fn delete_session(&self, token_hash: &str) -> Result<bool, StorageError> {
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(self.writer()).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes at most `limit` sessions expired at `now_ms`, oldest first; how many. Bounded so
+    /// one purge never holds the (embedded: single) writer connection for long.
+    pub async fn purge_expired_sessions(&self, now_ms: i64, limit: i64) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "DELETE FROM sessions WHERE token_hash IN \
+             (SELECT token_hash FROM sessions WHERE expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2)",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .execute(self.writer())
+        .await?;
+        Ok(done.rows_affected())
+    }
 }

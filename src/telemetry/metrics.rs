@@ -64,6 +64,10 @@ pub struct MetricHandles {
     pub poll_checks: IntCounterVec,
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: prometheus::Counter,
+    pub wechat_budget_admissions: IntCounterVec,
+    pub wechat_budget_wait_seconds: prometheus::CounterVec,
+    pub quota_refusals: IntCounterVec,
+    pub sessions_purged: IntCounter,
     pub refunds: IntCounterVec,
     pub refunds_abnormal: IntGauge,
     pub reconcile_runs: IntCounterVec,
@@ -232,6 +236,25 @@ impl Metrics {
                 "wechat_rate_limit_wait_seconds_total",
                 "Time calls to WeChat spent waiting for the rate limit.",
             ),
+            wechat_budget_admissions: counter_vec(
+                "wechat_budget_admissions_total",
+                "Calls admitted to (or refused by) the WeChat call budget, by priority (user, settling) and outcome (immediate, waited, refused).",
+                &["priority", "outcome"],
+            ),
+            wechat_budget_wait_seconds: prometheus::CounterVec::new(
+                name(
+                    "wechat_budget_wait_seconds_total",
+                    "Time calls spent waiting for the WeChat call budget (refused ones included), by priority.",
+                ),
+                &["priority"],
+            )
+            .unwrap_or_else(|_| unreachable_metric("wechat_budget_wait_seconds_total")),
+            quota_refusals: counter_vec(
+                "quota_refusals_total",
+                "Requests refused 429 by a quota, by quota (login_ip, login_code, login_concurrency, orders_create, orders_refresh, open_orders).",
+                &["quota"],
+            ),
+            sessions_purged: counter("sessions_purged_total", "Expired sessions deleted."),
             refunds: counter_vec(
                 "refunds_total",
                 "Refunds by event: requested, succeeded, closed, abnormal, refused (by WeChat or for the amount left).",
@@ -422,6 +445,10 @@ impl MetricHandles {
             Box::new(self.poll_checks.clone()),
             Box::new(self.rate_limit_waits.clone()),
             Box::new(self.rate_limit_wait_seconds.clone()),
+            Box::new(self.wechat_budget_admissions.clone()),
+            Box::new(self.wechat_budget_wait_seconds.clone()),
+            Box::new(self.quota_refusals.clone()),
+            Box::new(self.sessions_purged.clone()),
             Box::new(self.refunds.clone()),
             Box::new(self.refunds_abnormal.clone()),
             Box::new(self.reconcile_runs.clone()),

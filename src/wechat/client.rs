@@ -16,7 +16,7 @@ use super::certificate::{self, PlatformCertificate};
 use super::convert;
 use super::error::WechatError;
 use super::keys::Credentials;
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{Priority, RateLimiter};
 use super::sign;
 use super::verify::{SignedHeaders, VerifyError};
 use super::wire::bill::BillInfo;
@@ -154,26 +154,33 @@ impl PayClient {
             payer: Payer { openid: order.payer_openid.clone() },
         };
         let body = serde_json::to_string(&request).map_err(|e| WechatError::Sign(e.to_string()))?;
-        let answer = self.send("jsapi_prepay", Method::POST, "/v3/pay/transactions/jsapi", Some(body)).await?;
+        let answer =
+            self.send("jsapi_prepay", Priority::User, Method::POST, "/v3/pay/transactions/jsapi", Some(body)).await?;
         let prepay: PrepayResponse = decode("jsapi_prepay", &answer.body)?;
         Ok(prepay.prepay_id)
     }
 
     /// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=`: WeChat's view of one order.
-    pub async fn query_order(&self, out_trade_no: &OutTradeNo) -> Result<PaymentReport, WechatError> {
+    /// `priority`: who asks (the owner's status request, or the poller settling the order).
+    pub async fn query_order(
+        &self,
+        out_trade_no: &OutTradeNo,
+        priority: Priority,
+    ) -> Result<PaymentReport, WechatError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}", self.creds.mchid);
-        let answer = self.send("query_order", Method::GET, &path, None).await?;
+        let answer = self.send("query_order", priority, Method::GET, &path, None).await?;
         let txn: Transaction = decode("query_order", &answer.body)?;
         convert::payment_report(&txn)
             .map_err(|e| WechatError::Unrecognised { endpoint: "query_order", message: e.to_string() })
     }
 
-    /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success.
-    pub async fn close_order(&self, out_trade_no: &OutTradeNo) -> Result<(), WechatError> {
+    /// `POST /v3/pay/transactions/out-trade-no/{no}/close`: 204 on success. `priority`: the
+    /// owner's cancel, or the close of an expired order.
+    pub async fn close_order(&self, out_trade_no: &OutTradeNo, priority: Priority) -> Result<(), WechatError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
         let body = serde_json::to_string(&CloseRequest { mchid: self.creds.mchid.clone() })
             .map_err(|e| WechatError::Sign(e.to_string()))?;
-        let answer = self.send("close_order", Method::POST, &path, Some(body)).await?;
+        let answer = self.send("close_order", priority, Method::POST, &path, Some(body)).await?;
         if answer.status == StatusCode::NO_CONTENT || answer.status == StatusCode::OK {
             Ok(())
         } else {
@@ -205,14 +212,15 @@ impl PayClient {
             },
         };
         let body = serde_json::to_string(&request).map_err(|e| WechatError::Sign(e.to_string()))?;
-        let answer = self.send("refund", Method::POST, "/v3/refund/domestic/refunds", Some(body)).await?;
+        let answer =
+            self.send("refund", Priority::Settling, Method::POST, "/v3/refund/domestic/refunds", Some(body)).await?;
         refund_report("refund", &answer.body)
     }
 
     /// `GET /v3/refund/domestic/refunds/{out_refund_no}`: WeChat's view of one refund.
     pub async fn query_refund(&self, out_refund_no: &OutRefundNo) -> Result<RefundReport, WechatError> {
         let path = format!("/v3/refund/domestic/refunds/{out_refund_no}");
-        let answer = self.send("query_refund", Method::GET, &path, None).await?;
+        let answer = self.send("query_refund", Priority::Settling, Method::GET, &path, None).await?;
         refund_report("query_refund", &answer.body)
     }
 
@@ -220,7 +228,7 @@ impl PayClient {
     /// day) can be downloaded, gzipped, and its SHA-1.
     pub async fn trade_bill(&self, bill_date: &str) -> Result<BillInfo, WechatError> {
         let path = format!("/v3/bill/tradebill?bill_date={bill_date}&bill_type=ALL&tar_type=GZIP");
-        let answer = self.send("trade_bill", Method::GET, &path, None).await?;
+        let answer = self.send("trade_bill", Priority::Settling, Method::GET, &path, None).await?;
         decode("trade_bill", &answer.body)
     }
 
@@ -235,17 +243,20 @@ impl PayClient {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
         max_bytes: u64,
     ) -> Result<u64, WechatError> {
-        self.measured("bill_download", self.download_inner(download_url, out, max_bytes)).await
+        self.measured("bill_download", Priority::Settling, self.download_inner(download_url, out, max_bytes)).await
     }
 
-    /// Every call: waits for the rate limit, then counts and times the outcome by endpoint.
+    /// Every call: waits for its priority's share of the call budget (refused as `Busy`, and
+    /// not counted as a call, when it cannot be admitted in time), then counts and times the
+    /// outcome by endpoint.
     async fn measured<T>(
         &self,
         endpoint: &'static str,
+        priority: Priority,
         call: impl std::future::Future<Output = Result<T, WechatError>>,
     ) -> Result<T, WechatError> {
         if let Some(limiter) = &self.limiter {
-            limiter.acquire().await;
+            limiter.admit(priority).await.map_err(|source| WechatError::Busy { endpoint, source })?;
         }
         let started = Instant::now();
         let result = call.await;
@@ -319,11 +330,12 @@ impl PayClient {
     async fn send(
         &self,
         endpoint: &'static str,
+        priority: Priority,
         method: Method,
         path_and_query: &str,
         body: Option<String>,
     ) -> Result<Answer, WechatError> {
-        self.measured(endpoint, async {
+        self.measured(endpoint, priority, async {
             let answer = self.exchange(endpoint, method, path_and_query, body).await?;
             self.verify_answer(endpoint, &answer).await?;
             Ok(answer)
@@ -368,7 +380,8 @@ impl PayClient {
     /// checked (serial and key read from each certificate). Installs nothing.
     pub async fn fetch_certificates(&self, trust: CertificateTrust) -> Result<Vec<PlatformCertificate>, WechatError> {
         const ENDPOINT: &str = "certificates";
-        self.measured(ENDPOINT, async {
+        // Certificates keep us able to verify WeChat at all: settling priority.
+        self.measured(ENDPOINT, Priority::Settling, async {
             let answer = self.exchange(ENDPOINT, Method::GET, "/v3/certificates", None).await?;
             let list: CertificatesResponse = decode(ENDPOINT, &answer.body)?;
             let certificates = list

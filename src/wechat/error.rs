@@ -21,6 +21,10 @@ pub enum WechatError {
     Unrecognised { endpoint: &'static str, message: String },
     #[error("request signing failed: {0}")]
     Sign(String),
+    /// Our own call budget (`wechat::ratelimit`) could not admit the call in time: nothing
+    /// was sent, so retrying later is safe.
+    #[error("{endpoint}: not sent: {source}")]
+    Busy { endpoint: &'static str, source: super::ratelimit::Busy },
 }
 
 /// Codes WeChat documents as transient: retry the same call with the same parameters.
@@ -58,7 +62,10 @@ impl WechatError {
     /// Whether the same call may succeed if repeated later.
     pub fn retryable(&self) -> bool {
         match self {
-            WechatError::Timeout { .. } | WechatError::Network { .. } | WechatError::Signature { .. } => true,
+            WechatError::Timeout { .. }
+            | WechatError::Network { .. }
+            | WechatError::Signature { .. }
+            | WechatError::Busy { .. } => true,
             WechatError::Api { code, .. } if code_in(code, FINAL_SERVER_CODES) => false,
             WechatError::Api { status, code, .. } => *status >= 500 || *status == 429 || code_in(code, RETRYABLE_CODES),
             WechatError::Decode { .. } | WechatError::Unrecognised { .. } | WechatError::Sign(_) => false,
@@ -76,6 +83,14 @@ impl WechatError {
                 !self.retryable() && !code.starts_with("HTTP_") && !same_code(code, "SIGN_ERROR")
             }
             _ => false,
+        }
+    }
+
+    /// Our call budget refused the call before it was sent; when a retry may pass.
+    pub fn busy_retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            WechatError::Busy { source, .. } => Some(source.retry_after),
+            _ => None,
         }
     }
 
@@ -121,7 +136,7 @@ impl WechatError {
         self.code() == Some("NO_STATEMENT_EXIST")
     }
 
-    /// Every value [`Self::outcome`] can take.
+    /// Every value [`Self::outcome`] can take for a call that was sent (not `busy`).
     pub const OUTCOMES: &[&str] =
         &["timeout", "network", "rate_limited", "server_error", "client_error", "bad_signature", "decode_error"];
 
@@ -137,6 +152,9 @@ impl WechatError {
             WechatError::Api { status, .. } if *status >= 500 => "server_error",
             WechatError::Api { .. } => "client_error",
             WechatError::Signature { .. } => "bad_signature",
+            // Never counted in `wxpay_wechat_calls_total` (nothing reached WeChat; the budget
+            // has its own metrics), so not in OUTCOMES: the label is for logs.
+            WechatError::Busy { .. } => "busy",
             WechatError::Decode { .. } | WechatError::Unrecognised { .. } | WechatError::Sign(_) => "decode_error",
         }
     }

@@ -216,6 +216,13 @@ impl TestEnv {
             ("QUEUE__PREFIX", self.prefix.clone()),
             // Database gauges are computed in the background: often enough for tests that scrape.
             ("GAUGES__REFRESH_INTERVAL_MS", "200".to_owned()),
+            // Every test client logs in from 127.0.0.1 and many create dozens of orders at once:
+            // the quotas are off except in the tests about them (`abuse_quota`).
+            ("QUOTAS__LOGIN_PER_IP_PER_MIN", "0".to_owned()),
+            ("QUOTAS__LOGIN_CONCURRENCY", "1000".to_owned()),
+            ("QUOTAS__ORDERS_CREATE_PER_MIN", "0".to_owned()),
+            ("QUOTAS__ORDERS_REFRESH_PER_MIN", "0".to_owned()),
+            ("QUOTAS__OPEN_ORDERS_PER_USER", "0".to_owned()),
         ];
         match (self.backend, &self.pg) {
             (Backend::Cluster, Some(pg)) => {

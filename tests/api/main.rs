@@ -5,6 +5,7 @@
 
 mod abuse_connections;
 mod abuse_notify;
+mod abuse_quota;
 mod admin;
 mod certificates;
 mod chaos;

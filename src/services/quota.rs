@@ -1,0 +1,368 @@
+//! Per-client quotas of the public API: logins per client address and per login code, order
+//! creation and WeChat-backed order requests per user, a cap on login calls in flight and on a
+//! user's unpaid orders. A refusal is a [`Refusal`] carrying when to retry (the API answers 429
+//! with `Retry-After`); each one is counted in `wxpay_quota_refusals_total{quota}`.
+//!
+//! Rates are GCRA limiters (`governor`) keyed by address, code hash or user, in this process's
+//! memory. Memory stays bounded under random keys (spoofed addresses, made-up codes):
+//! - a key whose quota has refilled carries no information and is forgotten (`retain_recent`,
+//!   run at most once a second from the checks themselves: no task to start or stop);
+//! - a table holding `max_keys` keys even after that sweep refuses every check until the sweep
+//!   frees room: under a flood of new keys the quota fails closed, for that quota only;
+//! - a code is remembered as a 64-bit keyed hash, not its text; an IPv6 address by its /64
+//!   (one subscriber's whole prefix), so rotating addresses inside it buys nothing.
+//!
+//! Checks run in the order that keeps attacker-chosen keys out of the tables: the address
+//! before the code, so only requests the address quota let through can add code keys.
+
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::QuotaSettings;
+use crate::telemetry::metrics::Metrics;
+
+/// Sweeps of forgotten keys run at most this often per quota.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// What a refusal without a limiter's own answer tells the client to wait.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+/// Retry-After of the open-orders cap: the user has to pay or cancel one first.
+const OPEN_ORDERS_RETRY: Duration = Duration::from_secs(60);
+
+/// Which quota refused: the `quota` label of `wxpay_quota_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaName {
+    LoginIp,
+    LoginCode,
+    LoginConcurrency,
+    OrdersCreate,
+    OrdersRefresh,
+    OpenOrders,
+}
+
+impl QuotaName {
+    pub const ALL: [QuotaName; 6] = [
+        QuotaName::LoginIp,
+        QuotaName::LoginCode,
+        QuotaName::LoginConcurrency,
+        QuotaName::OrdersCreate,
+        QuotaName::OrdersRefresh,
+        QuotaName::OpenOrders,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaName::LoginIp => "login_ip",
+            QuotaName::LoginCode => "login_code",
+            QuotaName::LoginConcurrency => "login_concurrency",
+            QuotaName::OrdersCreate => "orders_create",
+            QuotaName::OrdersRefresh => "orders_refresh",
+            QuotaName::OpenOrders => "open_orders",
+        }
+    }
+
+    /// What the client reads in the 429's message.
+    fn explain(self) -> &'static str {
+        match self {
+            QuotaName::LoginIp => "too many logins from this address",
+            QuotaName::LoginCode => "too many attempts with this login code",
+            QuotaName::LoginConcurrency => "too many logins in progress; try again shortly",
+            QuotaName::OrdersCreate => "too many orders created",
+            QuotaName::OrdersRefresh => "too many order requests",
+            QuotaName::OpenOrders => "too many unpaid orders: pay or cancel one first",
+        }
+    }
+}
+
+/// A request a quota refused, and when a retry may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .quota.explain())]
+pub struct Refusal {
+    pub quota: QuotaName,
+    pub retry_after: Duration,
+}
+
+/// One keyed rate (`None`: turned off).
+struct Keyed<K: Hash + Eq + Clone> {
+    name: QuotaName,
+    limiter: Option<DefaultKeyedRateLimiter<K>>,
+    max_keys: usize,
+    last_sweep: Mutex<Instant>,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn new(name: QuotaName, per_min: u32, burst: u32, max_keys: usize) -> Self {
+        let limiter = NonZeroU32::new(per_min).and_then(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            // `per_min` cells a minute: one every 60 s / per_min.
+            Quota::with_period(Duration::from_secs(60) / rate.get())
+                .map(|q| DefaultKeyedRateLimiter::keyed(q.allow_burst(burst)))
+        });
+        Self { name, limiter, max_keys, last_sweep: Mutex::new(Instant::now()) }
+    }
+
+    fn check(&self, key: &K) -> Result<(), Refusal> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        if limiter.len() >= self.max_keys {
+            self.sweep(limiter);
+            if limiter.len() >= self.max_keys {
+                return Err(Refusal { quota: self.name, retry_after: RETRY_SOON });
+            }
+        } else {
+            self.sweep(limiter);
+        }
+        limiter
+            .check_key(key)
+            .map_err(|not_until| Refusal { quota: self.name, retry_after: not_until.wait_time_from(Instant::now()) })
+    }
+
+    /// Forgets refilled keys, at most once per [`SWEEP_INTERVAL`] (another thread sweeping
+    /// right now is as good).
+    fn sweep(&self, limiter: &DefaultKeyedRateLimiter<K>) {
+        let Ok(mut last) = self.last_sweep.try_lock() else { return };
+        if last.elapsed() < SWEEP_INTERVAL {
+            return;
+        }
+        *last = Instant::now();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, DefaultKeyedRateLimiter::len)
+    }
+}
+
+/// Every quota of the process; cheap to clone.
+#[derive(Clone)]
+pub struct Quotas(Arc<Inner>);
+
+struct Inner {
+    login_ip: Keyed<IpAddr>,
+    login_code: Keyed<u64>,
+    code_hasher: std::hash::RandomState,
+    login_slots: Arc<Semaphore>,
+    orders_create: Keyed<i64>,
+    orders_refresh: Keyed<i64>,
+    open_orders_per_user: u32,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Quotas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quotas")
+            .field("login_ip_keys", &self.0.login_ip.len())
+            .field("login_code_keys", &self.0.login_code.len())
+            .field("login_slots_free", &self.0.login_slots.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A login call's place among those in flight; released when dropped.
+#[derive(Debug)]
+pub struct LoginSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Quotas {
+    pub fn new(settings: &QuotaSettings, metrics: Metrics) -> Self {
+        for quota in QuotaName::ALL {
+            let _ = metrics.quota_refusals.with_label_values(&[quota.as_str()]);
+        }
+        let s = settings;
+        Self(Arc::new(Inner {
+            login_ip: Keyed::new(QuotaName::LoginIp, s.login_per_ip_per_min, s.login_per_ip_burst, s.max_keys),
+            login_code: Keyed::new(QuotaName::LoginCode, s.login_per_code_per_min, s.login_per_code_burst, s.max_keys),
+            code_hasher: std::hash::RandomState::new(),
+            login_slots: Arc::new(Semaphore::new(s.login_concurrency)),
+            orders_create: Keyed::new(
+                QuotaName::OrdersCreate,
+                s.orders_create_per_min,
+                s.orders_create_burst,
+                s.max_keys,
+            ),
+            orders_refresh: Keyed::new(
+                QuotaName::OrdersRefresh,
+                s.orders_refresh_per_min,
+                s.orders_refresh_burst,
+                s.max_keys,
+            ),
+            open_orders_per_user: s.open_orders_per_user,
+            metrics,
+        }))
+    }
+
+    /// A login from `client` (unknown: all such logins share one key) with `code`: the address
+    /// quota, the code quota, then a slot among the login calls in flight (refused at once when
+    /// all are taken, never queued).
+    pub fn login(&self, client: Option<IpAddr>, code: &str) -> Result<LoginSlot, Refusal> {
+        let inner = &self.0;
+        let address = client.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), subscriber_prefix);
+        self.counted(inner.login_ip.check(&address))?;
+        self.counted(inner.login_code.check(&inner.code_hasher.hash_one(code)))?;
+        let slot = Arc::clone(&inner.login_slots)
+            .try_acquire_owned()
+            .map_err(|_| Refusal { quota: QuotaName::LoginConcurrency, retry_after: RETRY_SOON });
+        self.counted(slot).map(|permit| LoginSlot { _permit: permit })
+    }
+
+    /// One more order for `user_id` (`POST /api/orders`).
+    pub fn create_order(&self, user_id: i64) -> Result<(), Refusal> {
+        self.counted(self.0.orders_create.check(&user_id))
+    }
+
+    /// One more request that makes us ask WeChat for `user_id` (status sync, pay again, cancel).
+    pub fn order_request(&self, user_id: i64) -> Result<(), Refusal> {
+        self.counted(self.0.orders_refresh.check(&user_id))
+    }
+
+    /// Whether the cap on unpaid orders is on (else nothing needs counting).
+    pub fn caps_open_orders(&self) -> bool {
+        self.0.open_orders_per_user > 0
+    }
+
+    /// Refuses a new order when the user already holds `open` unpaid ones at the cap.
+    pub fn open_orders(&self, open: i64) -> Result<(), Refusal> {
+        let cap = i64::from(self.0.open_orders_per_user);
+        if cap == 0 || open < cap {
+            return Ok(());
+        }
+        self.counted(Err(Refusal { quota: QuotaName::OpenOrders, retry_after: OPEN_ORDERS_RETRY }))
+    }
+
+    fn counted<T>(&self, result: Result<T, Refusal>) -> Result<T, Refusal> {
+        if let Err(refusal) = &result {
+            self.0.metrics.quota_refusals.with_label_values(&[refusal.quota.as_str()]).inc();
+        }
+        result
+    }
+}
+
+/// The key of a client address: IPv4 as is, IPv6 by its /64 (what one subscriber gets).
+fn subscriber_prefix(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> QuotaSettings {
+        QuotaSettings {
+            login_per_ip_per_min: 60,
+            login_per_ip_burst: 3,
+            login_per_code_per_min: 1,
+            login_per_code_burst: 2,
+            login_concurrency: 2,
+            orders_create_per_min: 6,
+            orders_create_burst: 2,
+            orders_refresh_per_min: 0,
+            orders_refresh_burst: 0,
+            open_orders_per_user: 2,
+            max_keys: 100,
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn each_address_has_its_own_login_quota_with_a_retry_after() {
+        let quotas = Quotas::new(&settings(), Metrics::new());
+        for i in 0..3 {
+            drop(quotas.login(ip("10.0.0.1"), &format!("code{i}")).unwrap());
+        }
+        let refusal = quotas.login(ip("10.0.0.1"), "code9").unwrap_err();
+        assert_eq!(refusal.quota, QuotaName::LoginIp);
+        assert!(refusal.retry_after > Duration::ZERO && refusal.retry_after <= Duration::from_secs(1), "{refusal:?}");
+        assert!(quotas.login(ip("10.0.0.2"), "code9").is_ok(), "another address is not affected");
+        assert_eq!(quotas.0.metrics.quota_refusals.with_label_values(&["login_ip"]).get(), 1);
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_subscriber_share_a_quota() {
+        let quotas = Quotas::new(&settings(), Metrics::new());
+        for i in 0..3 {
+            drop(quotas.login(ip(&format!("2001:db8::{i}")), &format!("c{i}")).unwrap());
+        }
+        assert_eq!(quotas.login(ip("2001:db8::ffff:1"), "c9").unwrap_err().quota, QuotaName::LoginIp);
+        assert!(quotas.login(ip("2001:db8:0:1::1"), "c9").is_ok());
+    }
+
+    #[test]
+    fn a_code_is_tried_at_most_its_burst() {
+        let quotas = Quotas::new(&settings(), Metrics::new());
+        drop(quotas.login(ip("10.0.0.1"), "same").unwrap());
+        drop(quotas.login(ip("10.0.0.2"), "same").unwrap());
+        let refusal = quotas.login(ip("10.0.0.3"), "same").unwrap_err();
+        assert_eq!(refusal.quota, QuotaName::LoginCode);
+        assert!(refusal.retry_after > Duration::from_secs(50), "one a minute: {refusal:?}");
+    }
+
+    #[test]
+    fn login_slots_are_refused_at_once_when_all_are_held_and_freed_on_drop() {
+        let quotas = Quotas::new(&settings(), Metrics::new());
+        let a = quotas.login(ip("10.0.0.1"), "a").unwrap();
+        let _b = quotas.login(ip("10.0.0.2"), "b").unwrap();
+        assert_eq!(quotas.login(ip("10.0.0.3"), "c").unwrap_err().quota, QuotaName::LoginConcurrency);
+        drop(a);
+        assert!(quotas.login(ip("10.0.0.3"), "d").is_ok());
+    }
+
+    #[test]
+    fn order_quotas_are_per_user_and_a_zero_rate_is_off() {
+        let quotas = Quotas::new(&settings(), Metrics::new());
+        quotas.create_order(1).unwrap();
+        quotas.create_order(1).unwrap();
+        assert_eq!(quotas.create_order(1).unwrap_err().quota, QuotaName::OrdersCreate);
+        quotas.create_order(2).unwrap();
+        for _ in 0..1000 {
+            quotas.order_request(1).unwrap();
+        }
+        assert!(quotas.open_orders(1).is_ok());
+        assert_eq!(quotas.open_orders(2).unwrap_err().quota, QuotaName::OpenOrders);
+    }
+
+    #[test]
+    fn random_keys_cannot_grow_a_table_beyond_its_cap() {
+        let quotas = Quotas::new(&QuotaSettings { max_keys: 50, ..settings() }, Metrics::new());
+        let mut refused = 0;
+        for i in 0..10_000u32 {
+            let address = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            if quotas.login(Some(address), &format!("code{i}")).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(quotas.0.login_ip.len() <= 50 && quotas.0.login_code.len() <= 50);
+        assert!(refused >= 10_000 - 100, "a full table refuses new keys: {refused}");
+    }
+
+    #[test]
+    fn refilled_keys_are_forgotten_by_the_sweep() {
+        let quotas = Quotas::new(
+            &QuotaSettings { login_per_ip_per_min: 60_000, login_per_ip_burst: 1, ..settings() },
+            Metrics::new(),
+        );
+        for i in 0..20u32 {
+            let _ = quotas.login(Some(IpAddr::V4(std::net::Ipv4Addr::from(i))), "x");
+        }
+        assert_eq!(quotas.0.login_ip.len(), 20);
+        // A key refills in 1 ms at 60,000/min: after the sweep interval all are forgotten.
+        std::thread::sleep(SWEEP_INTERVAL + Duration::from_millis(10));
+        let _ = quotas.login(ip("192.0.2.1"), "y");
+        assert_eq!(quotas.0.login_ip.len(), 1, "only the new key is left");
+    }
+}
