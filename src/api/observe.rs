@@ -22,17 +22,26 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// cannot put arbitrary text into our logs.
 const MAX_REQUEST_ID: usize = 128;
 
+/// "request refused" lines (4xx) written per second at most; the rest are written at debug.
+/// Anyone on the internet can make 4xx answers as fast as they can send requests: without a
+/// bound they would fill the log disk. Every request is still counted in `http_requests_total`,
+/// and 5xx (our failures) are always logged.
+const REFUSAL_LINES_PER_SEC: u32 = 20;
+
 /// What the middleware needs besides the request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HttpObserver {
     metrics: Metrics,
     /// Header set by the trusted reverse proxy with the client's address (`server.client_ip_header`).
     client_ip_header: Option<HeaderName>,
+    refusal_lines: governor::DefaultDirectRateLimiter,
 }
 
 impl HttpObserver {
     pub fn new(metrics: Metrics, client_ip_header: Option<HeaderName>) -> Arc<Self> {
-        Arc::new(Self { metrics, client_ip_header })
+        let rate = std::num::NonZeroU32::new(REFUSAL_LINES_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN);
+        let refusal_lines = governor::RateLimiter::direct(governor::Quota::per_second(rate));
+        Arc::new(Self { metrics, client_ip_header, refusal_lines })
     }
 }
 
@@ -69,7 +78,10 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
         // 503 is our "retry shortly" (database or WeChat briefly away), not a bug.
         503 => tracing::warn!(http.status = status, latency_ms, "request answered: unavailable"),
         500.. => tracing::error!(http.status = status, latency_ms, "request failed"),
-        400..500 => tracing::info!(http.status = status, latency_ms, "request refused"),
+        400..500 if observer.refusal_lines.check().is_ok() => {
+            tracing::info!(http.status = status, latency_ms, "request refused");
+        }
+        400..500 => tracing::debug!(http.status = status, latency_ms, "request refused (over the log rate)"),
         _ => tracing::debug!(http.status = status, latency_ms, "request answered"),
     });
     response
