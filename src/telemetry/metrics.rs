@@ -197,7 +197,7 @@ impl Metrics {
             ),
             queue_jobs: gauge_vec(
                 "queue_jobs",
-                "Jobs in the queue backend, by queue and state (pending, scheduled, running, failed, done), read when scraped.",
+                "Jobs in the queue backend, by queue and state (pending, scheduled, running, failed, done), refreshed in the background.",
                 &["queue", "state"],
             ),
             wechat_calls: counter_vec(
@@ -262,7 +262,7 @@ impl Metrics {
             ),
             refunds_abnormal: gauge(
                 "refunds_abnormal",
-                "Refunds WeChat reports ABNORMAL now (read when scraped): money not paid back until an operator resolves them in the merchant console; polled slowly until SUCCESS.",
+                "Refunds WeChat reports ABNORMAL now (refreshed in the background): money not paid back until an operator resolves them in the merchant console; polled slowly until SUCCESS.",
             ),
             reconcile_runs: counter_vec(
                 "reconcile_runs_total",
