@@ -225,11 +225,14 @@ async fn an_api_flood_is_shed_while_notify_gets_through(backend: Backend) {
     let mut shed = 0;
     for handle in flood {
         let (status, retry_after, body) = handle.await.unwrap();
-        if retry_after.is_some() {
+        // Admitted creations end 201 or, their prepay hanging, 503 PAYMENT_UNAVAILABLE with the
+        // out_trade_no; the shed ones never reached a handler.
+        if body["code"] == "SERVICE_UNAVAILABLE" {
             assert_eq!(status, 503, "{body}");
             assert_eq!(retry_after.as_deref(), Some("1"));
-            assert_eq!(body["code"], "SERVICE_UNAVAILABLE", "our error shape: {body}");
             shed += 1;
+        } else {
+            assert!(status == 201 || body["code"] == "PAYMENT_UNAVAILABLE", "{status} {body}");
         }
     }
     assert!(shed >= 10, "only {shed} of 20 requests were shed with 2 slots and 1.5 s each");

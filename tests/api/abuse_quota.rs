@@ -90,18 +90,19 @@ fn assert_rate_limited(answer: &Answer, max_retry_after: u64) {
     assert!((1..=max_retry_after).contains(&wait), "Retry-After {wait}");
 }
 
-/// 50 orders a second for two seconds from one user, against 10 a minute (burst 5): all but
-/// the burst are refused, quickly, with Retry-After; another user orders at the same time.
+/// 50 orders a second for two seconds from one user, against 10 a minute (burst 5), sent to the
+/// real binary: all but the burst are refused, quickly, with Retry-After; another user orders at
+/// the same time.
 async fn a_user_hammering_order_creation_is_refused_while_another_user_orders(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let app = env
-        .spawn_app_with(ALL_ROLES, |s| {
-            s.quotas.orders_create_per_min = 10;
-            s.quotas.orders_create_burst = 5;
-        })
-        .await;
-    let (hammer, _) = env.client(&app).await;
-    let (other, _) = env.client(&app).await;
+    let overrides =
+        [("QUOTAS__ORDERS_CREATE_PER_MIN", "10".to_owned()), ("QUOTAS__ORDERS_CREATE_BURST", "5".to_owned())];
+    let mut process = env.spawn_process_with(&["serve"], &overrides).await;
+    let base = process.base.clone();
+    let mut hammer = MiniProgram::new(&base, &env.sim.base_url());
+    hammer.login(None).await.unwrap();
+    let mut other = MiniProgram::new(&base, &env.sim.base_url());
+    other.login(None).await.unwrap();
     let hammer_token = hammer.token().unwrap().to_owned();
     let started = Instant::now();
     let hammering = async {
@@ -109,7 +110,7 @@ async fn a_user_hammering_order_creation_is_refused_while_another_user_orders(ba
         let mut sent = Vec::new();
         for _ in 0..100 {
             tick.tick().await;
-            let (token, base) = (hammer_token.clone(), app.base.clone());
+            let (token, base) = (hammer_token.clone(), base.clone());
             // Each request starts on its tick and runs on its own.
             sent.push(tokio::spawn(async move { create_order_at(&base, &token).await }));
         }
@@ -117,7 +118,7 @@ async fn a_user_hammering_order_creation_is_refused_while_another_user_orders(ba
     };
     let ordering = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let placed = create_order(&app, other.token().unwrap()).await;
+        let placed = create_order_at(&base, other.token().unwrap()).await;
         (placed, started.elapsed())
     };
     let (answers, (placed, placed_at)) = tokio::join!(hammering, ordering);
@@ -141,8 +142,11 @@ async fn a_user_hammering_order_creation_is_refused_while_another_user_orders(ba
     assert_eq!(placed.status, 201, "the other user is not affected: {}", placed.body);
     // Sent 0.7 s into the hammering; answered well within the request timeout (10 s).
     assert!(placed_at < Duration::from_secs(8), "not starved by the hammering: {placed_at:?}");
-    assert_eq!(refusals(&app, "orders_create"), refused.len() as u64);
-    assert!(app.metrics.render().contains("wxpay_quota_refusals_total{quota=\"login_ip\"} 0"));
+    let exposition = reqwest::get(format!("{}/metrics", process.ops)).await.unwrap().text().await.unwrap();
+    let counted = |series: &str| exposition.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok());
+    assert_eq!(counted("wxpay_quota_refusals_total{quota=\"orders_create\"}"), Some(refused.len() as u64));
+    assert_eq!(counted("wxpay_quota_refusals_total{quota=\"login_ip\"}"), Some(0));
+    process.sigkill();
 }
 
 /// Logins per address (from the trusted proxy header) and per code.
