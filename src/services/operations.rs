@@ -195,6 +195,7 @@ impl Operations {
     pub async fn refresh_gauges(&self) {
         let m = &self.metrics;
         let db = &self.gauge_db;
+        let failures_before = m.gauges_refresh_failures.get();
         self.refresh_pool_gauges();
         if let Some(counts) = self.bounded("orders", db.order_counts()).await {
             for status in OrderStatus::ALL {
@@ -250,7 +251,11 @@ impl Operations {
             }
         }
         self.probe_pool().await;
-        m.gauges_refreshed.set(self.clock.now().timestamp());
+        // The time of the last refresh in which every query answered: a failing database shows
+        // as this timestamp falling behind (alert DatabaseGaugesStale), not as fresh old values.
+        if m.gauges_refresh_failures.get() == failures_before {
+            m.gauges_refreshed.set(self.clock.now().timestamp());
+        }
     }
 }
 

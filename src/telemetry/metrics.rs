@@ -313,7 +313,7 @@ impl Metrics {
             ),
             gauges_refreshed: gauge(
                 "gauges_refreshed_timestamp_seconds",
-                "When the database gauges (orders, inbox, queue, refunds, reconcile, dead jobs) were last computed; scrapes read these cached values. 0 before the first refresh.",
+                "When this process last computed the database gauges (orders, inbox, queue, refunds, reconcile, dead jobs) with every query answering; scrapes read these cached values. 0 before the first full refresh.",
             ),
             gauges_refresh_failures: counter(
                 "gauges_refresh_failures_total",

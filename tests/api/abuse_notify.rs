@@ -351,6 +351,34 @@ async fn postgres_stops_a_gauge_query_past_its_deadline() {
     assert_eq!(unbounded, "0", "the service's own pool is untouched");
 }
 
+/// The refreshed-at timestamp moves only when every gauge query answered: while `orders` is
+/// locked the orders gauge times out, the timestamp stays put (so DatabaseGaugesStale can see
+/// it age), and it moves again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gauge_refresh_does_not_look_fresh() {
+    let env = TestEnv::new(Backend::Cluster).await;
+    let app = env.spawn_app_with(ALL_ROLES, |s| s.gauges.query_timeout_ms = 300).await;
+    let refreshed = || app.metrics.gauges_refreshed.get();
+    let failures = || app.metrics.gauges_refresh_failures.get();
+    eventually("a first full refresh", Duration::from_secs(10), || async { refreshed() > 0 }).await;
+
+    let locker = Db::connect(&env.settings().database).await.unwrap();
+    let mut tx = locker.reader().begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
+    let before = failures();
+    eventually("a refresh fails on the lock", Duration::from_secs(10), || async { failures() > before }).await;
+    let stale = refreshed();
+    let failed = failures();
+    eventually("two more failed refreshes, two seconds later", Duration::from_secs(20), || async {
+        failures() >= failed + 2 && env.clock.now().timestamp() >= stale + 2
+    })
+    .await;
+    assert_eq!(refreshed(), stale, "a refresh with a failed query does not move the timestamp");
+
+    tx.rollback().await.unwrap();
+    eventually("a full refresh once the lock is gone", Duration::from_secs(10), || async { refreshed() > stale }).await;
+}
+
 crate::both_profiles!(
     junk_flood_never_delays_a_genuine_notification,
     the_rejection_sample_is_capped_and_cut,
