@@ -215,6 +215,12 @@ impl Settings {
         problems.check(positive("queue.concurrency", self.queue.concurrency));
         problems.check(positive("poll.batch", self.poll.batch));
         problems.check(positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0)));
+        if self.reconcile.max_bill_plain_bytes < self.reconcile.max_bill_bytes {
+            problems.push(ConfigError::invalid(
+                "reconcile.max_bill_plain_bytes",
+                "must be at least reconcile.max_bill_bytes (an uncompressed bill must fit)",
+            ));
+        }
         if self.reconcile.run_at_time().is_none() {
             problems.push(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
         }
