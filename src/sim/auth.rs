@@ -13,12 +13,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 
 use crate::wechat::sign::{self, SCHEME, parse_authorization, request_message};
+use crate::wechat::verify::RsaVerifier;
 
 use super::SimContext;
 
 const MAX_BODY: usize = 1 << 20;
 /// WeChat refuses requests whose timestamp is far from its clock.
-const REQUEST_TOLERANCE_SECS: i64 = 300;
+const REQUEST_TOLERANCE_SECS: u64 = 300;
 
 /// Verifies the merchant signature of a `/v3` request.
 pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
@@ -32,27 +33,21 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
     if header.is_empty() || parts.headers.get(header::ACCEPT).is_none() {
         return wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Http头缺少Accept或Authorization");
     }
-    let params = match parse_authorization(header) {
-        Ok(p) => p,
-        Err(_) => {
+    let now = sim.clock.now().timestamp();
+    let keys = &sim.keys;
+    let expected = Merchant { mchid: &keys.mchid, serial: &keys.merchant_serial, key: &keys.merchant_public };
+    let message = match check_authorization(&expected, now, parts.method.as_str(), &target, &body_text, header) {
+        Ok(()) => None,
+        Err(AuthRefusal::Format) => {
             return wechat_error(
                 StatusCode::UNAUTHORIZED,
                 "SIGN_ERROR",
                 "Http头Authorization值格式错误,请参考《微信支付商户REST API签名规则》",
             );
         }
+        Err(AuthRefusal::Signature { message }) => Some(message),
     };
-    let now = sim.clock.now().timestamp();
-    let timestamp: i64 = params.timestamp.parse().unwrap_or(0);
-    let message = request_message(parts.method.as_str(), &target, timestamp, &params.nonce_str, &body_text);
-    let signature_ok = params.mchid == sim.keys.mchid
-        && params.serial_no.eq_ignore_ascii_case(&sim.keys.merchant_serial)
-        && (now - timestamp).abs() <= REQUEST_TOLERANCE_SECS
-        && B64
-            .decode(&params.signature)
-            .ok()
-            .is_some_and(|sig| sim.keys.merchant_public.verify(message.as_bytes(), &sig));
-    if !signature_ok {
+    if let Some(message) = message {
         sim.record_sign_error();
         let truncated: String = message.chars().take(64).collect();
         let body = json!({
@@ -73,6 +68,46 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// The merchant identity the simulator expects requests to be signed by.
+#[derive(Debug, Clone, Copy)]
+pub struct Merchant<'a> {
+    pub mchid: &'a str,
+    pub serial: &'a str,
+    pub key: &'a RsaVerifier,
+}
+
+/// Why a request's Authorization is refused, in the two shapes WeChat answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The header does not parse: WeChat's "format error" 401.
+    Format,
+    /// It parses but does not match: the 401 that echoes the message WeChat expected signed.
+    Signature { message: String },
+}
+
+/// Checks a merchant `Authorization` header over the exact request, as WeChat does: parses,
+/// then mchid, serial, timestamp window and signature. Pure (no state, no I/O) so the fuzz
+/// target `sim_auth` drives the same code as the middleware with attacker-shaped headers.
+pub fn check_authorization(
+    merchant: &Merchant<'_>,
+    now_unix: i64,
+    method: &str,
+    target: &str,
+    body: &str,
+    header: &str,
+) -> Result<(), AuthRefusal> {
+    let params = parse_authorization(header).map_err(|_| AuthRefusal::Format)?;
+    // An unparsable or extreme timestamp is simply outside the window: `abs_diff` cannot
+    // overflow where `(now - ts).abs()` did for values near `i64::MIN`/`i64::MAX`.
+    let timestamp: i64 = params.timestamp.parse().unwrap_or(0);
+    let message = request_message(method, target, timestamp, &params.nonce_str, body);
+    let signature_ok = params.mchid == merchant.mchid
+        && params.serial_no.eq_ignore_ascii_case(merchant.serial)
+        && now_unix.abs_diff(timestamp) <= REQUEST_TOLERANCE_SECS
+        && B64.decode(&params.signature).ok().is_some_and(|sig| merchant.key.verify(message.as_bytes(), &sig));
+    if signature_ok { Ok(()) } else { Err(AuthRefusal::Signature { message }) }
 }
 
 /// Signs every response (errors included, as harmless extra) with the platform key.
