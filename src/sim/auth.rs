@@ -169,3 +169,53 @@ impl SimContext {
 pub fn platform_signature(signer: &sign::RsaSigner, timestamp: &str, nonce: &str, body: &[u8]) -> String {
     signer.sign(&sign::response_message(timestamp, nonce, body)).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::sign::MerchantSigner;
+    use crate::wechat::testkeys;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn signer() -> MerchantSigner {
+        MerchantSigner { mchid: "1900000001".into(), serial: "ABC123".into(), signer: testkeys::k1_signer() }
+    }
+
+    fn check(now: i64, header: &str) -> Result<(), AuthRefusal> {
+        let key = testkeys::k1_signer().public_key();
+        let merchant = Merchant { mchid: "1900000001", serial: "abc123", key: &key };
+        check_authorization(&merchant, now, "POST", "/v3/pay/transactions/jsapi", "{}", header)
+    }
+
+    #[test]
+    fn a_signed_request_passes_and_a_tampered_one_is_a_sign_error() {
+        let header = signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", NOW, "N1").expect("sign");
+        assert_eq!(check(NOW, &header), Ok(()));
+        assert_eq!(check(NOW + 300, &header), Ok(()), "the window's edge");
+        assert!(matches!(check(NOW + 301, &header), Err(AuthRefusal::Signature { .. })));
+        let other_body = signer().authorization("POST", "/v3/pay/transactions/jsapi", "{ }", NOW, "N1").expect("sign");
+        assert!(matches!(check(NOW, &other_body), Err(AuthRefusal::Signature { .. })));
+        for malformed in ["", "Bearer x", "WECHATPAY2-SHA256-RSA2048 mchid=1", "WECHATPAY2-SHA256-RSA2048 ,,,"] {
+            assert_eq!(check(NOW, malformed), Err(AuthRefusal::Format), "{malformed:?}");
+        }
+    }
+
+    /// `(now - timestamp).abs()` panicked (debug) or wrapped for these; now they are only stale.
+    #[test]
+    fn extreme_timestamps_and_clocks_are_a_sign_error_not_an_overflow() {
+        for (timestamp, now) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (i64::MIN, NOW), (i64::MAX, 0)] {
+            let header =
+                signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", timestamp, "N").expect("sign");
+            assert!(matches!(check(now, &header), Err(AuthRefusal::Signature { .. })), "{timestamp} at {now}");
+        }
+        // At the ends of the range, a matching clock still verifies.
+        for extreme in [i64::MIN, i64::MAX] {
+            let header =
+                signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", extreme, "N").expect("sign");
+            assert_eq!(check(extreme, &header), Ok(()));
+        }
+        let huge = r#"WECHATPAY2-SHA256-RSA2048 mchid="1900000001",nonce_str="N",timestamp="99999999999999999999999",serial_no="ABC123",signature="AAAA""#;
+        assert!(matches!(check(NOW, huge), Err(AuthRefusal::Signature { .. })));
+    }
+}
