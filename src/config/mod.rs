@@ -147,6 +147,12 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(figment, purpose)
+    }
+
+    /// Extracts and validates the layers gathered in `figment` (the `config` fuzz target feeds
+    /// it TOML and environment-like values without touching files or the process environment).
+    pub fn from_figment(mut figment: Figment, purpose: Purpose) -> Result<Self, ConfigError> {
         if purpose == Purpose::Dev {
             figment = figment.merge(figment::providers::Serialized::default("wechat.use_dev_keys", true));
         }
