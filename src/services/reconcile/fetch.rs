@@ -138,3 +138,29 @@ impl From<WechatError> for ReconcileError {
         ReconcileError::Wechat(err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    /// Both passes over a downloaded bill (the hash, then the rows) stop at the ceiling.
+    #[test]
+    fn a_downloaded_gzip_bomb_fails_the_hash_and_the_reader() {
+        let mut file = NamedTempFile::new().expect("temp");
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        for _ in 0..64 {
+            encoder.write_all(&[0u8; 1 << 20]).expect("compress");
+        }
+        file.write_all(&encoder.finish().expect("gzip")).expect("write");
+        let err = sha1_of_plain(file.path(), 1 << 20).expect_err("over the ceiling");
+        assert!(err.to_string().contains("uncompressed"), "{err}");
+        let mut reader = open_plain(file.path(), 1 << 20).expect("open");
+        assert!(std::io::copy(&mut reader, &mut std::io::sink()).is_err());
+        assert_eq!(sha1_of_plain(file.path(), 64 << 20).expect("at the ceiling").len(), 40);
+    }
+}
