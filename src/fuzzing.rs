@@ -248,7 +248,11 @@ pub fn config(data: &[u8]) {
         else {
             continue;
         };
-        let path = name.to_ascii_lowercase().replace("__", ".");
+        // As `Env::prefixed(..).split("__")` does: trimmed, lowercased, empty segments skipped.
+        let path = name.trim().replace("__", ".").to_ascii_lowercase();
+        if path.split('.').any(str::is_empty) {
+            continue;
+        }
         let Ok(value) = value.parse::<figment::value::Value>();
         figment = figment.merge(Serialized::default(&path, value));
     }
