@@ -41,6 +41,11 @@ pub mod config;
 pub mod demo;
 pub mod deps;
 pub mod domain;
+/// Fuzz target bodies (`fuzz/`), replayed by the stable suite; see the module.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+#[allow(clippy::expect_used, reason = "fixed test keys; a fuzz harness reports a failure by panicking")]
+pub mod fuzzing;
 pub mod queue;
 pub mod services;
 pub mod shutdown;

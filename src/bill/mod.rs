@@ -10,11 +10,13 @@
 //! - `summary`: the closing totals as [`BillSummary`].
 //! - `write`: [`BillWriter`], byte-exact output.
 //! - `read`: [`BillReader`], line-by-line parsing with line-numbered errors.
+//! - `plain`: the uncompressed bytes (gzip or not) under a size ceiling, for the reader.
 //!
 //! This module does no I/O of its own beyond the reader/writer it is handed, and knows nothing
 //! of our orders, storage or HTTP.
 
 mod amount;
+mod plain;
 mod read;
 mod row;
 mod summary;
@@ -23,6 +25,7 @@ mod write;
 pub use amount::{
     AmountError, FEE_SCALE, YUAN_SCALE, parse_count, parse_fee_e5, parse_yuan, render_fee_e5, render_yuan,
 };
+pub use plain::{Limited, plain_reader};
 pub use read::{BillError, BillItem, BillReader, MAX_LINE_BYTES, read_bill};
 pub use row::{BillRow, COLUMNS, HEADER, RowError, TRADE_STATES, TRADE_TIME_FORMAT, format_trade_time};
 pub use summary::{BillSummary, SUMMARY_COLUMNS, SUMMARY_HEADER, SUMMARY_LABELS, SummaryDisagreement, SummaryError};

@@ -165,13 +165,14 @@ impl<R: BufRead> BillReader<R> {
                 self.stage = Stage::SummaryLine;
                 Ok(None)
             }
-            Stage::Rows => Ok(Some(match BillRow::from_values(&values) {
+            Stage::Rows => match BillRow::from_values(&values) {
                 Ok(row) => {
-                    self.rows.add(&row);
-                    Ok(BillItem::Row(row))
+                    // An overflowing total ends the file: every later comparison would be wrong.
+                    self.rows.add(&row).map_err(|e| self.error(e.to_string()))?;
+                    Ok(Some(Ok(BillItem::Row(row))))
                 }
-                Err(e) => Err(self.error(e.to_string())),
-            })),
+                Err(e) => Ok(Some(Err(self.error(e.to_string())))),
+            },
             Stage::SummaryLine => {
                 let summary = BillSummary::from_values(&values).map_err(|e| self.error(e.to_string()))?;
                 self.stated = Some(summary);

@@ -69,27 +69,37 @@ pub enum SummaryError {
     ColumnCount(usize),
     #[error("summary value {column} ({name}): {source}")]
     Amount { column: usize, name: &'static str, source: AmountError },
+    /// The rows' total of one column leaves `i64`: no real day comes near (9.2e16 fen), so the
+    /// file is hostile or corrupt, and a wrapped or saturated total would only hide that.
+    #[error("the rows' total of summary value {column} ({name}) overflows")]
+    Overflow { column: usize, name: &'static str },
 }
 
 impl BillSummary {
-    /// Adds one row. Sums saturate: a hostile file must not wrap around to a plausible total,
-    /// and a saturated total cannot match anything real.
-    pub fn add(&mut self, row: &BillRow) {
-        self.count = self.count.saturating_add(1);
-        self.settlement_total_fen = self.settlement_total_fen.saturating_add(row.settlement_total_fen);
-        self.refund_total_fen = self.refund_total_fen.saturating_add(row.refund_fen);
-        self.recharge_coupon_refund_fen =
-            self.recharge_coupon_refund_fen.saturating_add(row.recharge_coupon_refund_fen);
-        self.fee_e5 = self.fee_e5.saturating_add(row.fee_e5);
-        self.order_total_fen = self.order_total_fen.saturating_add(row.order_total_fen);
-        self.refund_request_fen = self.refund_request_fen.saturating_add(row.refund_request_fen);
+    /// Adds one row. Sums are checked: a hostile file must neither wrap around to a plausible
+    /// total nor saturate into one that merely "disagrees"; an overflow is an error naming the
+    /// column, and on error `self` is left as it was (no column half-added).
+    pub fn add(&mut self, row: &BillRow) -> Result<(), SummaryError> {
+        let sum = |column: usize, total: i64, value: i64| {
+            total.checked_add(value).ok_or(SummaryError::Overflow { column: column + 1, name: SUMMARY_HEADER[column] })
+        };
+        *self = BillSummary {
+            count: self.count.checked_add(1).ok_or(SummaryError::Overflow { column: 1, name: SUMMARY_HEADER[0] })?,
+            settlement_total_fen: sum(1, self.settlement_total_fen, row.settlement_total_fen)?,
+            refund_total_fen: sum(2, self.refund_total_fen, row.refund_fen)?,
+            recharge_coupon_refund_fen: sum(3, self.recharge_coupon_refund_fen, row.recharge_coupon_refund_fen)?,
+            fee_e5: sum(4, self.fee_e5, row.fee_e5)?,
+            order_total_fen: sum(5, self.order_total_fen, row.order_total_fen)?,
+            refund_request_fen: sum(6, self.refund_request_fen, row.refund_request_fen)?,
+        };
+        Ok(())
     }
 
-    /// The summary WeChat should have printed for these rows.
-    pub fn from_rows<'a>(rows: impl IntoIterator<Item = &'a BillRow>) -> Self {
-        rows.into_iter().fold(Self::default(), |mut summary, row| {
-            summary.add(row);
-            summary
+    /// The summary WeChat should have printed for these rows (an error when a total overflows).
+    pub fn from_rows<'a>(rows: impl IntoIterator<Item = &'a BillRow>) -> Result<Self, SummaryError> {
+        rows.into_iter().try_fold(Self::default(), |mut summary, row| {
+            summary.add(row)?;
+            Ok(summary)
         })
     }
 
@@ -184,7 +194,7 @@ mod tests {
     fn disagreements_name_each_value_that_differs() {
         let pay =
             BillRow { settlement_total_fen: 10_700, order_total_fen: 10_700, fee_e5: 64_200, ..BillRow::default() };
-        let rows = BillSummary::from_rows([&pay]);
+        let rows = BillSummary::from_rows([&pay]).expect("sums");
         assert_eq!(rows.disagreements(&rows), vec![]);
         let stated = BillSummary { count: 2, settlement_total_fen: 10_800, ..rows };
         let found = stated.disagreements(&rows);
@@ -206,11 +216,31 @@ mod tests {
     fn sums_rows() {
         let pay = BillRow { settlement_total_fen: 100, order_total_fen: 100, fee_e5: 1000, ..BillRow::default() };
         let refund = BillRow { refund_fen: 40, refund_request_fen: 40, ..BillRow::default() };
-        let summary = BillSummary::from_rows([&pay, &pay, &refund]);
+        let summary = BillSummary::from_rows([&pay, &pay, &refund]).expect("sums");
         assert_eq!(summary.count, 3);
         assert_eq!(summary.settlement_total_fen, 200);
         assert_eq!(summary.refund_total_fen, 40);
         assert_eq!(summary.fee_e5, 2000);
         assert_eq!(summary.to_values()[4], "0.02000");
+    }
+
+    #[test]
+    fn overflowing_totals_are_an_error_naming_the_column_not_a_wrap() {
+        let huge = BillRow { settlement_total_fen: i64::MAX, order_total_fen: 1, ..BillRow::default() };
+        let err = BillSummary::from_rows([&huge, &huge]).expect_err("overflow");
+        assert_eq!(err, SummaryError::Overflow { column: 2, name: SUMMARY_HEADER[1] });
+        assert!(err.to_string().contains("应结订单总金额"), "{err}");
+        let negative = BillRow { refund_fen: i64::MIN, ..BillRow::default() };
+        assert!(matches!(
+            BillSummary::from_rows([&negative, &negative]),
+            Err(SummaryError::Overflow { column: 3, .. })
+        ));
+        // A failed add leaves the running totals as they were.
+        let mut summary = BillSummary::from_rows([&huge]).expect("one row fits");
+        let before = summary;
+        assert!(summary.add(&huge).is_err());
+        assert_eq!(summary, before);
+        let fee = BillRow { fee_e5: i64::MAX, ..BillRow::default() };
+        assert!(matches!(BillSummary::from_rows([&fee, &fee]), Err(SummaryError::Overflow { column: 5, .. })));
     }
 }

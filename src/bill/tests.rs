@@ -42,7 +42,7 @@ fn real_row_is_read() {
     assert_eq!(row.attach, "98880001::我自己来测试");
     assert_eq!(row.rate, "0.30%");
     assert_eq!(row.rate_note, "");
-    assert_eq!(summary, BillSummary::from_rows(&rows));
+    assert_eq!(summary, BillSummary::from_rows(&rows).expect("sums"));
 }
 
 #[test]
@@ -192,12 +192,17 @@ proptest! {
     #[test]
     fn read_of_written_rows_is_the_rows(rows in prop::collection::vec(row(), 0..20)) {
         let mut writer = BillWriter::new(Vec::new()).expect("header");
+        let Ok(expected) = BillSummary::from_rows(&rows) else {
+            // Totals past i64 cannot be stated: the writer refuses the row that overflows.
+            prop_assert!(rows.iter().any(|row| writer.write_row(row).is_err()));
+            return Ok(());
+        };
         for row in &rows {
             writer.write_row(row).expect("row");
         }
         let bytes = writer.finish().expect("finish");
         let (read, summary) = read_bill(bytes.as_slice()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&read, &rows);
-        prop_assert_eq!(summary, BillSummary::from_rows(&rows));
+        prop_assert_eq!(summary, expected);
     }
 }

@@ -30,8 +30,9 @@ impl<W: Write> BillWriter<W> {
     /// Writes one detail line and counts it into the summary.
     pub fn write_row(&mut self, row: &BillRow) -> io::Result<()> {
         let values = row.to_values();
+        // Totals that cannot be stated (an overflow) are refused before the line is written.
+        self.summary.add(row).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         write_line(&mut self.out, values.iter().map(String::as_str), "`")?;
-        self.summary.add(row);
         Ok(())
     }
 

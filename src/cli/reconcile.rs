@@ -139,7 +139,9 @@ fn days_of(args: &Args, today: NaiveDate) -> Result<Vec<NaiveDate>, CliError> {
 /// (the reconciler records the same check as a `summary_mismatch`).
 pub fn bill(command: BillCommand) -> Result<ExitCode, CliError> {
     let BillCommand::Parse { file } = command;
-    let mut reader = BillReader::new(fetch::open_plain(&file).map_err(|e| CliError::new(e.to_string()))?);
+    let mut reader = BillReader::new(
+        fetch::open_plain(&file, fetch::LOCAL_MAX_PLAIN_BYTES).map_err(|e| CliError::new(e.to_string()))?,
+    );
     for item in &mut reader {
         item.map_err(|e| CliError::new(format!("{}: {e}", file.display())))?;
     }
@@ -147,7 +149,7 @@ pub fn bill(command: BillCommand) -> Result<ExitCode, CliError> {
         .stated_summary()
         .ok_or_else(|| CliError::new(format!("{}: no summary (truncated?)", file.display())))?;
     let rows = *reader.rows_summary();
-    let sha1 = fetch::sha1_of_plain(&file).map_err(|e| CliError::new(e.to_string()))?;
+    let sha1 = fetch::sha1_of_plain(&file, fetch::LOCAL_MAX_PLAIN_BYTES).map_err(|e| CliError::new(e.to_string()))?;
     println!("{}: {} rows, sha1 {sha1}", file.display(), rows.count);
     print!("{}", summary_table(&stated, &rows));
     let disagreements = stated.disagreements(&rows);

@@ -147,6 +147,12 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(figment, purpose)
+    }
+
+    /// Extracts and validates the layers gathered in `figment` (the `config` fuzz target feeds
+    /// it TOML and environment-like values without touching files or the process environment).
+    pub fn from_figment(mut figment: Figment, purpose: Purpose) -> Result<Self, ConfigError> {
         if purpose == Purpose::Dev {
             figment = figment.merge(figment::providers::Serialized::default("wechat.use_dev_keys", true));
         }
@@ -220,6 +226,12 @@ impl Settings {
         problems.check(positive("queue.concurrency", self.queue.concurrency));
         problems.check(positive("poll.batch", self.poll.batch));
         problems.check(positive("poll.claim_secs", usize::try_from(self.poll.claim_secs).unwrap_or(0)));
+        if self.reconcile.max_bill_plain_bytes < self.reconcile.max_bill_bytes {
+            problems.push(ConfigError::invalid(
+                "reconcile.max_bill_plain_bytes",
+                "must be at least reconcile.max_bill_bytes (an uncompressed bill must fit)",
+            ));
+        }
         if self.reconcile.run_at_time().is_none() {
             problems.push(ConfigError::invalid("reconcile.run_at", "must be HH:MM (Asia/Shanghai)"));
         }

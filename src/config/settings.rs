@@ -193,6 +193,7 @@ pub struct ReconcileSettings {
     pub tick_interval_ms: u64,
     pub work_dir: PathBuf,
     pub max_bill_bytes: u64,
+    pub max_bill_plain_bytes: u64,
     pub reports_dir: PathBuf,
 }
 

@@ -13,12 +13,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 
 use crate::wechat::sign::{self, SCHEME, parse_authorization, request_message};
+use crate::wechat::verify::RsaVerifier;
 
 use super::SimContext;
 
 const MAX_BODY: usize = 1 << 20;
 /// WeChat refuses requests whose timestamp is far from its clock.
-const REQUEST_TOLERANCE_SECS: i64 = 300;
+const REQUEST_TOLERANCE_SECS: u64 = 300;
 
 /// Verifies the merchant signature of a `/v3` request.
 pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: Next) -> Response {
@@ -32,27 +33,21 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
     if header.is_empty() || parts.headers.get(header::ACCEPT).is_none() {
         return wechat_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "Http头缺少Accept或Authorization");
     }
-    let params = match parse_authorization(header) {
-        Ok(p) => p,
-        Err(_) => {
+    let now = sim.clock.now().timestamp();
+    let keys = &sim.keys;
+    let expected = Merchant { mchid: &keys.mchid, serial: &keys.merchant_serial, key: &keys.merchant_public };
+    let message = match check_authorization(&expected, now, parts.method.as_str(), &target, &body_text, header) {
+        Ok(()) => None,
+        Err(AuthRefusal::Format) => {
             return wechat_error(
                 StatusCode::UNAUTHORIZED,
                 "SIGN_ERROR",
                 "Http头Authorization值格式错误,请参考《微信支付商户REST API签名规则》",
             );
         }
+        Err(AuthRefusal::Signature { message }) => Some(message),
     };
-    let now = sim.clock.now().timestamp();
-    let timestamp: i64 = params.timestamp.parse().unwrap_or(0);
-    let message = request_message(parts.method.as_str(), &target, timestamp, &params.nonce_str, &body_text);
-    let signature_ok = params.mchid == sim.keys.mchid
-        && params.serial_no.eq_ignore_ascii_case(&sim.keys.merchant_serial)
-        && (now - timestamp).abs() <= REQUEST_TOLERANCE_SECS
-        && B64
-            .decode(&params.signature)
-            .ok()
-            .is_some_and(|sig| sim.keys.merchant_public.verify(message.as_bytes(), &sig));
-    if !signature_ok {
+    if let Some(message) = message {
         sim.record_sign_error();
         let truncated: String = message.chars().take(64).collect();
         let body = json!({
@@ -73,6 +68,46 @@ pub async fn verify_request(State(sim): State<SimContext>, req: Request, next: N
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// The merchant identity the simulator expects requests to be signed by.
+#[derive(Debug, Clone, Copy)]
+pub struct Merchant<'a> {
+    pub mchid: &'a str,
+    pub serial: &'a str,
+    pub key: &'a RsaVerifier,
+}
+
+/// Why a request's Authorization is refused, in the two shapes WeChat answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The header does not parse: WeChat's "format error" 401.
+    Format,
+    /// It parses but does not match: the 401 that echoes the message WeChat expected signed.
+    Signature { message: String },
+}
+
+/// Checks a merchant `Authorization` header over the exact request, as WeChat does: parses,
+/// then mchid, serial, timestamp window and signature. Pure (no state, no I/O) so the fuzz
+/// target `sim_auth` drives the same code as the middleware with attacker-shaped headers.
+pub fn check_authorization(
+    merchant: &Merchant<'_>,
+    now_unix: i64,
+    method: &str,
+    target: &str,
+    body: &str,
+    header: &str,
+) -> Result<(), AuthRefusal> {
+    let params = parse_authorization(header).map_err(|_| AuthRefusal::Format)?;
+    // An unparsable or extreme timestamp is simply outside the window: `abs_diff` cannot
+    // overflow where `(now - ts).abs()` did for values near `i64::MIN`/`i64::MAX`.
+    let timestamp: i64 = params.timestamp.parse().unwrap_or(0);
+    let message = request_message(method, target, timestamp, &params.nonce_str, body);
+    let signature_ok = params.mchid == merchant.mchid
+        && params.serial_no.eq_ignore_ascii_case(merchant.serial)
+        && now_unix.abs_diff(timestamp) <= REQUEST_TOLERANCE_SECS
+        && B64.decode(&params.signature).ok().is_some_and(|sig| merchant.key.verify(message.as_bytes(), &sig));
+    if signature_ok { Ok(()) } else { Err(AuthRefusal::Signature { message }) }
 }
 
 /// Signs every response (errors included, as harmless extra) with the platform key.
@@ -133,4 +168,54 @@ impl SimContext {
 /// The signature WeChat would put on a body sent at `timestamp` with `nonce`.
 pub fn platform_signature(signer: &sign::RsaSigner, timestamp: &str, nonce: &str, body: &[u8]) -> String {
     signer.sign(&sign::response_message(timestamp, nonce, body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::sign::MerchantSigner;
+    use crate::wechat::testkeys;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn signer() -> MerchantSigner {
+        MerchantSigner { mchid: "1900000001".into(), serial: "ABC123".into(), signer: testkeys::k1_signer() }
+    }
+
+    fn check(now: i64, header: &str) -> Result<(), AuthRefusal> {
+        let key = testkeys::k1_signer().public_key();
+        let merchant = Merchant { mchid: "1900000001", serial: "abc123", key: &key };
+        check_authorization(&merchant, now, "POST", "/v3/pay/transactions/jsapi", "{}", header)
+    }
+
+    #[test]
+    fn a_signed_request_passes_and_a_tampered_one_is_a_sign_error() {
+        let header = signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", NOW, "N1").expect("sign");
+        assert_eq!(check(NOW, &header), Ok(()));
+        assert_eq!(check(NOW + 300, &header), Ok(()), "the window's edge");
+        assert!(matches!(check(NOW + 301, &header), Err(AuthRefusal::Signature { .. })));
+        let other_body = signer().authorization("POST", "/v3/pay/transactions/jsapi", "{ }", NOW, "N1").expect("sign");
+        assert!(matches!(check(NOW, &other_body), Err(AuthRefusal::Signature { .. })));
+        for malformed in ["", "Bearer x", "WECHATPAY2-SHA256-RSA2048 mchid=1", "WECHATPAY2-SHA256-RSA2048 ,,,"] {
+            assert_eq!(check(NOW, malformed), Err(AuthRefusal::Format), "{malformed:?}");
+        }
+    }
+
+    /// `(now - timestamp).abs()` panicked (debug) or wrapped for these; now they are only stale.
+    #[test]
+    fn extreme_timestamps_and_clocks_are_a_sign_error_not_an_overflow() {
+        for (timestamp, now) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (i64::MIN, NOW), (i64::MAX, 0)] {
+            let header =
+                signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", timestamp, "N").expect("sign");
+            assert!(matches!(check(now, &header), Err(AuthRefusal::Signature { .. })), "{timestamp} at {now}");
+        }
+        // At the ends of the range, a matching clock still verifies.
+        for extreme in [i64::MIN, i64::MAX] {
+            let header =
+                signer().authorization("POST", "/v3/pay/transactions/jsapi", "{}", extreme, "N").expect("sign");
+            assert_eq!(check(extreme, &header), Ok(()));
+        }
+        let huge = r#"WECHATPAY2-SHA256-RSA2048 mchid="1900000001",nonce_str="N",timestamp="99999999999999999999999",serial_no="ABC123",signature="AAAA""#;
+        assert!(matches!(check(NOW, huge), Err(AuthRefusal::Signature { .. })));
+    }
 }

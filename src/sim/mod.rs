@@ -6,7 +6,7 @@
 //! It plays the other side: it uses `wechat::{wire, sign, aead}` only, never our services or
 //! storage.
 
-mod auth;
+pub(crate) mod auth;
 mod bills;
 pub mod certificates;
 pub mod chaos;

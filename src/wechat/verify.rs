@@ -258,9 +258,12 @@ impl PlatformKeys {
             return Err(VerifyError::UnsupportedType(kind.to_owned()));
         }
         let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-        let skew = now_unix.saturating_sub(ts).saturating_abs();
-        if skew > tolerance_secs {
-            return Err(VerifyError::StaleTimestamp { skew_secs: skew, tolerance_secs });
+        // `abs_diff` is exact over the whole i64 range, where `(now - ts).abs()` overflows for
+        // a timestamp near i64::MIN or i64::MAX; the reported skew saturates for display.
+        let skew = now_unix.abs_diff(ts);
+        if skew > u64::try_from(tolerance_secs).unwrap_or(0) {
+            let skew_secs = i64::try_from(skew).unwrap_or(i64::MAX);
+            return Err(VerifyError::StaleTimestamp { skew_secs, tolerance_secs });
         }
         if signature.starts_with(SIGNTEST_PREFIX) {
             return Err(VerifyError::SignatureProbe);
@@ -391,6 +394,56 @@ mod tests {
         let mut other_type = headers(serial, testkeys::D6_SIGNATURE);
         other_type.signature_type = Some("WECHATPAY2-SM2-WITH-SM3");
         assert!(matches!(keys.verify(&other_type, body.as_bytes(), NOW, 300), Err(VerifyError::UnsupportedType(_))));
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_an_overflow() {
+        let body = testkeys::d6_envelope();
+        let keys = keys();
+        let serial = "PUB_KEY_ID_0000000000000024101100397200000006";
+        let max = i64::MAX.to_string();
+        let min = i64::MIN.to_string();
+        // Each pair is at least 2^63 - 1 s apart: the reported skew saturates.
+        for (timestamp, now) in [
+            (max.as_str(), i64::MIN),
+            (min.as_str(), i64::MAX),
+            (min.as_str(), NOW),
+            (max.as_str(), -NOW),
+            ("-1", i64::MAX),
+        ] {
+            let headers = SignedHeaders { timestamp: Some(timestamp), ..headers(serial, testkeys::D6_SIGNATURE) };
+            assert!(
+                matches!(
+                    keys.verify(&headers, body.as_bytes(), now, 300),
+                    Err(VerifyError::StaleTimestamp { skew_secs: i64::MAX, .. })
+                ),
+                "{timestamp} at {now}"
+            );
+        }
+        let far = SignedHeaders { timestamp: Some(max.as_str()), ..headers(serial, testkeys::D6_SIGNATURE) };
+        assert_eq!(
+            keys.verify(&far, body.as_bytes(), NOW, 300),
+            Err(VerifyError::StaleTimestamp { skew_secs: i64::MAX - NOW, tolerance_secs: 300 })
+        );
+        for not_a_number in ["99999999999999999999999999", "-99999999999999999999", "", "+-1", "1e9", "0x10"] {
+            let headers = SignedHeaders { timestamp: Some(not_a_number), ..headers(serial, testkeys::D6_SIGNATURE) };
+            assert_eq!(
+                keys.verify(&headers, body.as_bytes(), NOW, 300),
+                Err(VerifyError::BadTimestamp),
+                "{not_a_number}"
+            );
+        }
+        // "-0" is zero: 51 years stale, refused as such.
+        let zero = SignedHeaders { timestamp: Some("-0"), ..headers(serial, testkeys::D6_SIGNATURE) };
+        assert_eq!(
+            keys.verify(&zero, body.as_bytes(), NOW, 300),
+            Err(VerifyError::StaleTimestamp { skew_secs: NOW, tolerance_secs: 300 })
+        );
+        // Extreme clocks and tolerances do not overflow either (the key-validity check included).
+        let signed = headers(serial, testkeys::D6_SIGNATURE);
+        assert!(keys.verify(&signed, body.as_bytes(), i64::MIN, i64::MAX).is_err(), "2^63 s away");
+        assert!(keys.verify(&signed, body.as_bytes(), NOW, i64::MAX).is_ok());
+        assert!(keys.verify(&signed, body.as_bytes(), NOW, i64::MIN).is_err(), "a negative tolerance accepts nothing");
     }
 
     #[test]

@@ -319,7 +319,7 @@ mod tests {
         for (i, row) in rows.iter().enumerate() {
             c.row(i as u64 + 2, row).expect("row");
         }
-        let added_up = BillSummary::from_rows(rows);
+        let added_up = BillSummary::from_rows(rows).expect("sums");
         let summary = BillSummary { settlement_total_fen: added_up.settlement_total_fen + summary_delta, ..added_up };
         c.summary(rows.len() as u64 + 4, &summary, &added_up);
         c.finish()

@@ -4,10 +4,9 @@
 //! reads it.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use flate2::read::GzDecoder;
 use sha1::{Digest, Sha1};
 use tempfile::NamedTempFile;
 
@@ -38,6 +37,7 @@ pub async fn fetch(
     bill_date: &str,
     work_dir: &Path,
     max_bytes: u64,
+    max_plain_bytes: u64,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Fetched, ReconcileError> {
     std::fs::create_dir_all(work_dir).map_err(|e| io(work_dir, &e))?;
@@ -71,7 +71,7 @@ pub async fn fetch(
     };
     on_bytes(bytes);
     let path = temp.path().to_owned();
-    let actual = tokio::task::spawn_blocking(move || sha1_of_plain(&path))
+    let actual = tokio::task::spawn_blocking(move || sha1_of_plain(&path, max_plain_bytes))
         .await
         .map_err(|e| ReconcileError::Io(e.to_string()))??;
     if !actual.eq_ignore_ascii_case(&info.hash_value) {
@@ -91,23 +91,22 @@ fn io(path: &Path, err: &std::io::Error) -> ReconcileError {
     ReconcileError::Io(format!("{}: {err}", path.display()))
 }
 
-/// The bill's bytes, uncompressed on the fly when they are gzip.
-pub fn open_plain(path: &Path) -> Result<Box<dyn BufRead + Send>, ReconcileError> {
-    let mut file = File::open(path).map_err(|e| io(path, &e))?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(|e| io(path, &e))?;
-    file.rewind().map_err(|e| io(path, &e))?;
+/// Ceiling on the uncompressed bytes of a file an operator hands to `bill parse` (no settings
+/// are loaded there): generous for a file they chose, yet a gzip bomb still stops.
+pub const LOCAL_MAX_PLAIN_BYTES: u64 = 64 << 30;
+
+/// The bill's bytes, uncompressed on the fly when they are gzip; reading fails past
+/// `max_plain_bytes` uncompressed (`reconcile.max_bill_plain_bytes`).
+pub fn open_plain(path: &Path, max_plain_bytes: u64) -> Result<Box<dyn BufRead + Send>, ReconcileError> {
     const BUF: usize = 256 * 1024;
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::with_capacity(BUF, GzDecoder::new(BufReader::with_capacity(BUF, file)))))
-    } else {
-        Ok(Box::new(BufReader::with_capacity(BUF, file)))
-    }
+    let file = File::open(path).map_err(|e| io(path, &e))?;
+    crate::bill::plain_reader(BufReader::with_capacity(BUF, file), max_plain_bytes).map_err(|e| io(path, &e))
 }
 
-/// SHA-1 (lower hex) of the uncompressed bill; a truncated gzip stream is an error here.
-pub fn sha1_of_plain(path: &Path) -> Result<String, ReconcileError> {
-    let mut reader = open_plain(path)?;
+/// SHA-1 (lower hex) of the uncompressed bill; a truncated gzip stream, or one inflating past
+/// `max_plain_bytes`, is an error here, before the reader sees a line.
+pub fn sha1_of_plain(path: &Path, max_plain_bytes: u64) -> Result<String, ReconcileError> {
+    let mut reader = open_plain(path, max_plain_bytes)?;
     let mut hasher = Sha1::new();
     loop {
         let chunk = reader.fill_buf().map_err(|e| ReconcileError::Bill(format!("cannot read the bill: {e}")))?;
@@ -137,5 +136,31 @@ pub fn clear_stale(work_dir: &Path) {
 impl From<WechatError> for ReconcileError {
     fn from(err: WechatError) -> Self {
         ReconcileError::Wechat(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    /// Both passes over a downloaded bill (the hash, then the rows) stop at the ceiling.
+    #[test]
+    fn a_downloaded_gzip_bomb_fails_the_hash_and_the_reader() {
+        let mut file = NamedTempFile::new().expect("temp");
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        for _ in 0..64 {
+            encoder.write_all(&[0u8; 1 << 20]).expect("compress");
+        }
+        file.write_all(&encoder.finish().expect("gzip")).expect("write");
+        let err = sha1_of_plain(file.path(), 1 << 20).expect_err("over the ceiling");
+        assert!(err.to_string().contains("uncompressed"), "{err}");
+        let mut reader = open_plain(file.path(), 1 << 20).expect("open");
+        assert!(std::io::copy(&mut reader, &mut std::io::sink()).is_err());
+        assert_eq!(sha1_of_plain(file.path(), 64 << 20).expect("at the ceiling").len(), 40);
     }
 }

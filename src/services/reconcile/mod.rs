@@ -228,9 +228,15 @@ impl Reconciler {
             let progress = Arc::clone(&progress);
             move |n: u64| progress.downloaded(n)
         };
-        let fetched =
-            fetch::fetch(&self.pay, bill_date, &self.settings.work_dir, self.settings.max_bill_bytes, &on_bytes)
-                .await?;
+        let fetched = fetch::fetch(
+            &self.pay,
+            bill_date,
+            &self.settings.work_dir,
+            self.settings.max_bill_bytes,
+            self.settings.max_bill_plain_bytes,
+            &on_bytes,
+        )
+        .await?;
         let evidence = Evidence::new(EventSource::Bill, format!("bill:{bill_date}"));
         let healed_before: HashSet<String> = self.db.healed_by_bill(&evidence.reference).await?.into_iter().collect();
         let mut comparator = Comparator::new(healed_before);
@@ -263,9 +269,11 @@ impl Reconciler {
             Fetched::Bill { file, sha1, .. } => {
                 let path: PathBuf = file.path().to_owned();
                 let progress = Arc::clone(&progress);
-                let comparator = tokio::task::spawn_blocking(move || compare_file(&path, comparator, &*progress))
-                    .await
-                    .map_err(|e| ReconcileError::Io(e.to_string()))??;
+                let max_plain = self.settings.max_bill_plain_bytes;
+                let comparator =
+                    tokio::task::spawn_blocking(move || compare_file(&path, max_plain, comparator, &*progress))
+                        .await
+                        .map_err(|e| ReconcileError::Io(e.to_string()))??;
                 drop(file); // deleted here, before anything is applied
                 (comparator, Some(sha1))
             }
@@ -395,10 +403,11 @@ pub fn may_assume_empty(date: NaiveDate, now: chrono::DateTime<chrono::Utc>, our
 /// Reads the verified bill row by row into the comparator (blocking: runs off the runtime).
 fn compare_file(
     path: &std::path::Path,
+    max_plain_bytes: u64,
     mut comparator: Comparator,
     progress: &dyn Progress,
 ) -> Result<Comparator, ReconcileError> {
-    let mut reader = BillReader::new(fetch::open_plain(path)?);
+    let mut reader = BillReader::new(fetch::open_plain(path, max_plain_bytes)?);
     let mut rows = 0u64;
     while let Some(item) = reader.next() {
         let line = reader.line();
