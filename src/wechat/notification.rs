@@ -28,7 +28,8 @@ pub struct OpenError {
 }
 
 /// Every reason [`open`] refuses with (the metric's series exist from the start).
-pub const REFUSAL_REASONS: &[&str] = &["malformed_body", "malformed_resource", "decrypt_failed"];
+pub const REFUSAL_REASONS: &[&str] =
+    &["malformed_body", "malformed_resource", "unsupported_resource", "decrypt_failed"];
 
 fn refuse(reason: &'static str, detail: impl Into<String>) -> OpenError {
     OpenError { reason, detail: detail.into() }
