@@ -299,6 +299,41 @@ async fn idle_keep_alive_connections_do_not_lock_out_a_notification(backend: Bac
     );
 }
 
+/// The body is read before the handlers, and they still answer as before: over the limit, 413
+/// (declared or chunked); too slow, 408 in our error shape (`FAIL` on the notify route) and the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_or_too_slow_are_refused_in_our_shapes() {
+    let wall = Instant::now();
+    let env = TestEnv::new(Backend::Embedded).await;
+    let process = env.spawn_process_with(&["serve"], &[("SERVER__BODY_READ_TIMEOUT_MS", "500".to_owned())]).await;
+    let big = vec![b'x'; 100 * 1024];
+    let (status, answer) = post_notify(&process.base, &[], big.clone()).await;
+    assert_eq!((status, answer["code"].as_str()), (413, Some("FAIL")), "declared length: {answer}");
+    let chunks = big.chunks(10 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>();
+    let chunked = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let (status, answer) = post_notify(&process.base, &[], chunked).await;
+    assert_eq!((status, answer["code"].as_str()), (413, Some("FAIL")), "chunked: {answer}");
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    for (path, code) in [("/api/pay/notify", "FAIL"), ("/api/login", "REQUEST_TIMEOUT")] {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // Read to the end: the server closes the connection after its answer.
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{path}: {answer}");
+    }
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_notify_rejected_total{reason=\"body_unreadable\"}"), 3.0, "{metrics}");
+    eprintln!("body limit and deadline: 413, 413, 408, 408; wall {:?}", wall.elapsed());
+}
+
 /// No storage involved: the embedded profile only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_and_paths_do_not_grow_metrics() {
