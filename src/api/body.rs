@@ -9,6 +9,10 @@
 //! a body over the limit is passed on cut to one byte past it (the `Bytes`/`Json` extractors,
 //! bounded by `DefaultBodyLimit`, answer 413), and a body that broke off is passed on as the
 //! same error. Nothing larger than the limit (plus one read) is ever buffered.
+//!
+//! The price: bodies are now buffered by every open connection, not only by those holding a
+//! share, so the worst case is `server.max_connections` x `server.body_limit_bytes` (256 MiB at
+//! the defaults), each held at most `server.body_read_timeout_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
