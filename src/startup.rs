@@ -297,6 +297,7 @@ impl Application {
         let public = PublicRouter {
             routes: if self.roles.api { Routes::Full } else { Routes::HealthOnly },
             body_limit: server.body_limit_bytes,
+            body_read_timeout: server.body_read_timeout(),
             timeout: server.request_timeout(),
             api_share: Share::new("api", server.max_in_flight, server.retry_after_secs, metrics.clone()),
             notify_share: Share::new("notify", server.notify_max_in_flight, server.retry_after_secs, metrics.clone()),

@@ -1,19 +1,25 @@
 //! The connection cap of a listener, and who makes room when it is reached.
 //!
 //! A plain semaphore would let 2,000 slowloris connections hold every slot until the header
-//! timeout cuts them, refusing WeChat's notification meanwhile. Here a connection that has not
-//! yet delivered a complete request head (it is trickling bytes, or idle) is *evictable*: when
-//! the cap is reached, a new connection takes the slot of the oldest evictable one. Only when
-//! every open connection is busy answering a request is the new one refused. A client that
-//! sends its request at once (WeChat, the proxy) is busy within microseconds of being accepted.
+//! timeout cuts them, refusing WeChat's notification meanwhile; and so would 4,000 connections
+//! that each send one quick request and then sit idle between requests. So a connection counts
+//! as *busy* only while a request is in flight on it (from its complete head to the end of its
+//! answer); otherwise it is *evictable*. When the cap is reached a new connection takes the slot
+//! of, in this order:
 //!
-//! A connection stays busy after its first request, idle keep-alive included: evicting idle
-//! keep-alive connections would hit the proxy's upstream pool first (its oldest connections), and
-//! a POST the proxy sends on a connection we just cut is answered 502, not retried. Those are
-//! bounded by the header timeout instead, which restarts after each answer.
+//! 1. the oldest connection that never delivered a complete request head (trickling bytes, or
+//!    connected and silent): it has cost us nothing yet and is the likeliest attacker;
+//! 2. the connection idle (keep-alive, between requests) for the longest time. The proxy's
+//!    upstream pool reuses its most recently used connections first (nginx's keepalive cache is
+//!    LIFO), so the longest-idle one is the least likely to carry the proxy's next request; if it
+//!    does, that request races the close, which is the usual keep-alive race the proxy handles.
+//!
+//! Only when every open connection has a request in flight is the new one refused. A client
+//! that sends its request at once (WeChat, the proxy) is busy within microseconds of being
+//! accepted. The header timeout still bounds how long any connection stays idle.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -24,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Slots {
     cap: usize,
     inner: Mutex<Inner>,
+    /// Ticks once per finished request: orders idle connections by when they became idle.
+    idle_clock: AtomicU64,
     /// Fires whenever the last connection closes (for a drain at shutdown).
     empty: Notify,
 }
@@ -31,16 +39,35 @@ pub struct Slots {
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    /// Every open connection by acceptance order, so the first evictable one is the oldest.
+    /// Every open connection by acceptance order, so the first header-less one is the oldest.
     open: BTreeMap<u64, Arc<Shared>>,
 }
 
+/// A connection's state (`Shared::state`). Changed with compare-and-swap, so a request that
+/// starts on a connection being evicted either makes it busy first (and the eviction picks
+/// another) or finds it evicted.
+const FRESH: u8 = 0;
+const BUSY: u8 = 1;
+const IDLE: u8 = 2;
+const EVICTED: u8 = 3;
+
 #[derive(Debug, Default)]
 struct Shared {
-    /// Set once a request head has been read: from then on the connection is not evicted
-    /// (keep-alive idleness is bounded by the header timeout instead).
-    busy: AtomicBool,
+    state: AtomicU8,
+    /// `Slots::idle_clock` when it last became idle.
+    idle_since: AtomicU64,
     evict: CancellationToken,
+}
+
+impl Shared {
+    /// Claims this connection for eviction if it is still in state `from`.
+    fn try_evict(&self, from: u8) -> bool {
+        let claimed = self.state.compare_exchange(from, EVICTED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if claimed {
+            self.evict.cancel();
+        }
+        claimed
+    }
 }
 
 /// What [`Slots::acquire`] did to make room.
@@ -48,7 +75,7 @@ struct Shared {
 pub enum Admission {
     /// There was room.
     Free,
-    /// The oldest connection without a complete request head was cut to make room.
+    /// An evictable connection (see the module doc for which) was cut to make room.
     Evicted,
 }
 
@@ -60,21 +87,32 @@ pub struct Slot {
     slots: Arc<Slots>,
 }
 
+/// A request in flight on a connection: the connection is busy until this is dropped (the
+/// server drops it once the answer's body is written, or when the request is abandoned).
+#[derive(Debug)]
+pub struct InFlight {
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+}
+
 impl Slots {
     pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap: cap.max(1), inner: Mutex::new(Inner::default()), empty: Notify::new() })
+        Arc::new(Self {
+            cap: cap.max(1),
+            inner: Mutex::new(Inner::default()),
+            idle_clock: AtomicU64::new(0),
+            empty: Notify::new(),
+        })
     }
 
-    /// A slot for a new connection, evicting an idle one at the cap; `None` when every open
-    /// connection is busy (the new one must be closed).
+    /// A slot for a new connection, evicting an evictable one at the cap; `None` when every
+    /// open connection has a request in flight (the new one must be closed).
     pub fn acquire(self: &Arc<Self>) -> Option<(Slot, Admission)> {
         let mut inner = self.lock();
         let mut admission = Admission::Free;
         if inner.open.len() >= self.cap {
-            let victim = inner.open.iter().find(|(_, c)| !c.busy.load(Ordering::Acquire)).map(|(id, _)| *id)?;
-            if let Some(victim) = inner.open.remove(&victim) {
-                victim.evict.cancel();
-            }
+            let victim = Self::evict_one(&inner)?;
+            inner.open.remove(&victim);
             admission = Admission::Evicted;
         }
         let id = inner.next_id;
@@ -82,6 +120,24 @@ impl Slots {
         let shared = Arc::new(Shared::default());
         inner.open.insert(id, Arc::clone(&shared));
         Some((Slot { id, shared, slots: Arc::clone(self) }, admission))
+    }
+
+    /// Evicts the oldest header-less connection, else the longest-idle one; returns its id.
+    fn evict_one(inner: &Inner) -> Option<u64> {
+        let header_less = inner.open.iter().filter(|(_, c)| c.state.load(Ordering::Acquire) == FRESH);
+        for (id, conn) in header_less {
+            if conn.try_evict(FRESH) {
+                return Some(*id);
+            }
+        }
+        let mut idle: Vec<(u64, u64)> = inner
+            .open
+            .iter()
+            .filter(|(_, c)| c.state.load(Ordering::Acquire) == IDLE)
+            .map(|(id, c)| (c.idle_since.load(Ordering::Acquire), *id))
+            .collect();
+        idle.sort_unstable();
+        idle.into_iter().map(|(_, id)| id).find(|id| inner.open.get(id).is_some_and(|c| c.try_evict(IDLE)))
     }
 
     pub fn open(&self) -> usize {
@@ -106,9 +162,11 @@ impl Slots {
 }
 
 impl Slot {
-    /// The connection delivered a request head: it is doing real work now.
-    pub fn mark_busy(&self) {
-        self.shared.busy.store(true, Ordering::Release);
+    /// The connection delivered a complete request head: it is busy until the returned guard
+    /// is dropped. On a connection already evicted it stays evicted (it is being closed).
+    pub fn request_started(&self) -> InFlight {
+        let _ = self.shared.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (s != EVICTED).then_some(BUSY));
+        InFlight { shared: Arc::clone(&self.shared), slots: Arc::clone(&self.slots) }
     }
 
     /// Fires when a newer connection took this slot.
@@ -118,6 +176,15 @@ impl Slot {
 
     pub fn is_evicted(&self) -> bool {
         self.shared.evict.is_cancelled()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let tick = self.slots.idle_clock.fetch_add(1, Ordering::AcqRel);
+        self.shared.idle_since.store(tick, Ordering::Release);
+        // Unless it was evicted meanwhile (the race in `Shared::state`'s doc).
+        let _ = self.shared.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -141,16 +208,41 @@ mod tests {
         let slots = Slots::new(2);
         let (first, _) = slots.acquire().expect("room");
         let (second, _) = slots.acquire().expect("room");
-        first.mark_busy();
+        let _first_busy = first.request_started();
         let (third, admission) = slots.acquire().expect("second is evictable");
         assert_eq!(admission, Admission::Evicted);
         assert!(second.is_evicted() && !first.is_evicted());
         assert_eq!(slots.open(), 2);
-        third.mark_busy();
+        let _third_busy = third.request_started();
         assert!(slots.acquire().is_none(), "every connection is busy: the new one is refused");
         drop(second);
         assert_eq!(slots.open(), 2, "an evicted slot was already released");
         drop(first);
         assert!(slots.acquire().is_some());
+    }
+
+    #[test]
+    fn idle_keep_alive_connections_make_room_after_header_less_ones_longest_idle_first() {
+        let slots = Slots::new(3);
+        let (a, _) = slots.acquire().expect("room");
+        let (b, _) = slots.acquire().expect("room");
+        let (c, _) = slots.acquire().expect("room");
+        // b answers a request, then a: both idle, b for longer. c never sends a head.
+        drop(b.request_started());
+        drop(a.request_started());
+        let (d, admission) = slots.acquire().expect("c is header-less");
+        assert_eq!(admission, Admission::Evicted);
+        assert!(c.is_evicted() && !a.is_evicted() && !b.is_evicted(), "header-less first");
+        let _d_busy = d.request_started();
+        let (e, _) = slots.acquire().expect("b is idle");
+        assert!(b.is_evicted() && !a.is_evicted(), "then the longest idle");
+        let _e_busy = e.request_started();
+        // A connection with a request in flight is not evicted; once answered, it is again.
+        let busy = a.request_started();
+        assert!(slots.acquire().is_none(), "every connection has a request in flight");
+        assert!(!a.is_evicted());
+        drop(busy);
+        assert!(slots.acquire().is_some(), "a is idle again");
+        assert!(a.is_evicted());
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: one module per resource, each exposing `router()`; here they are assembled
-//! with the cross-cutting layers (load shedding, body limit, timeout, and `observe`: request id,
-//! span, error line, HTTP metrics), and served by our own accept loop (`serve`).
+//! with the cross-cutting layers (load shedding, body read deadline and limit, timeout, and
+//! `observe`: request id, span, error line, HTTP metrics), and served by our own accept loop
+//! (`serve`).
 //!
 //! Two listeners: the public one (API, notify, `/healthz`) and the ops one (`/healthz`,
 //! `/readyz`, `/metrics`), so the public side shows no business volumes and scrapes never
@@ -8,6 +9,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod connections;
 pub mod error;
 pub mod extract;
@@ -49,6 +51,8 @@ pub enum Routes {
 pub struct PublicRouter {
     pub routes: Routes,
     pub body_limit: usize,
+    /// `server.body_read_timeout_ms`: the body is read within it before a share is taken.
+    pub body_read_timeout: Duration,
     pub timeout: Duration,
     /// In-flight shares: the API routes' and the notify route's.
     pub api_share: Arc<Share>,
@@ -59,7 +63,14 @@ pub struct PublicRouter {
 
 /// The public routes with their cross-cutting layers. Observation is the outermost layer, so a
 /// request cut by the timeout, refused by the body limit or shed is still counted and logged.
+/// The body is read whole ([`body`]) inside the timeout and before the shares' route layers, so
+/// a slow body never holds a share.
 pub fn router(state: AppState, config: PublicRouter, observer: Arc<HttpObserver>) -> Router {
+    let body_read = Arc::new(body::BodyRead {
+        limit: config.body_limit,
+        timeout: config.body_read_timeout,
+        metrics: state.metrics.clone(),
+    });
     let mut app = Router::new().merge(health::liveness());
     if config.routes == Routes::Full {
         let api = Router::new()
@@ -74,7 +85,8 @@ pub fn router(state: AppState, config: PublicRouter, observer: Arc<HttpObserver>
     if let Some(token) = config.ops_token {
         app = app.merge(health::ops().route_layer(middleware::from_fn_with_state(token, ops_token::require)));
     }
-    app.layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.timeout))
+    app.layer(middleware::from_fn_with_state(body_read, body::read_first))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.timeout))
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(middleware::from_fn_with_state(observer, observe::observe))
         .with_state(state)

@@ -21,8 +21,11 @@ use crate::wechat::wire::notify::NotifyAnswer;
 
 use super::state::AppState;
 
+/// The route WeChat posts notifications to.
+pub const PATH: &str = "/api/pay/notify";
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/pay/notify", post(notify))
+    Router::new().route(PATH, post(notify))
 }
 
 async fn notify(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -54,6 +57,7 @@ pub const REFUSED: &str = "notification refused";
 /// The message when we could not store it (WeChat retries).
 pub const UNAVAILABLE: &str = "temporarily unable to store the notification";
 
-fn fail(status: StatusCode, message: &str) -> Response {
+/// A refusal in WeChat's answer shape.
+pub(super) fn fail(status: StatusCode, message: &str) -> Response {
     (status, Json(NotifyAnswer { code: "FAIL".into(), message: message.to_owned() })).into_response()
 }

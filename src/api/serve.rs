@@ -5,12 +5,14 @@
 //!   `axum::serve` does not give it. hyper starts that clock whenever it begins waiting for a
 //!   request head: when the connection is accepted and again after each answer, so the same
 //!   setting cuts a slowloris client trickling header bytes *and* bounds how long an idle
-//!   keep-alive connection is kept. Body reading and handling are bounded by the request timeout
-//!   (the router's layer), not by this.
+//!   keep-alive connection is kept. Body reading is bounded by `server.body_read_timeout_ms`
+//!   ([`super::body`]) and handling by the request timeout (the router's layers), not by this.
 //! - **Head size.** hyper accepts ~400 KiB of request head by default; we take
 //!   `server.max_header_bytes` (431 beyond).
-//! - **Connection cap** with eviction of connections that have not sent a request yet
-//!   ([`super::connections`]).
+//! - **Connection cap** with eviction of connections that have no request in flight
+//!   ([`super::connections`]): header-less ones first, then the longest idle.
+//! - **Shutdown**: the listening socket is closed as soon as the stop signal arrives, so the
+//!   kernel refuses new connections (the proxy retries them elsewhere) while open ones drain.
 //!
 //! HTTP/1.1 only: the TLS reverse proxy in front speaks HTTP/1.1 to its upstreams (nginx does),
 //! and WeChat's notifications arrive over it; HTTP/2 would add stream multiplexing (and its
@@ -18,19 +20,22 @@
 //! request, as `into_make_service_with_connect_info` did (the observe layer reads it).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::connections::{Admission, Slot, Slots};
+use super::connections::{Admission, InFlight, Slot, Slots};
 use crate::telemetry::metrics::Metrics;
 
 /// How one listener treats its connections.
@@ -49,7 +54,7 @@ pub struct ConnectionLimits {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` on `listener` until `stop` fires, then lets open connections finish their
-/// current request (at most `drain_timeout`).
+/// current request (at most `drain_timeout`). The listener is closed before that drain.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -101,15 +106,19 @@ pub async fn serve(
             (Arc::clone(&builder), router.clone(), stop.clone(), metrics.clone(), open.clone());
         let listener_name = limits.listener;
         tokio::spawn(async move {
-            open.inc();
+            // Decremented when the task ends however it ends (a panic or an abort included).
+            let _open = OpenConnection::new(open);
             let outcome = serve_connection(&builder, stream, peer, router, &slot, &stop).await;
-            open.dec();
             if let Some(outcome) = outcome {
                 metrics.http_connections.with_label_values(&[listener_name, outcome]).inc();
             }
             drop(slot);
         });
     }
+    // Close the socket now, not after the drain: connections the kernel would otherwise keep
+    // completing in the backlog would hang until the drain ends, where a refused one is retried
+    // by the proxy on another instance at once.
+    drop(listener);
     if tokio::time::timeout(limits.drain_timeout, slots.drained()).await.is_err() {
         tracing::warn!(listener = limits.listener, open = slots.open(), "shutdown: connections still open, dropped");
     }
@@ -126,9 +135,14 @@ async fn serve_connection(
     stop: &CancellationToken,
 ) -> Option<&'static str> {
     let service = hyper::service::service_fn(|mut req: hyper::Request<Incoming>| {
-        slot.mark_busy();
+        let in_flight = slot.request_started();
         req.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().oneshot(req)
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(req).await?;
+            // Busy until the answer is written: hyper drops the body after its last frame.
+            Ok::<_, std::convert::Infallible>(response.map(|inner| Body::new(Answer { inner, _in_flight: in_flight })))
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
@@ -147,6 +161,45 @@ async fn serve_connection(
         Err(err) if err.is_parse_too_large() => Some("header_too_large"),
         Err(err) if err.is_parse() => Some("bad_request"),
         Err(_) => None,
+    }
+}
+
+/// The open-connections gauge of one connection: up while this lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// An answer's body, holding its connection busy until it is written (or abandoned).
+struct Answer {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Answer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

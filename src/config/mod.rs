@@ -324,6 +324,14 @@ impl Settings {
                 "must be between 100 ms and 60 s (it is what cuts slow and idle connections)",
             ));
         }
+        if !(100..=60_000).contains(&server.body_read_timeout_ms)
+            || server.body_read_timeout_ms >= server.request_timeout_ms
+        {
+            problems.push(ConfigError::invalid(
+                "server.body_read_timeout_ms",
+                "must be between 100 ms and 60 s and below server.request_timeout_ms (it is what cuts slow bodies)",
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&server.max_header_bytes) {
             problems.push(ConfigError::invalid("server.max_header_bytes", "must be between 1 KiB and 1 MiB"));
         }
@@ -534,6 +542,7 @@ mod tests {
             jail.set_env("WXPAY_RECON__SERVER__MAX_IN_FLIGHT", "0");
             jail.set_env("WXPAY_RECON__SERVER__HEADER_READ_TIMEOUT_MS", "0");
             jail.set_env("WXPAY_RECON__SERVER__MAX_HEADER_BYTES", "100");
+            jail.set_env("WXPAY_RECON__SERVER__BODY_READ_TIMEOUT_MS", "0");
             jail.set_env("WXPAY_RECON__SERVER__OPS_PORT", "8080");
             let err = Settings::load(None).expect_err("bad limits");
             let settings: Vec<String> = err.into_problems().into_iter().map(|p| p.setting).collect();
@@ -542,6 +551,7 @@ mod tests {
                 "server.max_in_flight",
                 "server.header_read_timeout_ms",
                 "server.max_header_bytes",
+                "server.body_read_timeout_ms",
                 "server.ops_port",
             ] {
                 assert!(settings.iter().any(|s| s == expected), "{expected} missing from {settings:?}");

@@ -37,6 +37,7 @@ pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub body_limit_bytes: usize,
+    pub body_read_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub client_ip_header: String,
     pub admin_token: Option<Secret<String>>,
@@ -56,6 +57,10 @@ pub struct ServerSettings {
 impl ServerSettings {
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -1,5 +1,6 @@
-//! Abuse at the connection level, against the real binary over real sockets: slowloris, made-up
-//! HTTP methods and paths, API floods past the in-flight cap, and which listener shows what.
+//! Abuse at the connection level, against the real binary over real sockets: slowloris, slow
+//! bodies, idle keep-alive connections filling the cap, made-up HTTP methods and paths, API floods
+//! past the in-flight cap, and which listener shows what.
 //! Each test prints its wall time (`--nocapture` shows it).
 
 use std::sync::Arc;
@@ -85,13 +86,26 @@ fn open_file_limit() -> Option<u64> {
     line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
-async fn slowloris_does_not_stop_a_valid_notification(backend: Backend) {
-    const SLOW: usize = 2000;
-    let limit = open_file_limit().unwrap_or(0);
-    if limit < (SLOW as u64) + 512 {
-        eprintln!("SKIPPED: ulimit -n is {limit} here; this test holds {SLOW} sockets (raise it to 4096 or more)");
+/// Makes sure this process may open `needed` files, raising its soft limit towards the hard one
+/// if it must (no privilege needed; the server process started next inherits it). Fails loudly
+/// rather than letting a test pass without running.
+fn ensure_open_file_limit(needed: u64) {
+    if open_file_limit().unwrap_or(0) >= needed {
         return;
     }
+    let pid = std::process::id().to_string();
+    let raised = std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={needed}:")]).status();
+    let limit = open_file_limit().unwrap_or(0);
+    assert!(
+        limit >= needed,
+        "this test needs {needed} open files and ulimit -n is {limit} (raising it with prlimit: {raised:?}); \
+         run `ulimit -n {needed}` (or raise the hard limit) first, as scripts/test.sh does"
+    );
+}
+
+async fn slowloris_does_not_stop_a_valid_notification(backend: Backend) {
+    const SLOW: usize = 2000;
+    ensure_open_file_limit((SLOW as u64) + 512);
     let wall = Instant::now();
     let env = TestEnv::new(backend).await;
     // A cap below the attack, so both defences work: eviction of connections without a request
@@ -140,6 +154,184 @@ async fn slowloris_does_not_stop_a_valid_notification(backend: Backend) {
          all cut after {all_closed_after:?} ({timed_out} header timeouts, {evicted} evictions); wall {:?}",
         wall.elapsed()
     );
+}
+
+/// A client that sends a complete notify head announcing a 1,000-byte body, then one body byte
+/// every `every`. Returns the status line of the answer (empty if none) and how long after the
+/// head the server closed the connection.
+async fn slow_body_client(addr: String, every: Duration, started: Arc<AtomicUsize>) -> (String, Duration) {
+    let head = "POST /api/pay/notify HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+    let Ok(mut stream) = TcpStream::connect(&addr).await else { return (String::new(), Duration::ZERO) };
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return (String::new(), Duration::ZERO);
+    }
+    started.fetch_add(1, Ordering::Relaxed);
+    let since_head = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            () = tokio::time::sleep(every) => {
+                // The server may answer before reading the rest: keep reading until it closes.
+                let _ = stream.write_all(b"a").await;
+            }
+        }
+    }
+    let status = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
+    (status, since_head.elapsed())
+}
+
+/// Clients trickling notify *bodies* (their heads complete, so the header timeout does not apply)
+/// must not hold the notify share: the body is read under its own deadline before the share is
+/// taken, so a genuine notification is still answered, and each slow one is cut with 408.
+async fn slow_bodies_do_not_hold_the_notify_share(backend: Backend) {
+    const SLOW: usize = 300;
+    const BODY_DEADLINE: Duration = Duration::from_millis(2000);
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    // A notify share far below the attack, as if a few hundred clients were enough to fill it.
+    let overrides = [
+        ("SERVER__NOTIFY_MAX_IN_FLIGHT", "20".to_owned()),
+        ("SERVER__BODY_READ_TIMEOUT_MS", BODY_DEADLINE.as_millis().to_string()),
+    ];
+    let process = env.spawn_process_with(&["serve"], &overrides).await;
+    let (no, headers, body) = order_and_notification(&env, &process.base, "o-slow-body-victim").await;
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    let started = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..SLOW)
+        .map(|_| tokio::spawn(slow_body_client(addr.clone(), Duration::from_millis(300), Arc::clone(&started))))
+        .collect();
+    eventually("every slow client sent its head", Duration::from_secs(10), || async {
+        started.load(Ordering::Relaxed) == SLOW
+    })
+    .await;
+    let answered_in = notify_within_patience(&process.base, &headers, body).await;
+
+    let mut slowest = Duration::ZERO;
+    for client in clients {
+        let (status, cut_after) = client.await.unwrap();
+        assert!(status.starts_with("HTTP/1.1 408"), "a slow body was answered {status:?}");
+        slowest = slowest.max(cut_after);
+    }
+    // Cut at the deadline; the margin is for 300 clients on a loaded 2-core machine.
+    assert!(slowest < BODY_DEADLINE + Duration::from_secs(3), "the last slow body was cut after {slowest:?}");
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_http_requests_shed_total{share=\"notify\"}"), 0.0, "{metrics}");
+    let mut client = MiniProgram::new(&process.base, &env.sim.base_url());
+    client.login(Some("o-slow-body-victim")).await.expect("login");
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(30)).await.expect("applied");
+    eprintln!(
+        "slow bodies ({backend:?}): {SLOW} slow bodies all 408, the last cut {slowest:?} after its head; \
+         notification answered in {answered_in:?}; wall {:?}",
+        wall.elapsed()
+    );
+}
+
+/// A client that sends one quick request, reads the answer, then keeps the connection open and
+/// silent (keep-alive). Returns when the server closes it.
+async fn one_request_then_idle(addr: String, answered: Arc<AtomicUsize>) {
+    let Ok(mut stream) = TcpStream::connect(&addr).await else { return };
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await.is_err() {
+        return;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answered.fetch_add(1, Ordering::Relaxed);
+    while let Ok(n) = stream.read(&mut buf).await
+        && n > 0
+    {}
+}
+
+/// Connections that each made one request and now sit idle between requests fill the cap: they
+/// are evictable (longest idle first), so a new connection, WeChat's, is still served.
+async fn idle_keep_alive_connections_do_not_lock_out_a_notification(backend: Backend) {
+    const CAP: usize = 200;
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    // A header timeout longer than the test, so only eviction can make room.
+    let overrides =
+        [("SERVER__MAX_CONNECTIONS", CAP.to_string()), ("SERVER__HEADER_READ_TIMEOUT_MS", "60000".to_owned())];
+    let process = env.spawn_process_with(&["serve"], &overrides).await;
+    let (no, headers, body) = order_and_notification(&env, &process.base, "o-idle-victim").await;
+    // The set-up's own connections are gone first, so the cap holds only the idle clients.
+    eventually("the set-up's connections are closed", Duration::from_secs(10), || async {
+        series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}") == 0.0
+    })
+    .await;
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> =
+        (0..CAP).map(|_| tokio::spawn(one_request_then_idle(addr.clone(), Arc::clone(&answered)))).collect();
+    eventually("every idle client made its request", Duration::from_secs(10), || async {
+        answered.load(Ordering::Relaxed) == CAP
+    })
+    .await;
+    let open = series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}");
+    assert_eq!(open, CAP as f64, "the idle connections fill the cap");
+    let answered_in = notify_within_patience(&process.base, &headers, body).await;
+    let metrics = scrape(&process.ops).await;
+    let evicted = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"evicted\"}");
+    let refused = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"refused\"}");
+    assert!(evicted >= 1.0, "no idle connection was evicted:\n{metrics}");
+    assert_eq!(refused, 0.0, "a connection was refused:\n{metrics}");
+    let mut client = MiniProgram::new(&process.base, &env.sim.base_url());
+    client.login(Some("o-idle-victim")).await.expect("login");
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(30)).await.expect("applied");
+    for client in clients {
+        client.abort();
+    }
+    eprintln!(
+        "idle keep-alive ({backend:?}): {CAP} idle connections at the cap, {evicted} evicted, notification \
+         answered in {answered_in:?}; wall {:?}",
+        wall.elapsed()
+    );
+}
+
+/// The body is read before the handlers, and they still answer as before: over the limit, 413
+/// (declared or chunked); too slow, 408 in our error shape (`FAIL` on the notify route) and the
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_or_too_slow_are_refused_in_our_shapes() {
+    let wall = Instant::now();
+    let env = TestEnv::new(Backend::Embedded).await;
+    let process = env.spawn_process_with(&["serve"], &[("SERVER__BODY_READ_TIMEOUT_MS", "500".to_owned())]).await;
+    let big = vec![b'x'; 100 * 1024];
+    let (status, answer) = post_notify(&process.base, &[], big.clone()).await;
+    assert_eq!((status, answer["code"].as_str()), (413, Some("FAIL")), "declared length: {answer}");
+    let chunks = big.chunks(10 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>();
+    let chunked = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let (status, answer) = post_notify(&process.base, &[], chunked).await;
+    assert_eq!((status, answer["code"].as_str()), (413, Some("FAIL")), "chunked: {answer}");
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    for (path, code) in [("/api/pay/notify", "FAIL"), ("/api/login", "REQUEST_TIMEOUT")] {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // Read to the end: the server closes the connection after its answer.
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{path}: {answer}");
+    }
+    let metrics = scrape(&process.ops).await;
+    assert_eq!(series(&metrics, "wxpay_notify_rejected_total{reason=\"body_unreadable\"}"), 3.0, "{metrics}");
+    eprintln!("body limit and deadline: 413, 413, 408, 408; wall {:?}", wall.elapsed());
 }
 
 /// No storage involved: the embedded profile only.
@@ -309,4 +501,9 @@ async fn an_oversized_request_head_is_refused_before_the_app() {
     eprintln!("oversized head: 431; wall {:?}", wall.elapsed());
 }
 
-crate::both_profiles!(slowloris_does_not_stop_a_valid_notification, an_api_flood_is_shed_while_notify_gets_through,);
+crate::both_profiles!(
+    slowloris_does_not_stop_a_valid_notification,
+    slow_bodies_do_not_hold_the_notify_share,
+    idle_keep_alive_connections_do_not_lock_out_a_notification,
+    an_api_flood_is_shed_while_notify_gets_through,
+);
