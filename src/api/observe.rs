@@ -131,12 +131,13 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
-/// The client's address: from the trusted proxy's header when one is configured and present
-/// (for `X-Forwarded-For`, its last entry: the one our proxy appended; earlier entries are
-/// whatever the client sent), else the TCP peer.
+/// The client's address: from the trusted proxy's header when one is configured and present,
+/// else the TCP peer. Only what our proxy appended counts: the *last* line of the header (a
+/// proxy such as HAProxy adds its own line after any the client sent) and, for
+/// `X-Forwarded-For`, that line's last entry (earlier ones are whatever the client sent).
 fn client_ip(headers: &HeaderMap, trusted: Option<&HeaderName>, peer: Option<IpAddr>) -> Option<IpAddr> {
     let from_proxy = trusted
-        .and_then(|name| headers.get(name))
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| last.trim().parse::<IpAddr>().ok());
@@ -178,6 +179,14 @@ mod tests {
         // Trusted but absent or garbage: the peer.
         assert_eq!(client_ip(&HeaderMap::new(), Some(&xff), peer), peer);
         assert_eq!(client_ip(&headers(&[("x-forwarded-for", "nonsense")]), Some(&xff), peer), peer);
+    }
+
+    #[test]
+    fn client_ip_comes_from_the_last_line_of_the_trusted_header() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        // The client sent its own line; the proxy appended a second one.
+        let two_lines = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "6.6.6.7, 203.0.113.7")]);
+        assert_eq!(client_ip(&two_lines, Some(&xff), None), Some("203.0.113.7".parse().unwrap()));
     }
 
     #[test]
