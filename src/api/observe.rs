@@ -22,10 +22,11 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// cannot put arbitrary text into our logs.
 const MAX_REQUEST_ID: usize = 128;
 
-/// "request refused" lines (4xx) written per second at most; the rest are written at debug.
-/// Anyone on the internet can make 4xx answers as fast as they can send requests: without a
-/// bound they would fill the log disk. Every request is still counted in `http_requests_total`,
-/// and 5xx (our failures) are always logged.
+/// "request refused" (4xx) and "unavailable" (503) lines written per second at most, together;
+/// the rest are written at debug. Anyone on the internet can make 4xx answers as fast as they
+/// can send requests, and a flood that is shed makes a 503 per request: without a bound either
+/// would fill the log disk. Every request is still counted in `http_requests_total`, and other
+/// 5xx (our failures) are always logged.
 const REFUSAL_LINES_PER_SEC: u32 = 20;
 
 /// What the middleware needs besides the request.
@@ -75,8 +76,11 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
     }
     let latency_ms = latency.as_secs_f64() * 1000.0;
     span.in_scope(|| match status {
-        // 503 is our "retry shortly" (database or WeChat briefly away), not a bug.
-        503 => tracing::warn!(http.status = status, latency_ms, "request answered: unavailable"),
+        // 503 is our "retry shortly" (database or WeChat briefly away, or load shed), not a bug.
+        503 if observer.refusal_lines.check().is_ok() => {
+            tracing::warn!(http.status = status, latency_ms, "request answered: unavailable");
+        }
+        503 => tracing::debug!(http.status = status, latency_ms, "request answered: unavailable (over the log rate)"),
         500.. => tracing::error!(http.status = status, latency_ms, "request failed"),
         400..500 if observer.refusal_lines.check().is_ok() => {
             tracing::info!(http.status = status, latency_ms, "request refused");
