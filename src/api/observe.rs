@@ -1,7 +1,9 @@
 //! What every HTTP request leaves behind: a span carrying its request id and client address
 //! (so every line logged while answering it can be found and attributed), one log line when
 //! the answer is an error (4xx or 5xx) with the latency as a number, the request id echoed to
-//! the caller, and the `http_*` metrics with bounded labels.
+//! the caller, and the `http_*` metrics with bounded labels. It also hands handlers what it
+//! worked out: the client's address ([`super::extract::ClientIp`]) and when the request
+//! arrived ([`RequestStart`], for deadlines measured from arrival).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +31,11 @@ const MAX_REQUEST_ID: usize = 128;
 /// 5xx (our failures) are always logged.
 const REFUSAL_LINES_PER_SEC: u32 = 20;
 
+/// When the request reached the middleware (as early as the router sees it): deadlines of the
+/// work done for it count from here, not from when a handler got round to it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
 /// What the middleware needs besides the request.
 #[derive(Debug)]
 pub struct HttpObserver {
@@ -55,6 +62,8 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
     let client_ip = client_ip(req.headers(), observer.client_ip_header.as_ref(), peer);
     // Handlers (the login quota) key on the same address the logs show.
     req.extensions_mut().insert(super::extract::ClientIp(client_ip));
+    let started = Instant::now();
+    req.extensions_mut().insert(RequestStart(started));
     let span = tracing::info_span!(
         "http",
         http.method = method,
@@ -63,7 +72,6 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
         client.ip = client_ip.as_ref().map(tracing::field::display),
         error.cause = tracing::field::Empty,
     );
-    let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let latency = started.elapsed();
     let status = response.status().as_u16();
