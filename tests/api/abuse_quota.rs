@@ -343,20 +343,25 @@ async fn order_creation_answers_within_the_request_deadline(backend: Backend) {
     println!("order creation under a hanging WeChat answered 503 in {:?}", answer.took);
 }
 
-/// `POST /api/logout` revokes only the presented token; a login purges expired sessions.
+/// `POST /api/logout` revokes only the presented token; a login purges expired sessions, all of
+/// them even when they are more than one batch (1,000) of the purge.
 async fn logout_revokes_the_token_and_expired_sessions_are_purged(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let now = env.clock.now_ms();
     let user = app.state.db.upsert_user("o-expired-session", None, "sealed", now).await.unwrap();
     app.state.db.insert_session("expired-session-hash", user.id, now - 2_000, now - 1_000).await.unwrap();
+    for i in 0..1_500 {
+        app.state.db.insert_session(&format!("backlog-{i}"), user.id, now - 5_000, now - 4_000 + i).await.unwrap();
+    }
     app.state.db.insert_session("live-session-hash", user.id, now, now + 3_600_000).await.unwrap();
 
     let (client, openid) = env.client(&app).await;
-    // That login purged the expired session, and only it.
+    // That login purged every expired session, and only them.
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'expired-session-hash'").await, 0);
+    assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash LIKE 'backlog-%'").await, 0);
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'live-session-hash'").await, 1);
-    assert_eq!(app.metrics.sessions_purged.get(), 1);
+    assert_eq!(app.metrics.sessions_purged.get(), 1_501);
 
     let mut second = MiniProgram::new(&app.base, &env.sim.base_url());
     second.login(Some(&openid)).await.unwrap();
