@@ -205,6 +205,28 @@ async fn unpaid_orders_per_user_are_capped(backend: Backend) {
     assert_eq!(count_status(&app, "NOTPAY").await, 3);
 }
 
+/// A prepay that failed (WeChat away, our budget busy) handed nothing out to pay: its NOTPAY
+/// order does not count toward the unpaid-order cap, so a busy WeChat cannot lock a user out
+/// of ordering. Orders handed out for payment still do.
+async fn orders_whose_prepay_failed_do_not_count_toward_the_cap(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, |s| s.quotas.open_orders_per_user = 1).await;
+    let (client, _) = env.client(&app).await;
+    let token = client.token().unwrap();
+    set_chaos(&env, json!({"fault_rate": 1.0, "fault_modes": ["system_error"], "fault_endpoints": ["jsapi"]})).await;
+    for _ in 0..2 {
+        let failed = create_order(&app, token).await;
+        assert_eq!(failed.status, 503, "{}", failed.body);
+        assert_eq!(failed.body["code"], "PAYMENT_UNAVAILABLE", "{}", failed.body);
+    }
+    set_chaos(&env, json!({})).await;
+    let created = create_order(&app, token).await;
+    assert_eq!(created.status, 201, "failed prepays hold no place under the cap: {}", created.body);
+    assert_rate_limited(&create_order(&app, token).await, 60);
+    assert_eq!(refusals(&app, "open_orders"), 1);
+    assert_eq!(count_status(&app, "NOTPAY").await, 3);
+}
+
 /// A login upstream that accepts connections and never answers: only `login_concurrency`
 /// logins wait for it; the others are refused at once instead of piling up.
 async fn logins_in_flight_are_capped(backend: Backend) {
@@ -385,6 +407,7 @@ crate::both_profiles!(
     a_user_hammering_order_creation_is_refused_while_another_user_orders,
     logins_are_limited_per_address_and_per_code,
     unpaid_orders_per_user_are_capped,
+    orders_whose_prepay_failed_do_not_count_toward_the_cap,
     logins_in_flight_are_capped,
     user_traffic_cannot_starve_settling_calls,
     order_creation_answers_within_the_request_deadline,
