@@ -1,9 +1,10 @@
 //! Quotas, the WeChat budget split and sessions, over real HTTP on both profiles: a scripted user
 //! hammering order creation is refused 429 (with Retry-After) while another user's order goes
 //! through; logins are limited per address (behind the trusted proxy header) and per code, and
-//! in flight; a user's unpaid orders are capped; user traffic saturating its share of the WeChat
-//! budget does not delay settling work; order creation answers within the request deadline with
-//! the out_trade_no; logout revokes a token and expired sessions are purged.
+//! in flight; a user's unpaid orders are capped (orders whose prepay failed do not count); user
+//! traffic saturating its share of the WeChat budget does not delay settling work, nor leave a
+//! cancel half-done; order creation answers within the request deadline with the out_trade_no;
+//! logout revokes a token and expired sessions are purged, however many.
 //! The test environment turns quotas off (`helpers::TestEnv::env_vars`); each test here turns on
 //! the ones it is about.
 
@@ -336,6 +337,29 @@ async fn user_traffic_cannot_starve_settling_calls(backend: Backend) {
     );
 }
 
+/// A budget of 2 calls/s, users allowed 1/s: the owner's cancel spends the user share on the
+/// close, and the query confirming it is settling work, so the cancel completes (CLOSED here as
+/// at WeChat) instead of answering SERVICE_BUSY with the order closed there and NOTPAY here.
+async fn a_cancel_is_confirmed_when_the_user_share_is_spent(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.wechat.rate_limit_per_sec = 2;
+            s.wechat_budget.user_share_percent = 50;
+            s.wechat_budget.user_max_wait_ms = 200;
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    // The prepay's user call refills (and leaves the budget's current second).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let url = format!("{}/api/orders/{no}/close", app.base);
+    let answer = request(reqwest::Method::POST, url, client.token(), &[], Some(json!({}))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["status"], "CLOSED", "{}", answer.body);
+    assert_eq!(count_status(&app, "CLOSED").await, 1);
+}
+
 /// WeChat hangs on prepay: creation answers 503 PAYMENT_UNAVAILABLE with the out_trade_no
 /// before the request timeout (3 s here; three 1 s attempts plus backoff would outlive it), and
 /// the order can be paid with that number once WeChat is back.
@@ -411,6 +435,7 @@ crate::both_profiles!(
     logins_in_flight_are_capped,
     user_traffic_cannot_starve_settling_calls,
     order_creation_answers_within_the_request_deadline,
+    a_cancel_is_confirmed_when_the_user_share_is_spent,
     logout_revokes_the_token_and_expired_sessions_are_purged,
 );
 
