@@ -389,6 +389,78 @@ async fn order_creation_answers_within_the_request_deadline(backend: Backend) {
     println!("order creation under a hanging WeChat answered 503 in {:?}", answer.took);
 }
 
+/// Forwards TCP to `target`, holding every chunk the client sends for `delay`: each request
+/// (on pooled connections too) reaches the simulator that much later.
+async fn slow_forwarder(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let back = tokio::spawn(async move { tokio::io::copy(&mut out_read, &mut in_write).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = in_read.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if out_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    addr
+}
+
+/// The prepay succeeds but its prepay_id cannot be recorded before the deadline (the order row
+/// is locked): the answer is still ours, 503 PAYMENT_UNAVAILABLE with the out_trade_no at the
+/// order deadline, not the timeout layer's bare 503 a second later.
+async fn order_creation_answers_with_its_number_when_recording_the_prepay_hangs(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let sim = env.sim.base_url();
+    let authority = sim.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let slow = slow_forwarder(authority.parse().unwrap(), Duration::from_millis(400)).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.server.request_timeout_ms = 3_000;
+            s.orders.deadline_margin_ms = 1_000;
+            s.wechat.request_timeout_ms = 1_500;
+            s.wechat.pay_base_url = sim.replace(&authority, &slow.to_string());
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let token = client.token().unwrap().to_owned();
+    let url = format!("{}/api/orders", app.base);
+    let creation = tokio::spawn(async move {
+        request(reqwest::Method::POST, url, Some(&token), &[], Some(json!({"product_id": "coffee"}))).await
+    });
+    // The order is stored before the (slowed) prepay: lock its row until the answer is in.
+    let no = loop {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT out_trade_no FROM orders").fetch_optional(app.state.db.reader()).await.unwrap();
+        if let Some((no,)) = row {
+            break no;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut lock = app.state.db.writer().begin().await.unwrap();
+    sqlx::query("UPDATE orders SET prepay_id = prepay_id WHERE out_trade_no = $1")
+        .bind(&no)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answer = creation.await.unwrap();
+    lock.rollback().await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.body["code"], "PAYMENT_UNAVAILABLE", "{}", answer.body);
+    assert_eq!(answer.body["out_trade_no"], no.as_str(), "{}", answer.body);
+    assert!(answer.took < Duration::from_millis(2_900), "before the request timeout: {:?}", answer.took);
+}
+
 /// `POST /api/logout` revokes only the presented token; a login purges expired sessions, all of
 /// them even when they are more than one batch (1,000) of the purge.
 async fn logout_revokes_the_token_and_expired_sessions_are_purged(backend: Backend) {
@@ -435,6 +507,7 @@ crate::both_profiles!(
     logins_in_flight_are_capped,
     user_traffic_cannot_starve_settling_calls,
     order_creation_answers_within_the_request_deadline,
+    order_creation_answers_with_its_number_when_recording_the_prepay_hangs,
     a_cancel_is_confirmed_when_the_user_share_is_spent,
     logout_revokes_the_token_and_expired_sessions_are_purged,
 );
