@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -72,7 +73,7 @@ impl FromRequestParts<AppState> for Admin {
             return Err(ApiError::Forbidden("admin routes are disabled: set server.admin_token".into()));
         };
         let given = bearer(parts).unwrap_or("");
-        if !given.is_empty() && constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
+        if !given.is_empty() && same_token(given, expected.expose()) {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("admin token required".into()))
@@ -90,13 +91,13 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (x, y) in a.iter().zip(b.iter()) {
-        diff |= x ^ y;
-    }
-    diff == 0
+/// Compares the SHA-256 digests of both without an early exit (as `ops_token` does): two
+/// fixed-length digests reveal neither the token's length (a byte-wise loop runs as long as the
+/// shorter one) nor how much of a guess was right.
+fn same_token(given: &str, expected: &str) -> bool {
+    let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let expected: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    given.iter().zip(expected.iter()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 /// `Json<T>` whose rejection is a 400 `INVALID_REQUEST` naming what is wrong.
@@ -120,5 +121,18 @@ fn describe(rejection: &JsonRejection) -> String {
         JsonRejection::JsonSyntaxError(e) => format!("malformed JSON: {}", e.body_text()),
         JsonRejection::JsonDataError(e) => format!("invalid body: {}", e.body_text()),
         other => other.body_text(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_token;
+
+    #[test]
+    fn the_admin_token_must_match_exactly() {
+        assert!(same_token("s3cret-admin-token", "s3cret-admin-token"));
+        for wrong in ["s3cret-admin-toke", "s3cret-admin-token!", "S3cret-admin-token", "x"] {
+            assert!(!same_token(wrong, "s3cret-admin-token"), "{wrong}");
+        }
     }
 }

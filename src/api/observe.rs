@@ -1,7 +1,9 @@
 //! What every HTTP request leaves behind: a span carrying its request id and client address
 //! (so every line logged while answering it can be found and attributed), one log line when
 //! the answer is an error (4xx or 5xx) with the latency as a number, the request id echoed to
-//! the caller, and the `http_*` metrics with bounded labels.
+//! the caller, and the `http_*` metrics with bounded labels. It also hands handlers what it
+//! worked out: the client's address ([`super::extract::ClientIp`]) and when the request
+//! arrived ([`RequestStart`], for deadlines measured from arrival).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,11 +24,17 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// cannot put arbitrary text into our logs.
 const MAX_REQUEST_ID: usize = 128;
 
-/// "request refused" lines (4xx) written per second at most; the rest are written at debug.
-/// Anyone on the internet can make 4xx answers as fast as they can send requests: without a
-/// bound they would fill the log disk. Every request is still counted in `http_requests_total`,
-/// and 5xx (our failures) are always logged.
+/// "request refused" (4xx) and "unavailable" (503) lines written per second at most, together;
+/// the rest are written at debug. Anyone on the internet can make 4xx answers as fast as they
+/// can send requests, and a flood that is shed makes a 503 per request: without a bound either
+/// would fill the log disk. Every request is still counted in `http_requests_total`, and other
+/// 5xx (our failures) are always logged.
 const REFUSAL_LINES_PER_SEC: u32 = 20;
+
+/// When the request reached the middleware (as early as the router sees it): deadlines of the
+/// work done for it count from here, not from when a handler got round to it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
 
 /// What the middleware needs besides the request.
 #[derive(Debug)]
@@ -54,6 +62,8 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
     let client_ip = client_ip(req.headers(), observer.client_ip_header.as_ref(), peer);
     // Handlers (the login quota) key on the same address the logs show.
     req.extensions_mut().insert(super::extract::ClientIp(client_ip));
+    let started = Instant::now();
+    req.extensions_mut().insert(RequestStart(started));
     let span = tracing::info_span!(
         "http",
         http.method = method,
@@ -62,7 +72,6 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
         client.ip = client_ip.as_ref().map(tracing::field::display),
         error.cause = tracing::field::Empty,
     );
-    let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let latency = started.elapsed();
     let status = response.status().as_u16();
@@ -75,8 +84,11 @@ pub async fn observe(State(observer): State<Arc<HttpObserver>>, mut req: Request
     }
     let latency_ms = latency.as_secs_f64() * 1000.0;
     span.in_scope(|| match status {
-        // 503 is our "retry shortly" (database or WeChat briefly away), not a bug.
-        503 => tracing::warn!(http.status = status, latency_ms, "request answered: unavailable"),
+        // 503 is our "retry shortly" (database or WeChat briefly away, or load shed), not a bug.
+        503 if observer.refusal_lines.check().is_ok() => {
+            tracing::warn!(http.status = status, latency_ms, "request answered: unavailable");
+        }
+        503 => tracing::debug!(http.status = status, latency_ms, "request answered: unavailable (over the log rate)"),
         500.. => tracing::error!(http.status = status, latency_ms, "request failed"),
         400..500 if observer.refusal_lines.check().is_ok() => {
             tracing::info!(http.status = status, latency_ms, "request refused");
@@ -131,12 +143,13 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 
-/// The client's address: from the trusted proxy's header when one is configured and present
-/// (for `X-Forwarded-For`, its last entry: the one our proxy appended; earlier entries are
-/// whatever the client sent), else the TCP peer.
+/// The client's address: from the trusted proxy's header when one is configured and present,
+/// else the TCP peer. Only what our proxy appended counts: the *last* line of the header (a
+/// proxy such as HAProxy adds its own line after any the client sent) and, for
+/// `X-Forwarded-For`, that line's last entry (earlier ones are whatever the client sent).
 fn client_ip(headers: &HeaderMap, trusted: Option<&HeaderName>, peer: Option<IpAddr>) -> Option<IpAddr> {
     let from_proxy = trusted
-        .and_then(|name| headers.get(name))
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|last| last.trim().parse::<IpAddr>().ok());
@@ -178,6 +191,14 @@ mod tests {
         // Trusted but absent or garbage: the peer.
         assert_eq!(client_ip(&HeaderMap::new(), Some(&xff), peer), peer);
         assert_eq!(client_ip(&headers(&[("x-forwarded-for", "nonsense")]), Some(&xff), peer), peer);
+    }
+
+    #[test]
+    fn client_ip_comes_from_the_last_line_of_the_trusted_header() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        // The client sent its own line; the proxy appended a second one.
+        let two_lines = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "6.6.6.7, 203.0.113.7")]);
+        assert_eq!(client_ip(&two_lines, Some(&xff), None), Some("203.0.113.7".parse().unwrap()));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `POST /api/orders`, `GET /api/orders/{no}` (asks WeChat while unpaid, single-flight),
 //! `POST /api/orders/{no}/payment` (pay again), `POST /api/orders/{no}/close` (cancel).
 
+use std::time::Instant;
+
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -14,6 +17,7 @@ use crate::services::sync::CloseOutcome;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, CurrentUser};
+use super::observe::RequestStart;
 use super::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -75,12 +79,19 @@ struct Created {
     payment: PaymentParams,
 }
 
+/// When the request arrived (the deadline of a prepay counts from it); now when no `observe`
+/// layer recorded it (router tests).
+fn arrival(start: Option<Extension<RequestStart>>) -> Instant {
+    start.map_or_else(Instant::now, |Extension(RequestStart(at))| at)
+}
+
 async fn create(
     State(state): State<AppState>,
+    start: Option<Extension<RequestStart>>,
     CurrentUser(user_id): CurrentUser,
     ApiJson(body): ApiJson<CreateOrder>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let created = state.orders.create(user_id, &body.product_id, body.quantity).await?;
+    let created = state.orders.create(user_id, &body.product_id, body.quantity, arrival(start)).await?;
     Ok((StatusCode::CREATED, Json(Created { order: created.order.into(), payment: created.payment })))
 }
 
@@ -117,10 +128,11 @@ async fn close(
 
 async fn payment(
     State(state): State<AppState>,
+    start: Option<Extension<RequestStart>>,
     CurrentUser(user_id): CurrentUser,
     Path(out_trade_no): Path<String>,
 ) -> Result<Json<PaymentParams>, ApiError> {
     let order = state.orders.get_for_user(user_id, &out_trade_no).await?.ok_or(ApiError::NotFound)?;
     state.orders.allow_request(user_id)?;
-    Ok(Json(state.orders.request_payment(&order).await?))
+    Ok(Json(state.orders.request_payment(&order, arrival(start)).await?))
 }

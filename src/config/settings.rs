@@ -167,6 +167,9 @@ pub struct QuotaSettings {
     pub login_per_code_per_min: u32,
     pub login_per_code_burst: u32,
     pub login_concurrency: usize,
+    /// Login calls (jscode2session) a second from all clients together, per process: the
+    /// backstop when the per-key tables are full and let new keys through (0: off).
+    pub login_calls_per_sec: u32,
     pub orders_create_per_min: u32,
     pub orders_create_burst: u32,
     pub orders_refresh_per_min: u32,

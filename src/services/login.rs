@@ -35,8 +35,12 @@ const LOGIN_OUTCOMES: [&str; 6] =
 /// Expired sessions are purged from a login at most this often per process (logins are what
 /// makes the table grow, so a quiet service has nothing to purge)...
 const PURGE_INTERVAL_MS: i64 = 60_000;
-/// ... and at most this many rows at a time, so a purge never holds the writer for long.
+/// ... in batches of at most this many rows, so no statement holds the writer for long...
 const PURGE_BATCH: i64 = 1_000;
+/// ... repeated while a batch comes back full, at most this many times per purge: 20,000 rows a
+/// minute per process outgrows any login rate the quotas let through (`login_calls_per_sec`
+/// at its default is 3,000 a minute), so expired sessions cannot pile up.
+const PURGE_MAX_BATCHES: u32 = 20;
 #[derive(Debug, Clone)]
 pub struct LoginService {
     db: Db,
@@ -167,7 +171,7 @@ impl LoginService {
         self.db.delete_session(&vault::token_hash(token)).await
     }
 
-    /// Deletes a batch of expired sessions, at most once per [`PURGE_INTERVAL_MS`] per process.
+    /// Deletes expired sessions in batches, at most once per [`PURGE_INTERVAL_MS`] per process.
     /// A failure is logged and left for the next purge: it must not fail the login.
     async fn purge_expired_sessions(&self) {
         let now_ms = self.clock.now_ms();
@@ -177,18 +181,92 @@ impl LoginService {
         {
             return;
         }
-        match self.db.purge_expired_sessions(now_ms, PURGE_BATCH).await {
-            Ok(0) => {}
-            Ok(purged) => {
-                self.metrics.sessions_purged.inc_by(purged);
-                tracing::info!(sessions.purged = purged, "expired sessions purged");
-            }
-            Err(err) => tracing::warn!(error = %err, "could not purge expired sessions; retried after the next login"),
+        let purge =
+            purge_in_batches(PURGE_BATCH, PURGE_MAX_BATCHES, |limit| self.db.purge_expired_sessions(now_ms, limit));
+        let (purged, failure) = purge.await;
+        if purged > 0 {
+            self.metrics.sessions_purged.inc_by(purged);
+            tracing::info!(sessions.purged = purged, "expired sessions purged");
+        }
+        if let Some(err) = failure {
+            tracing::warn!(error = %err, "could not purge expired sessions; retried after the next login");
         }
     }
 
     /// The user behind a bearer token, if the token is known and unexpired.
     pub async fn authenticate(&self, token: &str) -> Result<Option<i64>, StorageError> {
         self.db.session_user(&vault::token_hash(token), self.clock.now_ms()).await
+    }
+}
+
+/// Runs `delete(batch)` until it deletes fewer than `batch` rows (nothing left), fails, or has
+/// run `max_batches` times; the rows deleted, and the failure that stopped it if any.
+async fn purge_in_batches<F, Fut>(batch: i64, max_batches: u32, mut delete: F) -> (u64, Option<StorageError>)
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StorageError>>,
+{
+    let full = u64::try_from(batch).unwrap_or(0);
+    let mut purged = 0;
+    for _ in 0..max_batches {
+        match delete(batch).await {
+            Ok(n) => {
+                purged += n;
+                if n < full {
+                    break;
+                }
+            }
+            Err(err) => return (purged, Some(err)),
+        }
+    }
+    (purged, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    /// A table of `expired` rows deleted `limit` at a time; how many statements ran.
+    async fn purge(expired: u64, max_batches: u32) -> (u64, u64) {
+        let left = AtomicU64::new(expired);
+        let statements = AtomicU64::new(0);
+        let (purged, failure) = purge_in_batches(1_000, max_batches, |limit| {
+            statements.fetch_add(1, Ordering::Relaxed);
+            let n = left.load(Ordering::Relaxed).min(u64::try_from(limit).unwrap());
+            left.fetch_sub(n, Ordering::Relaxed);
+            async move { Ok(n) }
+        })
+        .await;
+        assert!(failure.is_none());
+        (purged, statements.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_purge_repeats_full_batches_until_the_backlog_is_gone() {
+        assert_eq!(purge(0, 20).await, (0, 1));
+        assert_eq!(purge(999, 20).await, (999, 1));
+        assert_eq!(purge(1_000, 20).await, (1_000, 2), "a full batch may mean more are left");
+        assert_eq!(purge(4_500, 20).await, (4_500, 5));
+    }
+
+    #[tokio::test]
+    async fn a_purge_runs_at_most_its_batch_cap() {
+        assert_eq!(purge(50_000, 20).await, (20_000, 20));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_stops_the_purge_and_keeps_the_count() {
+        let mut calls = 0;
+        let (purged, failure) = purge_in_batches(10, 5, |_| {
+            calls += 1;
+            let result = if calls == 1 { Ok(10) } else { Err(StorageError::Corrupt("gone".into())) };
+            async move { result }
+        })
+        .await;
+        assert_eq!(purged, 10);
+        assert!(failure.is_some());
+        assert_eq!(calls, 2);
     }
 }

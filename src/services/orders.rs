@@ -2,10 +2,12 @@
 //! a JSAPI prepay with the same out_trade_no on every attempt, then the signed parameters
 //! `wx.requestPayment` needs.
 //!
-//! Creation is bounded by a deadline below the HTTP request timeout: prepay attempts stop when
-//! the next one could not finish in time, so a client always gets an answer from us (503
-//! `PAYMENT_UNAVAILABLE` with the `out_trade_no` to retry payment with) rather than the bare
-//! 503 of the timeout layer, which would leave it without the order number.
+//! Creation is bounded by a deadline below the HTTP request timeout, counted from the request's
+//! arrival: prepay attempts stop when the next one could not finish in time, and everything
+//! after the order is stored (prepay, recording the prepay_id) is cut at the deadline, so once
+//! an order exists the client always gets an answer from us (503 `PAYMENT_UNAVAILABLE` with the
+//! `out_trade_no` to retry payment with) rather than the bare 503 of the timeout layer, which
+//! would leave it without the order number.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +88,9 @@ pub enum Unavailable {
     Wechat(WechatError),
     #[error("no answer from WeChat within the order deadline ({0:?})")]
     Deadline(Duration),
+    /// The order is stored but its prepay_id could not be recorded.
+    #[error(transparent)]
+    Storage(StorageError),
 }
 
 impl Unavailable {
@@ -93,7 +98,7 @@ impl Unavailable {
     pub fn retry_after(&self) -> Duration {
         match self {
             Unavailable::Wechat(err) => err.busy_retry_after().unwrap_or(Duration::from_secs(2)),
-            Unavailable::Deadline(_) => Duration::from_secs(2),
+            Unavailable::Deadline(_) | Unavailable::Storage(_) => Duration::from_secs(2),
         }
     }
 }
@@ -145,9 +150,16 @@ impl OrderService {
         self.quotas.as_ref().map_or(Ok(()), |q| q.order_request(user_id))
     }
 
-    /// Creates an order for `quantity` of `product_id` and returns the payment parameters.
-    pub async fn create(&self, user_id: i64, product_id: &str, quantity: i64) -> Result<CreatedOrder, OrderError> {
-        let deadline = Instant::now() + self.deadline;
+    /// Creates an order for `quantity` of `product_id` and returns the payment parameters;
+    /// `started` is when the request arrived, which the deadline counts from.
+    pub async fn create(
+        &self,
+        user_id: i64,
+        product_id: &str,
+        quantity: i64,
+        started: Instant,
+    ) -> Result<CreatedOrder, OrderError> {
+        let deadline = started + self.deadline;
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(OrderError::BadQuantity);
         }
@@ -185,14 +197,26 @@ impl OrderService {
             .await?;
         self.metrics.orders_created.inc();
         tracing::info!(order.out_trade_no = %order.out_trade_no, order.amount_fen = order.amount.0, "order created");
-        let (stored, payment) = self.prepay(&order, deadline).await?;
+        let (stored, payment) = self.prepay_by(&order, deadline).await?;
         Ok(CreatedOrder { order: stored.unwrap_or(order), payment })
     }
 
     /// (Re)issues payment parameters for an unpaid order: prepay again with identical
-    /// parameters (WeChat answers a fresh prepay_id) rather than a new order number.
-    pub async fn request_payment(&self, order: &Order) -> Result<PaymentParams, OrderError> {
-        Ok(self.prepay(order, Instant::now() + self.deadline).await?.1)
+    /// parameters (WeChat answers a fresh prepay_id) rather than a new order number; `started`
+    /// is when the request arrived.
+    pub async fn request_payment(&self, order: &Order, started: Instant) -> Result<PaymentParams, OrderError> {
+        Ok(self.prepay_by(order, started + self.deadline).await?.1)
+    }
+
+    /// [`Self::prepay`] cut at `deadline` whatever it is waiting for (WeChat, the database): the
+    /// order exists, so the answer must carry its number, never be the timeout layer's.
+    async fn prepay_by(&self, order: &Order, deadline: Instant) -> Result<(Option<Order>, PaymentParams), OrderError> {
+        let unavailable = |why| OrderError::PaymentUnavailable { out_trade_no: order.out_trade_no.to_string(), why };
+        match tokio::time::timeout_at(deadline.into(), self.prepay(order, deadline)).await {
+            Ok(Err(OrderError::Storage(err))) => Err(unavailable(Unavailable::Storage(err))),
+            Ok(result) => result,
+            Err(_) => Err(unavailable(Unavailable::Deadline(self.deadline))),
+        }
     }
 
     /// Prepay at WeChat (retrying what may be retried while `deadline` allows), record the
@@ -234,14 +258,24 @@ impl OrderService {
             // WeChat may have run just before this prepay created it there. No parameters are
             // handed out, and WeChat's copy is closed again so nobody can pay it.
             let now = self.db.order_by_no(&order.out_trade_no).await?;
-            if now.is_some_and(|o| o.status == OrderStatus::Closed)
-                && let Err(err) = self.pay.close_order(&order.out_trade_no, Priority::Settling).await
-            {
-                tracing::warn!(order.out_trade_no = %order.out_trade_no, error = %err, "could not close the order a late prepay reopened at WeChat");
+            if now.is_some_and(|o| o.status == OrderStatus::Closed) {
+                self.close_reopened(order.out_trade_no.clone());
             }
             return Err(OrderError::NotPayable(order.out_trade_no.to_string()));
         };
         Ok((Some(stored), self.payment_params(&prepay_id)?))
+    }
+
+    /// Closes at WeChat an order a late prepay reopened there, in a task of its own: at settling
+    /// priority it may wait for the budget longer than the request may last, and the request's
+    /// timeout must not cancel it half-way.
+    fn close_reopened(&self, out_trade_no: OutTradeNo) {
+        let pay = self.pay.clone();
+        tokio::spawn(async move {
+            if let Err(err) = pay.close_order(&out_trade_no, Priority::Settling).await {
+                tracing::warn!(order.out_trade_no = %out_trade_no, error = %err, "could not close the order a late prepay reopened at WeChat");
+            }
+        });
     }
 
     /// Signs the four `paySign` lines with the merchant key (inline: see

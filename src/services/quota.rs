@@ -1,16 +1,18 @@
 //! Per-client quotas of the public API: logins per client address and per login code, order
-//! creation and WeChat-backed order requests per user, a cap on login calls in flight and on a
-//! user's unpaid orders. A refusal is a [`Refusal`] carrying when to retry (the API answers 429
+//! creation and WeChat-backed order requests per user, a cap on login calls in flight and a
+//! global rate of login calls (jscode2session), a cap on a user's unpaid orders. A refusal is a [`Refusal`] carrying when to retry (the API answers 429
 //! with `Retry-After`); each one is counted in `wxpay_quota_refusals_total{quota}`.
 //!
 //! Rates are GCRA limiters (`governor`) keyed by address, code hash or user, in this process's
 //! memory. Memory stays bounded under random keys (spoofed addresses, made-up codes):
 //! - a key whose quota has refilled carries no information and is forgotten (`retain_recent`,
 //!   run at most once a second from the checks themselves: no task to start or stop);
-//! - a table holding `max_keys` keys even after that sweep refuses every check until the sweep
-//!   frees room: under a flood of new keys the quota fails closed, for that quota only;
+//! - a table holding `max_keys` keys even after that sweep lets new keys through unchecked
+//!   and unrecorded until the sweep frees room (see [`table`]): a flood of new keys cannot lock
+//!   genuine clients out, and the global login rate stays the backstop for WeChat calls;
 //! - a code is remembered as a 64-bit keyed hash, not its text; an IPv6 address by its /64
-//!   (one subscriber's whole prefix), so rotating addresses inside it buys nothing.
+//!   (one subscriber's whole prefix), so rotating addresses inside it buys nothing; an
+//!   IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
 //!
 //! Checks run in the order that keeps attacker-chosen keys out of the tables: the address
 //! before the code, so only requests the address quota let through can add code keys.
@@ -18,17 +20,25 @@
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::clock::DefaultClock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::QuotaSettings;
 use crate::telemetry::metrics::Metrics;
 
+mod table;
+
+use table::BoundedTable;
+
 /// Sweeps of forgotten keys run at most this often per quota.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// A full table's unchecked passes are logged at most this often per quota.
+const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// What a refusal without a limiter's own answer tells the client to wait.
 const RETRY_SOON: Duration = Duration::from_secs(1);
 /// Retry-After of the open-orders cap: the user has to pay or cancel one first.
@@ -40,16 +50,18 @@ pub enum QuotaName {
     LoginIp,
     LoginCode,
     LoginConcurrency,
+    LoginGlobal,
     OrdersCreate,
     OrdersRefresh,
     OpenOrders,
 }
 
 impl QuotaName {
-    pub const ALL: [QuotaName; 6] = [
+    pub const ALL: [QuotaName; 7] = [
         QuotaName::LoginIp,
         QuotaName::LoginCode,
         QuotaName::LoginConcurrency,
+        QuotaName::LoginGlobal,
         QuotaName::OrdersCreate,
         QuotaName::OrdersRefresh,
         QuotaName::OpenOrders,
@@ -60,6 +72,7 @@ impl QuotaName {
             QuotaName::LoginIp => "login_ip",
             QuotaName::LoginCode => "login_code",
             QuotaName::LoginConcurrency => "login_concurrency",
+            QuotaName::LoginGlobal => "login_global",
             QuotaName::OrdersCreate => "orders_create",
             QuotaName::OrdersRefresh => "orders_refresh",
             QuotaName::OpenOrders => "open_orders",
@@ -72,6 +85,7 @@ impl QuotaName {
             QuotaName::LoginIp => "too many logins from this address",
             QuotaName::LoginCode => "too many attempts with this login code",
             QuotaName::LoginConcurrency => "too many logins in progress; try again shortly",
+            QuotaName::LoginGlobal => "too many logins right now; try again shortly",
             QuotaName::OrdersCreate => "too many orders created",
             QuotaName::OrdersRefresh => "too many order requests",
             QuotaName::OpenOrders => "too many unpaid orders: pay or cancel one first",
@@ -87,54 +101,79 @@ pub struct Refusal {
     pub retry_after: Duration,
 }
 
+type KeyedLimiter<K> = RateLimiter<K, BoundedTable<K>, DefaultClock>;
+
 /// One keyed rate (`None`: turned off).
 struct Keyed<K: Hash + Eq + Clone> {
     name: QuotaName,
-    limiter: Option<DefaultKeyedRateLimiter<K>>,
+    limiter: Option<KeyedLimiter<K>>,
     max_keys: usize,
-    last_sweep: Mutex<Instant>,
+    /// New keys a full table let through unchecked (see [`table`]).
+    unchecked: Arc<AtomicU64>,
+    housekeeping: Mutex<Housekeeping>,
+}
+
+/// When the table was last swept, and its unchecked passes last reported.
+struct Housekeeping {
+    last_sweep: Instant,
+    last_report: Instant,
+    reported_unchecked: u64,
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
     fn new(name: QuotaName, per_min: u32, burst: u32, max_keys: usize) -> Self {
+        let unchecked = Arc::new(AtomicU64::new(0));
         let limiter = NonZeroU32::new(per_min).and_then(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
             // `per_min` cells a minute: one every 60 s / per_min.
-            Quota::with_period(Duration::from_secs(60) / rate.get())
-                .map(|q| DefaultKeyedRateLimiter::keyed(q.allow_burst(burst)))
+            Quota::with_period(Duration::from_secs(60) / rate.get()).map(|q| {
+                let table = BoundedTable::new(max_keys, Arc::clone(&unchecked));
+                RateLimiter::new(q.allow_burst(burst), table, DefaultClock::default())
+            })
         });
-        Self { name, limiter, max_keys, last_sweep: Mutex::new(Instant::now()) }
+        let now = Instant::now();
+        let housekeeping = Housekeeping { last_sweep: now, last_report: now, reported_unchecked: 0 };
+        Self { name, limiter, max_keys, unchecked, housekeeping: Mutex::new(housekeeping) }
     }
 
     fn check(&self, key: &K) -> Result<(), Refusal> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
-        if limiter.len() >= self.max_keys {
-            self.sweep(limiter);
-            if limiter.len() >= self.max_keys {
-                return Err(Refusal { quota: self.name, retry_after: RETRY_SOON });
-            }
-        } else {
-            self.sweep(limiter);
-        }
+        self.housekeeping(limiter);
         limiter
             .check_key(key)
             .map_err(|not_until| Refusal { quota: self.name, retry_after: not_until.wait_time_from(Instant::now()) })
     }
 
     /// Forgets refilled keys, at most once per [`SWEEP_INTERVAL`] (another thread sweeping
-    /// right now is as good).
-    fn sweep(&self, limiter: &DefaultKeyedRateLimiter<K>) {
-        let Ok(mut last) = self.last_sweep.try_lock() else { return };
-        if last.elapsed() < SWEEP_INTERVAL {
+    /// right now is as good), and says when a full table let new keys through unchecked.
+    fn housekeeping(&self, limiter: &KeyedLimiter<K>) {
+        let Ok(mut house) = self.housekeeping.try_lock() else { return };
+        if house.last_sweep.elapsed() < SWEEP_INTERVAL {
             return;
         }
-        *last = Instant::now();
+        house.last_sweep = Instant::now();
         limiter.retain_recent();
         limiter.shrink_to_fit();
+        let unchecked = self.unchecked();
+        if unchecked > house.reported_unchecked && house.last_report.elapsed() >= FULL_REPORT_INTERVAL {
+            tracing::warn!(
+                quota = self.name.as_str(),
+                quota.max_keys = self.max_keys,
+                quota.unchecked = unchecked - house.reported_unchecked,
+                "quota table full: new keys were let through unchecked (a flood of new addresses or codes?)"
+            );
+            house.reported_unchecked = unchecked;
+            house.last_report = Instant::now();
+        }
     }
 
     fn len(&self) -> usize {
-        self.limiter.as_ref().map_or(0, DefaultKeyedRateLimiter::len)
+        self.limiter.as_ref().map_or(0, RateLimiter::len)
+    }
+
+    /// Checks of new keys a full table let through unrecorded, since start.
+    fn unchecked(&self) -> u64 {
+        self.unchecked.load(Ordering::Relaxed)
     }
 }
 
@@ -147,6 +186,8 @@ struct Inner {
     login_code: Keyed<u64>,
     code_hasher: std::hash::RandomState,
     login_slots: Arc<Semaphore>,
+    /// Login calls (jscode2session) a second, from every client together (`None`: off).
+    login_calls: Option<DefaultDirectRateLimiter>,
     orders_create: Keyed<i64>,
     orders_refresh: Keyed<i64>,
     open_orders_per_user: u32,
@@ -159,6 +200,8 @@ impl std::fmt::Debug for Quotas {
             .field("login_ip_keys", &self.0.login_ip.len())
             .field("login_code_keys", &self.0.login_code.len())
             .field("login_slots_free", &self.0.login_slots.available_permits())
+            .field("login_ip_unchecked", &self.0.login_ip.unchecked())
+            .field("login_code_unchecked", &self.0.login_code.unchecked())
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +223,8 @@ impl Quotas {
             login_code: Keyed::new(QuotaName::LoginCode, s.login_per_code_per_min, s.login_per_code_burst, s.max_keys),
             code_hasher: std::hash::RandomState::new(),
             login_slots: Arc::new(Semaphore::new(s.login_concurrency)),
+            login_calls: NonZeroU32::new(s.login_calls_per_sec)
+                .map(|rate| governor::RateLimiter::direct(Quota::per_second(rate))),
             orders_create: Keyed::new(
                 QuotaName::OrdersCreate,
                 s.orders_create_per_min,
@@ -198,8 +243,10 @@ impl Quotas {
     }
 
     /// A login from `client` (unknown: all such logins share one key) with `code`: the address
-    /// quota, the code quota, then a slot among the login calls in flight (refused at once when
-    /// all are taken, never queued).
+    /// quota, the code quota, a slot among the login calls in flight (refused at once when all
+    /// are taken, never queued), then the global rate of login calls: whatever the per-key
+    /// tables let through (a full table lets new keys pass), no more than that many calls a
+    /// second carry our AppSecret to WeChat.
     pub fn login(&self, client: Option<IpAddr>, code: &str) -> Result<LoginSlot, Refusal> {
         let inner = &self.0;
         let address = client.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), subscriber_prefix);
@@ -208,7 +255,14 @@ impl Quotas {
         let slot = Arc::clone(&inner.login_slots)
             .try_acquire_owned()
             .map_err(|_| Refusal { quota: QuotaName::LoginConcurrency, retry_after: RETRY_SOON });
-        self.counted(slot).map(|permit| LoginSlot { _permit: permit })
+        let slot = self.counted(slot)?;
+        if let Some(calls) = &inner.login_calls {
+            self.counted(calls.check().map_err(|not_until| Refusal {
+                quota: QuotaName::LoginGlobal,
+                retry_after: not_until.wait_time_from(Instant::now()).max(Duration::from_millis(1)),
+            }))?;
+        }
+        Ok(LoginSlot { _permit: slot })
     }
 
     /// One more order for `user_id` (`POST /api/orders`).
@@ -243,10 +297,12 @@ impl Quotas {
     }
 }
 
-/// The key of a client address: IPv4 as is, IPv6 by its /64 (what one subscriber gets).
+/// The key of a client address: IPv4 as is, IPv6 by its /64 (what one subscriber gets). An
+/// IPv4-mapped address (a dual-stack listener on `::`, or a proxy passing mapped addresses) is
+/// its IPv4 address first: its /64 would be `::` for every IPv4 client.
 fn subscriber_prefix(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             let mut octets = v6.octets();
             octets[8..].fill(0);
@@ -256,113 +312,4 @@ fn subscriber_prefix(ip: IpAddr) -> IpAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> QuotaSettings {
-        QuotaSettings {
-            login_per_ip_per_min: 60,
-            login_per_ip_burst: 3,
-            login_per_code_per_min: 1,
-            login_per_code_burst: 2,
-            login_concurrency: 2,
-            orders_create_per_min: 6,
-            orders_create_burst: 2,
-            orders_refresh_per_min: 0,
-            orders_refresh_burst: 0,
-            open_orders_per_user: 2,
-            max_keys: 100,
-        }
-    }
-
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
-    }
-
-    #[test]
-    fn each_address_has_its_own_login_quota_with_a_retry_after() {
-        let quotas = Quotas::new(&settings(), Metrics::new());
-        for i in 0..3 {
-            drop(quotas.login(ip("10.0.0.1"), &format!("code{i}")).unwrap());
-        }
-        let refusal = quotas.login(ip("10.0.0.1"), "code9").unwrap_err();
-        assert_eq!(refusal.quota, QuotaName::LoginIp);
-        assert!(refusal.retry_after > Duration::ZERO && refusal.retry_after <= Duration::from_secs(1), "{refusal:?}");
-        assert!(quotas.login(ip("10.0.0.2"), "code9").is_ok(), "another address is not affected");
-        assert_eq!(quotas.0.metrics.quota_refusals.with_label_values(&["login_ip"]).get(), 1);
-    }
-
-    #[test]
-    fn ipv6_addresses_of_one_subscriber_share_a_quota() {
-        let quotas = Quotas::new(&settings(), Metrics::new());
-        for i in 0..3 {
-            drop(quotas.login(ip(&format!("2001:db8::{i}")), &format!("c{i}")).unwrap());
-        }
-        assert_eq!(quotas.login(ip("2001:db8::ffff:1"), "c9").unwrap_err().quota, QuotaName::LoginIp);
-        assert!(quotas.login(ip("2001:db8:0:1::1"), "c9").is_ok());
-    }
-
-    #[test]
-    fn a_code_is_tried_at_most_its_burst() {
-        let quotas = Quotas::new(&settings(), Metrics::new());
-        drop(quotas.login(ip("10.0.0.1"), "same").unwrap());
-        drop(quotas.login(ip("10.0.0.2"), "same").unwrap());
-        let refusal = quotas.login(ip("10.0.0.3"), "same").unwrap_err();
-        assert_eq!(refusal.quota, QuotaName::LoginCode);
-        assert!(refusal.retry_after > Duration::from_secs(50), "one a minute: {refusal:?}");
-    }
-
-    #[test]
-    fn login_slots_are_refused_at_once_when_all_are_held_and_freed_on_drop() {
-        let quotas = Quotas::new(&settings(), Metrics::new());
-        let a = quotas.login(ip("10.0.0.1"), "a").unwrap();
-        let _b = quotas.login(ip("10.0.0.2"), "b").unwrap();
-        assert_eq!(quotas.login(ip("10.0.0.3"), "c").unwrap_err().quota, QuotaName::LoginConcurrency);
-        drop(a);
-        assert!(quotas.login(ip("10.0.0.3"), "d").is_ok());
-    }
-
-    #[test]
-    fn order_quotas_are_per_user_and_a_zero_rate_is_off() {
-        let quotas = Quotas::new(&settings(), Metrics::new());
-        quotas.create_order(1).unwrap();
-        quotas.create_order(1).unwrap();
-        assert_eq!(quotas.create_order(1).unwrap_err().quota, QuotaName::OrdersCreate);
-        quotas.create_order(2).unwrap();
-        for _ in 0..1000 {
-            quotas.order_request(1).unwrap();
-        }
-        assert!(quotas.open_orders(1).is_ok());
-        assert_eq!(quotas.open_orders(2).unwrap_err().quota, QuotaName::OpenOrders);
-    }
-
-    #[test]
-    fn random_keys_cannot_grow_a_table_beyond_its_cap() {
-        let quotas = Quotas::new(&QuotaSettings { max_keys: 50, ..settings() }, Metrics::new());
-        let mut refused = 0;
-        for i in 0..10_000u32 {
-            let address = IpAddr::V4(std::net::Ipv4Addr::from(i));
-            if quotas.login(Some(address), &format!("code{i}")).is_err() {
-                refused += 1;
-            }
-        }
-        assert!(quotas.0.login_ip.len() <= 50 && quotas.0.login_code.len() <= 50);
-        assert!(refused >= 10_000 - 100, "a full table refuses new keys: {refused}");
-    }
-
-    #[test]
-    fn refilled_keys_are_forgotten_by_the_sweep() {
-        let quotas = Quotas::new(
-            &QuotaSettings { login_per_ip_per_min: 60_000, login_per_ip_burst: 1, ..settings() },
-            Metrics::new(),
-        );
-        for i in 0..20u32 {
-            let _ = quotas.login(Some(IpAddr::V4(std::net::Ipv4Addr::from(i))), "x");
-        }
-        assert_eq!(quotas.0.login_ip.len(), 20);
-        // A key refills in 1 ms at 60,000/min: after the sweep interval all are forgotten.
-        std::thread::sleep(SWEEP_INTERVAL + Duration::from_millis(10));
-        let _ = quotas.login(ip("192.0.2.1"), "y");
-        assert_eq!(quotas.0.login_ip.len(), 1, "only the new key is left");
-    }
-}
+mod tests;

@@ -208,7 +208,10 @@ impl OrderSync {
         let priority = if source == EventSource::Api { Priority::User } else { Priority::Settling };
         let reference = match self.pay.close_order(no, priority).await {
             Ok(()) if source == EventSource::Api => {
-                let report = self.pay.query_order(no, priority).await?;
+                // WeChat has closed it: the confirming query finishes settling the order, so it
+                // draws on the settling budget. Refused at user priority (the user share spent
+                // between the two calls), it would leave the order NOTPAY here while closed there.
+                let report = self.pay.query_order(no, Priority::Settling).await?;
                 match report.status {
                     OrderStatus::Success | OrderStatus::Refund => {
                         return self.paid_instead(order, &report, source).await;

@@ -342,12 +342,15 @@ impl Db {
         rows.into_iter().map(|(status, n)| Ok((status.parse().map_err(corrupt)?, n))).collect()
     }
 
-    /// The user's orders still open for payment (NOTPAY, not yet past `time_expire`): what the
-    /// cap on open orders per user counts (an expired one stops counting before the poller
-    /// closes it, so a slow poller cannot lock a user out).
+    /// The user's orders still open for payment (NOTPAY, not yet past `time_expire`) that
+    /// were handed out for payment (they have a prepay_id): what the cap on open orders per user
+    /// counts. An expired one stops counting before the poller closes it, and one whose prepay
+    /// failed (WeChat away, our budget busy) never counts, so neither a slow poller nor a busy
+    /// WeChat can lock a user out; order creation's own rate bounds those.
     pub async fn open_orders_of(&self, user_id: i64, now_ms: i64) -> Result<i64, StorageError> {
         let (n,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'NOTPAY' AND time_expire_ms > $2",
+            "SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'NOTPAY' AND time_expire_ms > $2 \
+             AND prepay_id IS NOT NULL",
         )
         .bind(user_id)
         .bind(now_ms)

@@ -1,9 +1,10 @@
 //! Quotas, the WeChat budget split and sessions, over real HTTP on both profiles: a scripted user
 //! hammering order creation is refused 429 (with Retry-After) while another user's order goes
 //! through; logins are limited per address (behind the trusted proxy header) and per code, and
-//! in flight; a user's unpaid orders are capped; user traffic saturating its share of the WeChat
-//! budget does not delay settling work; order creation answers within the request deadline with
-//! the out_trade_no; logout revokes a token and expired sessions are purged.
+//! in flight; a user's unpaid orders are capped (orders whose prepay failed do not count); user
+//! traffic saturating its share of the WeChat budget does not delay settling work, nor leave a
+//! cancel half-done; order creation answers within the request deadline with the out_trade_no;
+//! logout revokes a token and expired sessions are purged, however many.
 //! The test environment turns quotas off (`helpers::TestEnv::env_vars`); each test here turns on
 //! the ones it is about.
 
@@ -205,6 +206,28 @@ async fn unpaid_orders_per_user_are_capped(backend: Backend) {
     assert_eq!(count_status(&app, "NOTPAY").await, 3);
 }
 
+/// A prepay that failed (WeChat away, our budget busy) handed nothing out to pay: its NOTPAY
+/// order does not count toward the unpaid-order cap, so a busy WeChat cannot lock a user out
+/// of ordering. Orders handed out for payment still do.
+async fn orders_whose_prepay_failed_do_not_count_toward_the_cap(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env.spawn_app_with(ALL_ROLES, |s| s.quotas.open_orders_per_user = 1).await;
+    let (client, _) = env.client(&app).await;
+    let token = client.token().unwrap();
+    set_chaos(&env, json!({"fault_rate": 1.0, "fault_modes": ["system_error"], "fault_endpoints": ["jsapi"]})).await;
+    for _ in 0..2 {
+        let failed = create_order(&app, token).await;
+        assert_eq!(failed.status, 503, "{}", failed.body);
+        assert_eq!(failed.body["code"], "PAYMENT_UNAVAILABLE", "{}", failed.body);
+    }
+    set_chaos(&env, json!({})).await;
+    let created = create_order(&app, token).await;
+    assert_eq!(created.status, 201, "failed prepays hold no place under the cap: {}", created.body);
+    assert_rate_limited(&create_order(&app, token).await, 60);
+    assert_eq!(refusals(&app, "open_orders"), 1);
+    assert_eq!(count_status(&app, "NOTPAY").await, 3);
+}
+
 /// A login upstream that accepts connections and never answers: only `login_concurrency`
 /// logins wait for it; the others are refused at once instead of piling up.
 async fn logins_in_flight_are_capped(backend: Backend) {
@@ -314,6 +337,29 @@ async fn user_traffic_cannot_starve_settling_calls(backend: Backend) {
     );
 }
 
+/// A budget of 2 calls/s, users allowed 1/s: the owner's cancel spends the user share on the
+/// close, and the query confirming it is settling work, so the cancel completes (CLOSED here as
+/// at WeChat) instead of answering SERVICE_BUSY with the order closed there and NOTPAY here.
+async fn a_cancel_is_confirmed_when_the_user_share_is_spent(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.wechat.rate_limit_per_sec = 2;
+            s.wechat_budget.user_share_percent = 50;
+            s.wechat_budget.user_max_wait_ms = 200;
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let no = client.create_order("coffee", 1).await.unwrap().out_trade_no;
+    // The prepay's user call refills (and leaves the budget's current second).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let url = format!("{}/api/orders/{no}/close", app.base);
+    let answer = request(reqwest::Method::POST, url, client.token(), &[], Some(json!({}))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["status"], "CLOSED", "{}", answer.body);
+    assert_eq!(count_status(&app, "CLOSED").await, 1);
+}
+
 /// WeChat hangs on prepay: creation answers 503 PAYMENT_UNAVAILABLE with the out_trade_no
 /// before the request timeout (3 s here; three 1 s attempts plus backoff would outlive it), and
 /// the order can be paid with that number once WeChat is back.
@@ -343,20 +389,97 @@ async fn order_creation_answers_within_the_request_deadline(backend: Backend) {
     println!("order creation under a hanging WeChat answered 503 in {:?}", answer.took);
 }
 
-/// `POST /api/logout` revokes only the presented token; a login purges expired sessions.
+/// Forwards TCP to `target`, holding every chunk the client sends for `delay`: each request
+/// (on pooled connections too) reaches the simulator that much later.
+async fn slow_forwarder(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let back = tokio::spawn(async move { tokio::io::copy(&mut out_read, &mut in_write).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = in_read.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if out_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    addr
+}
+
+/// The prepay succeeds but its prepay_id cannot be recorded before the deadline (the order row
+/// is locked): the answer is still ours, 503 PAYMENT_UNAVAILABLE with the out_trade_no at the
+/// order deadline, not the timeout layer's bare 503 a second later.
+async fn order_creation_answers_with_its_number_when_recording_the_prepay_hangs(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let sim = env.sim.base_url();
+    let authority = sim.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let slow = slow_forwarder(authority.parse().unwrap(), Duration::from_millis(400)).await;
+    let app = env
+        .spawn_app_with(ALL_ROLES, |s| {
+            s.server.request_timeout_ms = 3_000;
+            s.orders.deadline_margin_ms = 1_000;
+            s.wechat.request_timeout_ms = 1_500;
+            s.wechat.pay_base_url = sim.replace(&authority, &slow.to_string());
+        })
+        .await;
+    let (client, _) = env.client(&app).await;
+    let token = client.token().unwrap().to_owned();
+    let url = format!("{}/api/orders", app.base);
+    let creation = tokio::spawn(async move {
+        request(reqwest::Method::POST, url, Some(&token), &[], Some(json!({"product_id": "coffee"}))).await
+    });
+    // The order is stored before the (slowed) prepay: lock its row until the answer is in.
+    let no = loop {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT out_trade_no FROM orders").fetch_optional(app.state.db.reader()).await.unwrap();
+        if let Some((no,)) = row {
+            break no;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut lock = app.state.db.writer().begin().await.unwrap();
+    sqlx::query("UPDATE orders SET prepay_id = prepay_id WHERE out_trade_no = $1")
+        .bind(&no)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answer = creation.await.unwrap();
+    lock.rollback().await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.body["code"], "PAYMENT_UNAVAILABLE", "{}", answer.body);
+    assert_eq!(answer.body["out_trade_no"], no.as_str(), "{}", answer.body);
+    assert!(answer.took < Duration::from_millis(2_900), "before the request timeout: {:?}", answer.took);
+}
+
+/// `POST /api/logout` revokes only the presented token; a login purges expired sessions, all of
+/// them even when they are more than one batch (1,000) of the purge.
 async fn logout_revokes_the_token_and_expired_sessions_are_purged(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let app = env.spawn_app(ALL_ROLES).await;
     let now = env.clock.now_ms();
     let user = app.state.db.upsert_user("o-expired-session", None, "sealed", now).await.unwrap();
     app.state.db.insert_session("expired-session-hash", user.id, now - 2_000, now - 1_000).await.unwrap();
+    for i in 0..1_500 {
+        app.state.db.insert_session(&format!("backlog-{i}"), user.id, now - 5_000, now - 4_000 + i).await.unwrap();
+    }
     app.state.db.insert_session("live-session-hash", user.id, now, now + 3_600_000).await.unwrap();
 
     let (client, openid) = env.client(&app).await;
-    // That login purged the expired session, and only it.
+    // That login purged every expired session, and only them.
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'expired-session-hash'").await, 0);
+    assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash LIKE 'backlog-%'").await, 0);
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'live-session-hash'").await, 1);
-    assert_eq!(app.metrics.sessions_purged.get(), 1);
+    assert_eq!(app.metrics.sessions_purged.get(), 1_501);
 
     let mut second = MiniProgram::new(&app.base, &env.sim.base_url());
     second.login(Some(&openid)).await.unwrap();
@@ -380,9 +503,12 @@ crate::both_profiles!(
     a_user_hammering_order_creation_is_refused_while_another_user_orders,
     logins_are_limited_per_address_and_per_code,
     unpaid_orders_per_user_are_capped,
+    orders_whose_prepay_failed_do_not_count_toward_the_cap,
     logins_in_flight_are_capped,
     user_traffic_cannot_starve_settling_calls,
     order_creation_answers_within_the_request_deadline,
+    order_creation_answers_with_its_number_when_recording_the_prepay_hangs,
+    a_cancel_is_confirmed_when_the_user_share_is_spent,
     logout_revokes_the_token_and_expired_sessions_are_purged,
 );
 
