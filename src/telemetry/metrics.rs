@@ -251,7 +251,7 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable_metric("wechat_budget_wait_seconds_total")),
             quota_refusals: counter_vec(
                 "quota_refusals_total",
-                "Requests refused 429 by a quota, by quota (login_ip, login_code, login_concurrency, orders_create, orders_refresh, open_orders).",
+                "Requests refused 429 by a quota, by quota (login_ip, login_code, login_concurrency, login_global, orders_create, orders_refresh, open_orders).",
                 &["quota"],
             ),
             sessions_purged: counter("sessions_purged_total", "Expired sessions deleted."),
