@@ -18,10 +18,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use wxpay_recon::config::DatabaseSettings;
-use wxpay_recon::domain::Fen;
 use wxpay_recon::sim::notifier::signed_headers;
 use wxpay_recon::storage::Db;
-use wxpay_recon::storage::orders::NewOrder;
 
 use crate::helpers::*;
 
@@ -90,36 +88,6 @@ fn junk(i: usize, signed: &Signed, template: &str) -> (Headers, Vec<u8>) {
     }
 }
 
-/// Orders straight in the database (and known to the simulator is not needed: the
-/// notifications are sent by the test), one user, 1 fen each.
-async fn seed_orders(env: &TestEnv, db: &Db, n: usize) -> (String, Vec<String>) {
-    let now = env.clock.now_ms();
-    let user = db.upsert_user("oAbuseTestUser00000000000001", None, "v1:unused", now).await.unwrap();
-    let orders: Vec<String> = (0..n).map(|i| format!("ABUSE{now}{i:08}")).collect();
-    futures::stream::iter(&orders)
-        .for_each_concurrent(16, |text| {
-            let user = &user;
-            async move {
-                db.insert_order(&NewOrder {
-                    out_trade_no: &trade_no(text),
-                    user_id: user.id,
-                    payer_openid: &user.openid,
-                    product_id: "sticker",
-                    quantity: 1,
-                    amount: Fen(1),
-                    description: "Sticker",
-                    time_expire_ms: now + 7_200_000,
-                    first_check_at_ms: now + 3_600_000,
-                    now_ms: now,
-                })
-                .await
-                .unwrap();
-            }
-        })
-        .await;
-    (user.openid, orders)
-}
-
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -164,7 +132,7 @@ async fn junk_flood_never_delays_a_genuine_notification(backend: Backend) {
     })
     .await
     .unwrap();
-    let (openid, orders) = seed_orders(&env, &db, VALID).await;
+    let (openid, orders) = insert_sticker_orders(&env, &db, "oAbuseTestUser00000000000001", "ABUSE", VALID).await;
     let genuine: Vec<(Headers, String)> = orders
         .iter()
         .enumerate()

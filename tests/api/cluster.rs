@@ -4,11 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use wxpay_recon::config::DatabaseSettings;
 use wxpay_recon::storage::Db;
-use wxpay_recon::storage::orders::NewOrder;
 
 use crate::chaos::{Proxy, RedisServer};
 use crate::helpers::*;
@@ -31,32 +29,10 @@ async fn seed_orders(env: &TestEnv, db: &Db, api: &str, n: usize) -> Vec<String>
     db.migrate().await.unwrap();
     let now = env.clock.now_ms();
     db.seed_products(&env.settings().catalog, now).await.unwrap();
-    let user = db.upsert_user("oLoadTestUser000000000000001", None, "v1:unused", now).await.unwrap();
-    let orders: Vec<String> = (0..n).map(|i| format!("LOAD{now}{i:08}")).collect();
-    futures::stream::iter(&orders)
-        .for_each_concurrent(16, |text| {
-            let user = &user;
-            async move {
-                db.insert_order(&NewOrder {
-                    out_trade_no: &trade_no(text),
-                    user_id: user.id,
-                    payer_openid: &user.openid,
-                    product_id: "sticker",
-                    quantity: 1,
-                    amount: wxpay_recon::domain::Fen(1),
-                    description: "Sticker",
-                    time_expire_ms: now + 7_200_000,
-                    first_check_at_ms: now + 3_600_000,
-                    now_ms: now,
-                })
-                .await
-                .unwrap();
-            }
-        })
-        .await;
+    let (openid, orders) = insert_sticker_orders(env, db, "oLoadTestUser000000000000001", "LOAD", n).await;
     let seed: Vec<Value> = orders
         .iter()
-        .map(|no| json!({"out_trade_no": no, "total": 1, "openid": user.openid, "notify_url": format!("{api}/api/pay/notify"), "description": "Sticker"}))
+        .map(|no| json!({"out_trade_no": no, "total": 1, "openid": openid, "notify_url": format!("{api}/api/pay/notify"), "description": "Sticker"}))
         .collect();
     let response =
         reqwest::Client::new().post(format!("{}/sim/orders", env.sim.base_url())).json(&seed).send().await.unwrap();

@@ -713,3 +713,39 @@ pub async fn orders_with_status(db: &Db, status: &str) -> i64 {
     let counts = db.order_counts().await.expect("order counts");
     counts.into_iter().find(|(s, _)| s.as_str() == status).map_or(0, |(_, n)| n)
 }
+
+/// `n` unpaid 1-fen sticker orders of one user, straight in the database, numbered
+/// `<prefix><now><i>`: load and abuse tests seed this way so their time goes to the path they are
+/// about, not to three RSA signatures per order. Returns the user's openid and the numbers.
+pub async fn insert_sticker_orders(
+    env: &TestEnv,
+    db: &Db,
+    openid: &str,
+    prefix: &str,
+    n: usize,
+) -> (String, Vec<String>) {
+    let now = env.clock.now_ms();
+    let user = db.upsert_user(openid, None, "v1:unused", now).await.unwrap();
+    let orders: Vec<String> = (0..n).map(|i| format!("{prefix}{now}{i:08}")).collect();
+    futures::StreamExt::for_each_concurrent(futures::stream::iter(&orders), 16, |text| {
+        let user = &user;
+        async move {
+            db.insert_order(&wxpay_recon::storage::orders::NewOrder {
+                out_trade_no: &trade_no(text),
+                user_id: user.id,
+                payer_openid: &user.openid,
+                product_id: "sticker",
+                quantity: 1,
+                amount: wxpay_recon::domain::Fen(1),
+                description: "Sticker",
+                time_expire_ms: now + 7_200_000,
+                first_check_at_ms: now + 3_600_000,
+                now_ms: now,
+            })
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+    (user.openid, orders)
+}
