@@ -4,7 +4,8 @@
 //! # Layout
 //! - `cli`: one file per subcommand (`serve`, `sim`, `demo`, `migrate`, `reconcile`, `bill`,
 //!   `jobs`, `order`).
-//! - `startup`: builds the services, router and worker of a process and binds its listener.
+//! - `startup`: builds the services, routers and worker of a process and binds its two
+//!   listeners (public: API, notify, `/healthz`; ops: `/healthz`, `/readyz`, `/metrics`).
 //! - `deps`: the one dependency builder (database, queue, clock, metrics, WeChat client with
 //!   the shared rate limit) used by `startup`, every CLI command and the benches.
 //! - `config`: layered settings (defaults, file, `WXPAY_RECON__*`), secrets. A leaf.
@@ -16,7 +17,10 @@
 //! - `services`: use cases shared by API and worker (login, orders, ingest, apply, sync,
 //!   refunds, reconcile, and the per-client quotas). The one applier takes a `PaymentReport`
 //!   from every source.
-//! - `api`: axum handlers, one module per resource; each calls services and answers DTOs.
+//! - `api`: axum handlers, one module per resource; each calls services and answers DTOs. Also
+//!   the HTTP edge an internet-facing listener needs: our accept loop (`serve`, with the
+//!   connection cap in `connections`), bodies read under a deadline (`body`), load shedding
+//!   (`shed`) and request observation (`observe`).
 //! - `worker`: inbox batch appliers, apalis workers, job kinds, retry policy, sweeper, poller,
 //!   scheduler.
 //! - `storage`: the database (SQLite or PostgreSQL) behind one type; the other conversion
