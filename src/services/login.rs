@@ -120,7 +120,7 @@ impl LoginService {
         };
         self.metrics.logins.with_label_values(&[outcome]).inc();
         if result.is_ok() {
-            self.purge_expired_sessions().await;
+            self.purge_expired_sessions_soon();
         }
         result
     }
@@ -171,9 +171,11 @@ impl LoginService {
         self.db.delete_session(&vault::token_hash(token)).await
     }
 
-    /// Deletes expired sessions in batches, at most once per [`PURGE_INTERVAL_MS`] per process.
+    /// Deletes expired sessions in batches, at most once per [`PURGE_INTERVAL_MS`] per process,
+    /// in a task of its own: up to [`PURGE_MAX_BATCHES`] deletes (on SQLite each waits for the
+    /// one writer) must not hold the login that triggered them, whose token is already issued.
     /// A failure is logged and left for the next purge: it must not fail the login.
-    async fn purge_expired_sessions(&self) {
+    fn purge_expired_sessions_soon(&self) {
         let now_ms = self.clock.now_ms();
         let last = self.last_purge_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) < PURGE_INTERVAL_MS
@@ -181,16 +183,19 @@ impl LoginService {
         {
             return;
         }
-        let purge =
-            purge_in_batches(PURGE_BATCH, PURGE_MAX_BATCHES, |limit| self.db.purge_expired_sessions(now_ms, limit));
-        let (purged, failure) = purge.await;
-        if purged > 0 {
-            self.metrics.sessions_purged.inc_by(purged);
-            tracing::info!(sessions.purged = purged, "expired sessions purged");
-        }
-        if let Some(err) = failure {
-            tracing::warn!(error = %err, "could not purge expired sessions; retried after the next login");
-        }
+        let (db, metrics) = (self.db.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let purge =
+                purge_in_batches(PURGE_BATCH, PURGE_MAX_BATCHES, |limit| db.purge_expired_sessions(now_ms, limit));
+            let (purged, failure) = purge.await;
+            if purged > 0 {
+                metrics.sessions_purged.inc_by(purged);
+                tracing::info!(sessions.purged = purged, "expired sessions purged");
+            }
+            if let Some(err) = failure {
+                tracing::warn!(error = %err, "could not purge expired sessions; retried after the next login");
+            }
+        });
     }
 
     /// The user behind a bearer token, if the token is known and unexpired.
