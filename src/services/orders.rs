@@ -205,6 +205,12 @@ impl OrderService {
     /// parameters (WeChat answers a fresh prepay_id) rather than a new order number; `started`
     /// is when the request arrived.
     pub async fn request_payment(&self, order: &Order, started: Instant) -> Result<PaymentParams, OrderError> {
+        // An order whose first prepay failed is left out of the open-orders count; the prepay
+        // that would make it count is held to the cap here like a new order, or failed prepays
+        // would be a way around it.
+        if let Some(quotas) = self.quotas.as_ref().filter(|q| q.caps_open_orders() && order.prepay_id.is_none()) {
+            quotas.open_orders(self.db.open_orders_of(order.user_id, self.clock.now_ms()).await?)?;
+        }
         Ok(self.prepay_by(order, started + self.deadline).await?.1)
     }
 
@@ -213,7 +219,6 @@ impl OrderService {
     async fn prepay_by(&self, order: &Order, deadline: Instant) -> Result<(Option<Order>, PaymentParams), OrderError> {
         let unavailable = |why| OrderError::PaymentUnavailable { out_trade_no: order.out_trade_no.to_string(), why };
         match tokio::time::timeout_at(deadline.into(), self.prepay(order, deadline)).await {
-            Ok(Err(OrderError::Storage(err))) => Err(unavailable(Unavailable::Storage(err))),
             Ok(result) => result,
             Err(_) => Err(unavailable(Unavailable::Deadline(self.deadline))),
         }
@@ -253,7 +258,10 @@ impl OrderService {
                 Err(err) => return Err(OrderError::Refused(err)),
             }
         };
-        let Some(stored) = self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await? else {
+        // WeChat has the order: failing to record its prepay_id leaves it payable by retrying
+        // payment, so that failure is "payment unavailable, retry", with the order's number.
+        let recorded = self.db.set_prepay(order.id, &prepay_id, self.clock.now_ms()).await;
+        let Some(stored) = recorded.map_err(|err| unavailable(Unavailable::Storage(err)))? else {
             // Closed (or paid) while the prepay was in flight: a close that found no order at
             // WeChat may have run just before this prepay created it there. No parameters are
             // handed out, and WeChat's copy is closed again so nobody can pay it.

@@ -215,16 +215,22 @@ async fn orders_whose_prepay_failed_do_not_count_toward_the_cap(backend: Backend
     let (client, _) = env.client(&app).await;
     let token = client.token().unwrap();
     set_chaos(&env, json!({"fault_rate": 1.0, "fault_modes": ["system_error"], "fault_endpoints": ["jsapi"]})).await;
+    let mut failed_orders = Vec::new();
     for _ in 0..2 {
         let failed = create_order(&app, token).await;
         assert_eq!(failed.status, 503, "{}", failed.body);
         assert_eq!(failed.body["code"], "PAYMENT_UNAVAILABLE", "{}", failed.body);
+        failed_orders.push(failed.body["out_trade_no"].as_str().unwrap().to_owned());
     }
     set_chaos(&env, json!({})).await;
     let created = create_order(&app, token).await;
     assert_eq!(created.status, 201, "failed prepays hold no place under the cap: {}", created.body);
     assert_rate_limited(&create_order(&app, token).await, 60);
     assert_eq!(refusals(&app, "open_orders"), 1);
+    // Nor are they a way around it: paying one again is held to the cap like a new order.
+    let url = format!("{}/api/orders/{}/payment", app.base, failed_orders[0]);
+    assert_rate_limited(&request(reqwest::Method::POST, url, Some(token), &[], None).await, 60);
+    assert_eq!(refusals(&app, "open_orders"), 2);
     assert_eq!(count_status(&app, "NOTPAY").await, 3);
 }
 
@@ -475,7 +481,11 @@ async fn logout_revokes_the_token_and_expired_sessions_are_purged(backend: Backe
     app.state.db.insert_session("live-session-hash", user.id, now, now + 3_600_000).await.unwrap();
 
     let (client, openid) = env.client(&app).await;
-    // That login purged every expired session, and only them.
+    // That login purged every expired session (in the background), and only them.
+    eventually("the login's purge is done", Duration::from_secs(20), || async {
+        app.metrics.sessions_purged.get() == 1_501
+    })
+    .await;
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'expired-session-hash'").await, 0);
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash LIKE 'backlog-%'").await, 0);
     assert_eq!(scalar(&app.state, "SELECT COUNT(*) FROM sessions WHERE token_hash = 'live-session-hash'").await, 1);
