@@ -7,9 +7,9 @@
 //! memory. Memory stays bounded under random keys (spoofed addresses, made-up codes):
 //! - a key whose quota has refilled carries no information and is forgotten (`retain_recent`,
 //!   run at most once a second from the checks themselves: no task to start or stop);
-//! - a table holding `max_keys` keys even after that sweep lets new keys through unchecked
-//!   and unrecorded until the sweep frees room (see [`table`]): a flood of new keys cannot lock
-//!   genuine clients out, and the global login rate stays the backstop for WeChat calls;
+//! - a table holding `max_keys` keys even after that sweep charges new keys to one shared
+//!   overflow key until the sweep frees room (see [`table`]): a flood of new keys gets one
+//!   client's quota, cannot lock known clients out, and cannot spend the global login rate;
 //! - a code is remembered as a 64-bit keyed hash, not its text; an IPv6 address by its /64
 //!   (one subscriber's whole prefix), so rotating addresses inside it buys nothing; an
 //!   IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
@@ -37,7 +37,7 @@ use table::BoundedTable;
 
 /// Sweeps of forgotten keys run at most this often per quota.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// A full table's unchecked passes are logged at most this often per quota.
+/// A full table's overflow checks are logged at most this often per quota.
 const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// What a refusal without a limiter's own answer tells the client to wait.
 const RETRY_SOON: Duration = Duration::from_secs(1);
@@ -108,32 +108,32 @@ struct Keyed<K: Hash + Eq + Clone> {
     name: QuotaName,
     limiter: Option<KeyedLimiter<K>>,
     max_keys: usize,
-    /// New keys a full table let through unchecked (see [`table`]).
-    unchecked: Arc<AtomicU64>,
+    /// Checks of new keys a full table charged to its overflow key (see [`table`]).
+    overflowed: Arc<AtomicU64>,
     housekeeping: Mutex<Housekeeping>,
 }
 
-/// When the table was last swept, and its unchecked passes last reported.
+/// When the table was last swept, and its overflow checks last reported.
 struct Housekeeping {
     last_sweep: Instant,
     last_report: Instant,
-    reported_unchecked: u64,
+    reported_overflowed: u64,
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
     fn new(name: QuotaName, per_min: u32, burst: u32, max_keys: usize) -> Self {
-        let unchecked = Arc::new(AtomicU64::new(0));
+        let overflowed = Arc::new(AtomicU64::new(0));
         let limiter = NonZeroU32::new(per_min).and_then(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
             // `per_min` cells a minute: one every 60 s / per_min.
             Quota::with_period(Duration::from_secs(60) / rate.get()).map(|q| {
-                let table = BoundedTable::new(max_keys, Arc::clone(&unchecked));
+                let table = BoundedTable::new(max_keys, Arc::clone(&overflowed));
                 RateLimiter::new(q.allow_burst(burst), table, DefaultClock::default())
             })
         });
         let now = Instant::now();
-        let housekeeping = Housekeeping { last_sweep: now, last_report: now, reported_unchecked: 0 };
-        Self { name, limiter, max_keys, unchecked, housekeeping: Mutex::new(housekeeping) }
+        let housekeeping = Housekeeping { last_sweep: now, last_report: now, reported_overflowed: 0 };
+        Self { name, limiter, max_keys, overflowed, housekeeping: Mutex::new(housekeeping) }
     }
 
     fn check(&self, key: &K) -> Result<(), Refusal> {
@@ -145,7 +145,7 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
     }
 
     /// Forgets refilled keys, at most once per [`SWEEP_INTERVAL`] (another thread sweeping
-    /// right now is as good), and says when a full table let new keys through unchecked.
+    /// right now is as good), and says when a full table charged new keys to its overflow key.
     fn housekeeping(&self, limiter: &KeyedLimiter<K>) {
         let Ok(mut house) = self.housekeeping.try_lock() else { return };
         if house.last_sweep.elapsed() < SWEEP_INTERVAL {
@@ -154,15 +154,15 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         house.last_sweep = Instant::now();
         limiter.retain_recent();
         limiter.shrink_to_fit();
-        let unchecked = self.unchecked();
-        if unchecked > house.reported_unchecked && house.last_report.elapsed() >= FULL_REPORT_INTERVAL {
+        let overflowed = self.overflowed();
+        if overflowed > house.reported_overflowed && house.last_report.elapsed() >= FULL_REPORT_INTERVAL {
             tracing::warn!(
                 quota = self.name.as_str(),
                 quota.max_keys = self.max_keys,
-                quota.unchecked = unchecked - house.reported_unchecked,
-                "quota table full: new keys were let through unchecked (a flood of new addresses or codes?)"
+                quota.overflowed = overflowed - house.reported_overflowed,
+                "quota table full: new keys share one overflow quota (a flood of new addresses or codes?)"
             );
-            house.reported_unchecked = unchecked;
+            house.reported_overflowed = overflowed;
             house.last_report = Instant::now();
         }
     }
@@ -171,9 +171,9 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         self.limiter.as_ref().map_or(0, RateLimiter::len)
     }
 
-    /// Checks of new keys a full table let through unrecorded, since start.
-    fn unchecked(&self) -> u64 {
-        self.unchecked.load(Ordering::Relaxed)
+    /// Checks of new keys charged to the overflow key, since start.
+    fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
     }
 }
 
@@ -200,8 +200,8 @@ impl std::fmt::Debug for Quotas {
             .field("login_ip_keys", &self.0.login_ip.len())
             .field("login_code_keys", &self.0.login_code.len())
             .field("login_slots_free", &self.0.login_slots.available_permits())
-            .field("login_ip_unchecked", &self.0.login_ip.unchecked())
-            .field("login_code_unchecked", &self.0.login_code.unchecked())
+            .field("login_ip_overflowed", &self.0.login_ip.overflowed())
+            .field("login_code_overflowed", &self.0.login_code.overflowed())
             .finish_non_exhaustive()
     }
 }

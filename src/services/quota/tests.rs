@@ -92,19 +92,27 @@ fn ipv4_mapped_addresses_are_keyed_as_their_ipv4_address() {
 }
 
 #[test]
-fn a_full_table_lets_new_keys_through_and_keeps_limiting_known_ones() {
+fn a_full_table_charges_new_keys_to_one_overflow_key_and_keeps_limiting_known_ones() {
     let quotas = Quotas::new(&QuotaSettings { max_keys: 50, ..settings() }, Metrics::new());
-    for i in 0..10_000u32 {
-        let address = IpAddr::V4(std::net::Ipv4Addr::from(i));
-        assert!(quotas.login(Some(address), &format!("code{i}")).is_ok(), "new key {i} passes");
-    }
+    let outcomes: Vec<Option<QuotaName>> = (0..10_000u32)
+        .map(|i| {
+            let address = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            quotas.login(Some(address), &format!("code{i}")).err().map(|refusal| refusal.quota)
+        })
+        .collect();
+    assert!(outcomes[..50].iter().all(Option::is_none), "keys the table holds pass: {:?}", &outcomes[..50]);
+    // Past the cap every new address shares one key, and every new code another: the flood gets
+    // one client's bursts (address 3, code 2), then refusals.
+    assert_eq!(outcomes[50..53], [None, None, Some(QuotaName::LoginCode)], "the overflow keys' bursts");
+    assert!(outcomes[53..].iter().all(|o| *o == Some(QuotaName::LoginIp)), "the rest are refused per address");
     assert!(quotas.0.login_ip.len() <= 50 && quotas.0.login_code.len() <= 50, "memory stays bounded");
-    assert_eq!(quotas.0.login_ip.unchecked(), 10_000 - 50, "passes beyond the cap are counted");
-    // Address 0 was recorded before the table filled: its burst of 3 is still enforced.
+    assert_eq!(quotas.0.login_ip.overflowed(), 10_000 - 50, "checks charged to the overflow key are counted");
+    // Address 0 and codes 3-5 were recorded before the table filled: they keep their own
+    // quotas (not the spent overflow ones), and address 0's burst of 3 is still enforced.
     let first = Some(IpAddr::V4(std::net::Ipv4Addr::from(0u32)));
-    drop(quotas.login(first, "again1").unwrap());
-    drop(quotas.login(first, "again2").unwrap());
-    assert_eq!(quotas.login(first, "again3").unwrap_err().quota, QuotaName::LoginIp);
+    drop(quotas.login(first, "code3").unwrap());
+    drop(quotas.login(first, "code4").unwrap());
+    assert_eq!(quotas.login(first, "code5").unwrap_err().quota, QuotaName::LoginIp);
 }
 
 #[test]
