@@ -15,7 +15,8 @@
 //! The price: bodies are now buffered by every open connection, not only by those holding a
 //! share, so the worst case is `server.max_connections` x (`server.body_limit_bytes` + 1) (256 MiB
 //! at the defaults), each held at most `server.body_read_timeout_ms`; hyper's own read buffer per
-//! connection comes on top.
+//! connection comes on top. While a connection reads its body it stays evictable at the
+//! connection cap ([`super::connections`]); once the body is buffered it is busy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use serde_json::json;
 
+use super::connections::ReadingBody;
 use super::notify;
 use crate::services::ingest;
 use crate::telemetry::metrics::Metrics;
@@ -47,9 +49,17 @@ pub struct BodyRead {
 /// Reads the body (at most `limit` + 1 bytes) within `timeout`, then runs the request with it.
 pub async fn read_first(State(read): State<Arc<BodyRead>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    // Set by our accept loop: the connection is busy (not evictable) once we have the body.
+    let reading = parts.extensions.get::<ReadingBody>().cloned();
+    let handling = || {
+        if let Some(reading) = &reading {
+            reading.done();
+        }
+    };
     // Nothing to wait for: no body, or a declared length the extractor refuses at once (413).
     let limit = u64::try_from(read.limit).unwrap_or(u64::MAX);
     if body.is_end_stream() || body.size_hint().lower() > limit {
+        handling();
         return next.run(Request::from_parts(parts, body)).await;
     }
     let body = match tokio::time::timeout(read.timeout, buffer(body, read.limit)).await {
@@ -57,6 +67,7 @@ pub async fn read_first(State(read): State<Arc<BodyRead>>, req: Request, next: N
         Ok(Err(err)) => Body::from_stream(futures::stream::iter([Err::<Bytes, _>(err)])),
         Err(_) => return too_slow(parts.uri.path(), &read.metrics),
     };
+    handling();
     next.run(Request::from_parts(parts, body)).await
 }
 
