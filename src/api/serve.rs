@@ -9,8 +9,9 @@
 //!   ([`super::body`]) and handling by the request timeout (the router's layers), not by this.
 //! - **Head size.** hyper accepts ~400 KiB of request head by default; we take
 //!   `server.max_header_bytes` (431 beyond).
-//! - **Connection cap** with eviction of connections that have no request in flight
-//!   ([`super::connections`]): header-less ones first, then the longest idle.
+//! - **Connection cap** with eviction of connections that have no request being handled
+//!   ([`super::connections`]): header-less ones first, then those still reading a body (oldest
+//!   first), then the longest idle (idle at least 1 s).
 //! - **Shutdown**: the listening socket is closed as soon as the stop signal arrives, so the
 //!   kernel refuses new connections (the proxy retries them elsewhere) while open ones drain.
 //!
@@ -135,7 +136,9 @@ async fn serve_connection(
     stop: &CancellationToken,
 ) -> Option<&'static str> {
     let service = hyper::service::service_fn(|mut req: hyper::Request<Incoming>| {
-        let in_flight = slot.request_started();
+        // Reading (evictable) until `body::read_first` has the body; busy at once without one.
+        let (in_flight, body_read) = slot.request_started(!req.body().is_end_stream());
+        req.extensions_mut().insert(body_read);
         req.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move {

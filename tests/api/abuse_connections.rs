@@ -232,6 +232,59 @@ async fn slow_bodies_do_not_hold_the_notify_share(backend: Backend) {
     );
 }
 
+/// Clients that send a complete head and then trickle its body fill the connection cap: while a
+/// connection is still reading its body it is evictable (after header-less ones, oldest first),
+/// so WeChat's new connection takes a slot and its notification is answered. Before, such a
+/// connection counted as busy from its head on, and every new connection was refused until the
+/// body deadline.
+async fn slow_bodies_at_the_connection_cap_do_not_lock_out_a_notification(backend: Backend) {
+    const CAP: usize = 200;
+    const SLOW: usize = 400;
+    ensure_open_file_limit((SLOW as u64) + 512);
+    let wall = Instant::now();
+    let env = TestEnv::new(backend).await;
+    // Body and header deadlines longer than the test, so only eviction can make room.
+    let overrides = [
+        ("SERVER__MAX_CONNECTIONS", CAP.to_string()),
+        ("SERVER__BODY_READ_TIMEOUT_MS", "30000".to_owned()),
+        ("SERVER__REQUEST_TIMEOUT_MS", "60000".to_owned()),
+        ("SERVER__HEADER_READ_TIMEOUT_MS", "60000".to_owned()),
+    ];
+    let process = env.spawn_process_with(&["serve"], &overrides).await;
+    let (no, headers, body) = order_and_notification(&env, &process.base, "o-slow-body-cap-victim").await;
+
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    let started = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..SLOW)
+        .map(|_| tokio::spawn(slow_body_client(addr.clone(), Duration::from_millis(300), Arc::clone(&started))))
+        .collect();
+    eventually("every slow client sent its head", Duration::from_secs(20), || async {
+        started.load(Ordering::Relaxed) == SLOW
+    })
+    .await;
+    eventually("the slow bodies fill the cap", Duration::from_secs(20), || async {
+        series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}") >= CAP as f64
+    })
+    .await;
+    let answered_in = notify_within_patience(&process.base, &headers, body).await;
+    let metrics = scrape(&process.ops).await;
+    let evicted = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"evicted\"}");
+    let refused = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"refused\"}");
+    assert!(evicted >= (SLOW - CAP) as f64, "slow bodies were not evicted:\n{metrics}");
+    assert_eq!(refused, 0.0, "a connection was refused:\n{metrics}");
+    for client in clients {
+        client.abort();
+    }
+    let mut client = MiniProgram::new(&process.base, &env.sim.base_url());
+    client.login(Some("o-slow-body-cap-victim")).await.expect("login");
+    client.wait_for_status(&no, "SUCCESS", Duration::from_secs(30)).await.expect("applied");
+    eprintln!(
+        "slow bodies at the cap ({backend:?}): {SLOW} slow bodies, cap {CAP}, {evicted} evicted, notification \
+         answered in {answered_in:?}; wall {:?}",
+        wall.elapsed()
+    );
+}
+
 /// A client that sends one quick request, reads the answer, then keeps the connection open and
 /// silent (keep-alive). Returns when the server closes it.
 async fn one_request_then_idle(addr: String, answered: Arc<AtomicUsize>) {
@@ -253,8 +306,9 @@ async fn one_request_then_idle(addr: String, answered: Arc<AtomicUsize>) {
     {}
 }
 
-/// Connections that each made one request and now sit idle between requests fill the cap: they
-/// are evictable (longest idle first), so a new connection, WeChat's, is still served.
+/// Connections that each made one request and now sit idle between requests fill the cap: once
+/// idle for a second they are evictable (longest idle first), so a new connection, WeChat's, is
+/// still served.
 async fn idle_keep_alive_connections_do_not_lock_out_a_notification(backend: Backend) {
     const CAP: usize = 200;
     let wall = Instant::now();
@@ -280,6 +334,9 @@ async fn idle_keep_alive_connections_do_not_lock_out_a_notification(backend: Bac
     .await;
     let open = series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}");
     assert_eq!(open, CAP as f64, "the idle connections fill the cap");
+    // Only a connection idle for at least the floor (1 s) is evicted: one idle for less may be
+    // about to carry the proxy's next request.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let answered_in = notify_within_patience(&process.base, &headers, body).await;
     let metrics = scrape(&process.ops).await;
     let evicted = series(&metrics, "wxpay_http_connections_total{listener=\"public\",outcome=\"evicted\"}");
@@ -504,6 +561,7 @@ async fn an_oversized_request_head_is_refused_before_the_app() {
 crate::both_profiles!(
     slowloris_does_not_stop_a_valid_notification,
     slow_bodies_do_not_hold_the_notify_share,
+    slow_bodies_at_the_connection_cap_do_not_lock_out_a_notification,
     idle_keep_alive_connections_do_not_lock_out_a_notification,
     an_api_flood_is_shed_while_notify_gets_through,
 );
