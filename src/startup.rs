@@ -353,19 +353,29 @@ impl Application {
             dev_keys = self.settings.wechat.use_dev_keys,
             "wxpay-recon started"
         );
+        // The ops listener outlives the public one's drain, answering /readyz 503 (draining)
+        // meanwhile, so probes see the shutdown instead of a refused connection.
+        let ops_stop = CancellationToken::new();
         let ops = tokio::spawn(api::serve::serve(
             self.ops_listener,
             ops_router,
             ops_limits,
             self.state.metrics.clone(),
-            stop.clone(),
+            ops_stop.clone(),
         ));
+        let operations = self.state.operations.clone();
+        let draining = stop.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            operations.start_draining();
+        });
         let served = api::serve::serve(self.listener, router, limits, self.state.metrics.clone(), stop.clone()).await;
         stop.cancel();
         if let Some(worker) = worker {
             let _ = worker.await;
         }
         let _ = keeper.await;
+        ops_stop.cancel();
         let _ = ops.await;
         let _ = gauges.await;
         self.state.db.close().await;

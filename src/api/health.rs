@@ -34,6 +34,8 @@ pub fn ops() -> Router<AppState> {
 struct Readiness {
     database: String,
     queue: String,
+    /// Shutting down: open requests are finishing and no new work should be sent here.
+    draining: bool,
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -43,8 +45,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let (db, queue) = state.operations.readiness_cached(CHECK_TIMEOUT).await;
     let (database, queue) = (answer(db), answer(queue));
-    let status = if database == "ok" && queue == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { database, queue }))
+    let draining = state.operations.draining();
+    let ready = database == "ok" && queue == "ok" && !draining;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { database, queue, draining }))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

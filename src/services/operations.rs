@@ -85,6 +85,9 @@ pub struct Operations {
     gauges: GaugeSettings,
     /// The last readiness result, shared by concurrent probes.
     readiness: SharedCheck<Readiness>,
+    /// Set once the process stops accepting work: `/readyz` then answers 503 while open
+    /// requests drain, so a load balancer stops sending before the process is gone.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Operations {
@@ -98,7 +101,17 @@ impl Operations {
     ) -> Self {
         let gauge_db = db.with_statement_timeout(Duration::from_millis(gauges.query_timeout_ms));
         let readiness = SharedCheck::default();
-        Self { db, gauge_db, queue, clock, metrics, reconcile_window_days, gauges, readiness }
+        let draining = Arc::default();
+        Self { db, gauge_db, queue, clock, metrics, reconcile_window_days, gauges, readiness, draining }
+    }
+
+    /// The process is shutting down: readiness is refused from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Computes the database gauges now and then every `gauges.refresh_interval_ms` until

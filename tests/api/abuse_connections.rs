@@ -558,6 +558,57 @@ async fn an_oversized_request_head_is_refused_before_the_app() {
     eprintln!("oversized head: 431; wall {:?}", wall.elapsed());
 }
 
+/// On SIGTERM the public listener stops taking connections at once, a request in flight still
+/// gets its answer, and meanwhile the ops listener answers `/readyz` 503 `draining` (a probe
+/// sees the shutdown rather than a refused connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_drains_open_requests_while_readyz_says_draining() {
+    let env = TestEnv::new(Backend::Embedded).await;
+    let mut process = env.spawn_process(&["serve"]).await;
+    let mut client = MiniProgram::new(&process.base, &env.sim.base_url());
+    client.login(None).await.expect("login");
+    let readyz = format!("{}/readyz", process.ops);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status().as_u16(), 200);
+    // Every prepay hangs 3 s at "WeChat": the order creation below is in flight that long.
+    set_chaos(&env, json!({"fault_rate": 1.0, "fault_modes": ["hang"], "fault_endpoints": ["jsapi"], "hang_ms": 3000}))
+        .await;
+    let (base, token) = (process.base.clone(), client.token().expect("token").to_owned());
+    let in_flight = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/api/orders"))
+            .bearer_auth(token)
+            .json(&json!({ "product_id": "coffee", "quantity": 1 }))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok::<_, reqwest::Error>((status, response.json::<Value>().await.unwrap_or(Value::Null)))
+    });
+    let db = wxpay_recon::storage::Db::connect(&env.settings().database).await.unwrap();
+    eventually("the order is stored and its prepay under way", Duration::from_secs(10), || async {
+        orders_with_status(&db, "NOTPAY").await == 1
+    })
+    .await;
+
+    let pid = process.child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    eventually("readyz answers 503 draining", Duration::from_secs(5), || async {
+        let Ok(response) = reqwest::get(&readyz).await else { return false };
+        let status = response.status().as_u16();
+        status == 503 && response.json::<Value>().await.is_ok_and(|body| body["draining"] == true)
+    })
+    .await;
+    assert!(
+        reqwest::get(format!("{}/healthz", process.base)).await.is_err(),
+        "the public listener takes no new connection while draining"
+    );
+    let (status, body) = in_flight.await.unwrap().expect("the request in flight gets its answer");
+    // Its prepay never succeeded: the answer names the order to retry.
+    assert_eq!((status, body["code"].as_str()), (503, Some("PAYMENT_UNAVAILABLE")), "{body}");
+    assert!(body["out_trade_no"].is_string(), "{body}");
+    let exit = tokio::time::timeout(Duration::from_secs(20), process.child.wait()).await.expect("exits").unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
 crate::both_profiles!(
     slowloris_does_not_stop_a_valid_notification,
     slow_bodies_do_not_hold_the_notify_share,
