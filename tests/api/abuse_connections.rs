@@ -156,6 +156,22 @@ async fn slowloris_does_not_stop_a_valid_notification(backend: Backend) {
     );
 }
 
+/// `n` [`slow_body_client`]s (a body byte every 300 ms) against the public listener at `base`,
+/// returned once every one has sent its head.
+async fn start_slow_body_clients(
+    base: &str,
+    n: usize,
+    patience: Duration,
+) -> Vec<tokio::task::JoinHandle<(String, Duration)>> {
+    let addr = base.trim_start_matches("http://").to_owned();
+    let started = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(slow_body_client(addr.clone(), Duration::from_millis(300), Arc::clone(&started))))
+        .collect();
+    eventually("every slow client sent its head", patience, || async { started.load(Ordering::Relaxed) == n }).await;
+    clients
+}
+
 /// A client that sends a complete notify head announcing a 1,000-byte body, then one body byte
 /// every `every`. Returns the status line of the answer (empty if none) and how long after the
 /// head the server closed the connection.
@@ -201,15 +217,7 @@ async fn slow_bodies_do_not_hold_the_notify_share(backend: Backend) {
     let process = env.spawn_process_with(&["serve"], &overrides).await;
     let (no, headers, body) = order_and_notification(&env, &process.base, "o-slow-body-victim").await;
 
-    let addr = process.base.trim_start_matches("http://").to_owned();
-    let started = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..SLOW)
-        .map(|_| tokio::spawn(slow_body_client(addr.clone(), Duration::from_millis(300), Arc::clone(&started))))
-        .collect();
-    eventually("every slow client sent its head", Duration::from_secs(10), || async {
-        started.load(Ordering::Relaxed) == SLOW
-    })
-    .await;
+    let clients = start_slow_body_clients(&process.base, SLOW, Duration::from_secs(10)).await;
     let answered_in = notify_within_patience(&process.base, &headers, body).await;
 
     let mut slowest = Duration::ZERO;
@@ -253,15 +261,7 @@ async fn slow_bodies_at_the_connection_cap_do_not_lock_out_a_notification(backen
     let process = env.spawn_process_with(&["serve"], &overrides).await;
     let (no, headers, body) = order_and_notification(&env, &process.base, "o-slow-body-cap-victim").await;
 
-    let addr = process.base.trim_start_matches("http://").to_owned();
-    let started = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..SLOW)
-        .map(|_| tokio::spawn(slow_body_client(addr.clone(), Duration::from_millis(300), Arc::clone(&started))))
-        .collect();
-    eventually("every slow client sent its head", Duration::from_secs(20), || async {
-        started.load(Ordering::Relaxed) == SLOW
-    })
-    .await;
+    let clients = start_slow_body_clients(&process.base, SLOW, Duration::from_secs(20)).await;
     eventually("the slow bodies fill the cap", Duration::from_secs(20), || async {
         series(&scrape(&process.ops).await, "wxpay_http_connections_open{listener=\"public\"}") >= CAP as f64
     })
